@@ -1,0 +1,30 @@
+"""The shared layer library: competitive activations, their spec registry, VCL."""
+
+from .competitive import (
+    GNC,
+    LWTA,
+    BatchNorm,
+    GroupNorm,
+    Identity,
+    LayerNorm,
+    Maxout,
+    ReLU,
+    SparseTransform,
+)
+from .registry import ACTIVATION_NAMES, ActivationChain, build_activation, parse_spec
+
+__all__ = [
+    "ACTIVATION_NAMES",
+    "ActivationChain",
+    "BatchNorm",
+    "GNC",
+    "GroupNorm",
+    "Identity",
+    "LWTA",
+    "LayerNorm",
+    "Maxout",
+    "ReLU",
+    "SparseTransform",
+    "build_activation",
+    "parse_spec",
+]
