@@ -1,0 +1,312 @@
+"""Competitive activations and the spec registry against independent references."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from torch import nn
+
+from clrl.layers import (
+    ACTIVATION_NAMES,
+    GNC,
+    LWTA,
+    ActivationChain,
+    Maxout,
+    SparseTransform,
+    build_activation,
+)
+
+# --------------------------------------------------------------------------- references
+# gnc and st transcribed from the GNC paper's appendix, section D (D.1 and D.2).
+
+
+def ref_gnc(a, group_size, num_of_groups):
+    shape_0, shape_1 = a.shape
+    a = a.reshape(shape_0, group_size, num_of_groups)
+    a = torch.nn.functional.normalize(a, p=2, dim=1).reshape(shape_0, shape_1)
+    return a
+
+
+def ref_st(z, group_size, num_of_groups):
+    shape_0, shape_1 = z.shape
+    r = z.reshape(shape_0, group_size, num_of_groups).detach().clone()
+    tr = torch.abs(r) >= torch.mean(torch.abs(r), 1).unsqueeze(1)
+    a = z * tr.float().reshape(shape_0, shape_1)
+    return a
+
+
+def ref_st_soft(z, group_size, num_of_groups):
+    """Eq. 10 of the appendix, written in the style of D.2 (threshold detached)."""
+    shape_0, shape_1 = z.shape
+    r = z.reshape(shape_0, group_size, num_of_groups)
+    lam = torch.mean(torch.abs(r.detach()), 1).unsqueeze(1)
+    a = torch.sign(r) * torch.clamp(torch.abs(r) - lam, min=0)
+    return a.reshape(shape_0, shape_1)
+
+
+def loop_lwta(x, k):
+    out = torch.zeros_like(x)
+    for b in range(x.shape[0]):
+        for start in range(0, x.shape[1], k):
+            block = [float(v) for v in x[b, start : start + k]]
+            w = block.index(max(block))  # first maximum
+            out[b, start + w] = x[b, start + w]
+    return out
+
+
+def loop_maxout(x, k):
+    out = torch.zeros(x.shape[0], x.shape[1] // k)
+    for b in range(x.shape[0]):
+        for j in range(x.shape[1] // k):
+            out[b, j] = max(float(v) for v in x[b, j * k : (j + 1) * k])
+    return out
+
+
+GROUPED = [(2, 5), (4, 3), (8, 4)]  # (num_groups J, group_size)
+
+
+# --------------------------------------------------------------------------- sT and GNC
+
+
+@pytest.mark.parametrize("J,gs", GROUPED)
+def test_st_hard_matches_appendix(J, gs):
+    z = torch.randn(16, J * gs, generator=torch.Generator().manual_seed(J))
+    out = build_activation(f"st_hard:groups={J}")(z)
+    assert torch.equal(out, ref_st(z, gs, J))
+    assert (out == 0).any() and (out != 0).any()
+
+
+@pytest.mark.parametrize("J,gs", GROUPED)
+def test_st_soft_matches_eq10(J, gs):
+    z = torch.randn(16, J * gs, generator=torch.Generator().manual_seed(J + 1))
+    out = build_activation(f"st_soft:groups={J}")(z)
+    torch.testing.assert_close(out, ref_st_soft(z, gs, J))
+    # hand check of one group: unit i of group j is column i*J + j
+    g0 = z[0, 0::J]
+    lam = g0.abs().mean()
+    expected = torch.sign(g0) * torch.clamp(g0.abs() - lam, min=0)
+    torch.testing.assert_close(out[0, 0::J], expected)
+
+
+@pytest.mark.parametrize("J,gs", GROUPED)
+def test_gnc_matches_appendix(J, gs):
+    z = torch.randn(16, J * gs, generator=torch.Generator().manual_seed(J + 2))
+    out = build_activation(f"gnc:groups={J}")(z)
+    torch.testing.assert_close(out, ref_gnc(z, gs, J))
+    # interleaved groups have unit norm: columns j, j+J, j+2J, ...
+    for j in range(J):
+        torch.testing.assert_close(out[:, j::J].norm(dim=1), torch.ones(16))
+
+
+@pytest.mark.parametrize("J,gs", GROUPED)
+def test_chains_match_appendix_both_orders(J, gs):
+    z = torch.randn(16, J * gs, generator=torch.Generator().manual_seed(J + 3))
+    st_gnc = build_activation(f"st_hard:groups={J}>gnc:groups={J}")
+    gnc_st = build_activation(f"gnc:groups={J}>st_hard:groups={J}")
+    assert isinstance(st_gnc, ActivationChain)
+    torch.testing.assert_close(st_gnc(z), ref_gnc(ref_st(z, gs, J), gs, J))
+    torch.testing.assert_close(gnc_st(z), ref_st(ref_gnc(z, gs, J), gs, J))
+    soft = build_activation(f"st_soft:groups={J}>gnc:groups={J}")
+    torch.testing.assert_close(soft(z), ref_gnc(ref_st_soft(z, gs, J), gs, J))
+
+
+@pytest.mark.parametrize("spec", ["st_hard:groups=4", "st_soft:groups=4", "gnc:groups=4",
+                                  "st_hard:groups=4>gnc:groups=4"])
+def test_gradients_match_reference(spec):
+    refs = {
+        "st_hard:groups=4": lambda z: ref_st(z, 3, 4),
+        "st_soft:groups=4": lambda z: ref_st_soft(z, 3, 4),
+        "gnc:groups=4": lambda z: ref_gnc(z, 3, 4),
+        "st_hard:groups=4>gnc:groups=4": lambda z: ref_gnc(ref_st(z, 3, 4), 3, 4),
+    }
+    z = torch.randn(6, 12, generator=torch.Generator().manual_seed(0))
+    up = torch.randn(6, 12, generator=torch.Generator().manual_seed(1))
+    z1, z2 = z.clone().requires_grad_(), z.clone().requires_grad_()
+    (build_activation(spec)(z1) * up).sum().backward()
+    (refs[spec](z2) * up).sum().backward()
+    torch.testing.assert_close(z1.grad, z2.grad)
+
+
+def test_st_hard_gradient_is_mask_times_upstream():
+    z = torch.randn(8, 12, generator=torch.Generator().manual_seed(5), requires_grad=True)
+    up = torch.randn(8, 12, generator=torch.Generator().manual_seed(6))
+    m = build_activation("st_hard:groups=3")
+    (m(z) * up).sum().backward()
+    # independent mask: loop over units, group of unit i is i mod 3
+    mask = torch.zeros(8, 12)
+    for b in range(8):
+        for i in range(12):
+            members = [abs(float(z.detach()[b, u])) for u in range(12) if u % 3 == i % 3]
+            mask[b, i] = float(abs(float(z.detach()[b, i])) >= sum(members) / len(members))
+    assert torch.equal(z.grad, mask * up)
+    assert torch.equal(m.active_mask(z), mask.bool())
+
+
+def test_gnc_all_zero_group_is_safe():
+    z = torch.randn(3, 8, generator=torch.Generator().manual_seed(7))
+    z[:, 1::4] = 0.0  # group 1 of 4 is all zero (interleaved)
+    z[0] = 0.0  # a whole zero sample
+    z.requires_grad_()
+    out = GNC(4)(z)
+    assert torch.isfinite(out).all()
+    assert torch.equal(out[:, 1::4], torch.zeros(3, 2))
+    assert torch.equal(out[0], torch.zeros(8))
+    out.sum().backward()
+    assert torch.isfinite(z.grad).all()
+    assert torch.equal(z.grad[:, 1::4], torch.zeros(3, 2))
+    # the non-zero groups are untouched by the zero group
+    torch.testing.assert_close(out[1:, 0::4], ref_gnc(z.detach()[1:], 2, 4)[:, 0::4])
+
+
+# --------------------------------------------------------------------------- LWTA, maxout
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_lwta_matches_loop(k):
+    x = torch.randn(7, 12, generator=torch.Generator().manual_seed(k))
+    assert torch.equal(build_activation(f"lwta:block={k}")(x), loop_lwta(x, k))
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_maxout_matches_loop(k):
+    x = torch.randn(7, 12, generator=torch.Generator().manual_seed(k))
+    m = build_activation(f"maxout:block={k}")
+    assert isinstance(m, Maxout) and m.block == k
+    assert torch.equal(m(x), loop_maxout(x, k))
+    assert m.out_width(12) == 12 // k
+
+
+def test_ties_go_to_first_max():
+    x = torch.tensor([[1.0, 1.0, 0.0, 2.0, 2.0, 2.0]])
+    assert torch.equal(LWTA(3)(x), torch.tensor([[1.0, 0.0, 0.0, 2.0, 0.0, 0.0]]))
+    assert torch.equal(LWTA(3).active_mask(x), torch.tensor([[1, 0, 0, 1, 0, 0]]).bool())
+    assert torch.equal(Maxout(3).active_mask(x), torch.tensor([[1, 0, 0, 1, 0, 0]]).bool())
+
+
+def test_lwta_and_maxout_gradient_flows_to_winner_only():
+    x = torch.tensor([[0.5, -1.0, 3.0, 2.0]], requires_grad=True)
+    LWTA(2)(x).sum().backward()
+    assert torch.equal(x.grad, torch.tensor([[1.0, 0.0, 1.0, 0.0]]))
+    x.grad = None
+    Maxout(2)(x).sum().backward()
+    assert torch.equal(x.grad, torch.tensor([[1.0, 0.0, 1.0, 0.0]]))
+
+
+# --------------------------------------------------------------------------- conv = dense per position
+
+PER_POSITION = ["relu", "identity", "lwta:block=2", "maxout:block=3", "st_hard:groups=4",
+                "st_soft:groups=2", "gnc:groups=3", "ln", "st_hard:groups=4>gnc:groups=4",
+                "gnc:groups=2>lwta:block=3", "maxout:block=2>st_hard:groups=2"]
+
+
+@pytest.mark.parametrize("spec", PER_POSITION)
+def test_conv_equals_dense_at_every_position(spec):
+    x = torch.randn(3, 12, 4, 5, generator=torch.Generator().manual_seed(11))
+    m = build_activation(spec)
+    out = m(x)
+    mask = m.active_mask(x)
+    assert out.shape[1] == m.out_width(12) and mask.shape == x.shape
+    for h in range(4):
+        for w in range(5):
+            torch.testing.assert_close(out[:, :, h, w], m(x[:, :, h, w]))
+            assert torch.equal(mask[:, :, h, w], m.active_mask(x[:, :, h, w]))
+
+
+# --------------------------------------------------------------------------- masks and widths
+
+
+def test_active_masks():
+    x = torch.tensor([[-1.0, 2.0, 0.0, 3.0]])
+    assert build_activation("relu").active_mask(x).tolist() == [[False, True, False, True]]
+    assert build_activation("identity").active_mask(x).all()
+    # mean |x| per interleaved group of 2: group0 {-1, 0} -> .5, group1 {2, 3} -> 2.5
+    assert SparseTransform(2).active_mask(x).tolist() == [[True, False, False, True]]
+    # maxout:2 winners {2.0, 3.0}; then relu on the pooled outputs (2, 3) keeps both
+    chain = build_activation("maxout:block=2>relu")
+    assert chain.active_mask(x).tolist() == [[False, True, False, True]]
+    # a pooled output killed downstream deactivates its winner too
+    y = torch.tensor([[-1.0, -2.0, 0.0, 3.0]])
+    assert chain.active_mask(y).tolist() == [[False, False, False, True]]
+
+
+def test_out_width_composes():
+    assert build_activation("maxout:block=2>maxout:block=3>gnc:groups=2").out_width(24) == 4
+    for name in ["relu", "bn", "ln", "identity"]:
+        assert build_activation(name).out_width(10) == 10
+
+
+# --------------------------------------------------------------------------- normalizations
+
+
+def test_bn_dense_and_conv_match_torch():
+    torch.manual_seed(0)
+    x2, x4 = torch.randn(8, 6), torch.randn(8, 6, 3, 3)
+    bn = build_activation("bn")
+    torch.testing.assert_close(bn(x2), nn.BatchNorm1d(6)(x2))
+    bn4 = build_activation("bn")
+    torch.testing.assert_close(bn4(x4), nn.BatchNorm2d(6)(x4))
+    torch.testing.assert_close(bn4(x4), nn.BatchNorm2d(6)(x4))  # still works after sizing
+    assert sum(p.numel() for p in bn4.parameters()) == 12
+
+
+def test_gn_uses_interleaved_groups():
+    x = torch.randn(4, 6, 2, 3, generator=torch.Generator().manual_seed(2))
+    gn = build_activation("gn:groups=2")
+    out = gn(x)
+    ref = torch.empty_like(x)
+    for b in range(4):
+        for j in range(2):
+            chans = [c for c in range(6) if c % 2 == j]
+            v = x[b, chans]
+            ref[b, chans] = (v - v.mean()) / torch.sqrt(v.var(unbiased=False) + 1e-5)
+    torch.testing.assert_close(out, ref)
+    assert [p.shape for p in gn.parameters()] == [torch.Size([6]), torch.Size([6])]
+
+
+def test_ln_matches_torch():
+    x = torch.randn(4, 6, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(build_activation("ln")(x), nn.LayerNorm(6)(x))
+
+
+# --------------------------------------------------------------------------- bad specs
+
+
+@pytest.mark.parametrize(
+    "spec,needle",
+    [
+        ("relux", "did you mean 'relu'"),
+        ("lwat:block=2", "did you mean 'lwta'"),
+        ("lwta", "missing required key 'block'"),
+        ("lwta:block=x", "block='x'"),
+        ("lwta:block=0", "block=0"),
+        ("lwta:block=-2", "block=-2"),
+        ("lwta:block=2.5", "block='2.5'"),
+        ("gnc:size=4", "unknown key 'size'"),
+        ("relu:block=2", "unknown key 'block'"),
+        ("relu>>bn", "empty part"),
+        ("", "empty"),
+        ("gnc:groups", "'groups' is not of the form"),
+        ("relu>st_hrd:groups=2", "'st_hrd'"),
+    ],
+)
+def test_bad_spec_names_bad_part(spec, needle):
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        build_activation(spec)
+
+
+@pytest.mark.parametrize("spec", ["lwta:block=4", "maxout:block=4", "st_hard:groups=4",
+                                  "gnc:groups=4", "gn:groups=4"])
+def test_indivisible_width_names_both_numbers(spec):
+    with pytest.raises(ValueError, match="width 10 .*4"):
+        build_activation(spec)(torch.randn(2, 10))
+
+
+def test_names_and_whitespace():
+    assert set(ACTIVATION_NAMES) == {"relu", "lwta", "maxout", "st_hard", "st_soft", "gnc",
+                                     "bn", "gn", "ln", "identity"}
+    m = build_activation(" st_hard : groups = 2 > gnc:groups=2 ")
+    assert isinstance(m[0], SparseTransform) and m[0].hard and m[0].groups == 2
+    assert isinstance(m[1], GNC) and m[1].groups == 2
+    assert not build_activation("st_soft:groups=3").hard
