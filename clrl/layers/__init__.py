@@ -12,6 +12,7 @@ from .competitive import (
     SparseTransform,
 )
 from .registry import ACTIVATION_NAMES, ActivationChain, build_activation, parse_spec
+from .vcl import VCL
 
 __all__ = [
     "ACTIVATION_NAMES",
@@ -25,6 +26,7 @@ __all__ = [
     "Maxout",
     "ReLU",
     "SparseTransform",
+    "VCL",
     "build_activation",
     "parse_spec",
 ]
