@@ -1,0 +1,7 @@
+"""clrl: continual learning with locally competitive networks.
+
+Sequential Atari PPO and split image benchmarks on one layer library, with
+continual-learning regularizers (AGS-CL, EWC, MAS) that run as optimizer hooks.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,174 @@
+"""The ``clrl`` command.
+
+Exit codes: 0 success; 2 bad input (one clear line on stderr, no traceback); 1 internal
+error (with a traceback, because it is a bug worth reporting); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+
+from clrl import __version__
+from clrl.errors import UserError
+
+EPILOG = """\
+examples:
+  clrl run configs/atari_quick.yaml                  short sequential Atari run on CPU
+  clrl run configs/split_digits.yaml --set seed=1    supervised sanity suite
+  clrl run --resume runs/atari_quick                 continue a run that stopped
+  clrl validate configs/atari_paper_agscl.yaml       check a config without running it
+  clrl report runs/*                                 tables and figures over runs
+  clrl sweep configs/sweep_digits.yaml               a grid of runs (local or --backend ray)
+  clrl bench ppo                                     throughput vs stock SB3 PPO
+"""
+
+
+def _add_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (dotted path, YAML value), e.g. --set train.learning_rate=1e-3 "
+        "or --set 'tasks.games=[Boxing,Pong]'; repeatable",
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from clrl.config import load_config
+    from clrl.rundir import open_run_dir, prepare_run_dir
+
+    if args.resume:
+        if args.config or args.overrides or args.out:
+            raise UserError("--resume DIR takes no CONFIG, --set or --out: the run's saved config is used")
+        rd, cfg = open_run_dir(args.resume)
+    else:
+        if not args.config:
+            raise UserError("clrl run needs a CONFIG file (or --resume DIR); see `clrl run --help`")
+        cfg = load_config(args.config, args.overrides)
+        rd = prepare_run_dir(cfg, out=args.out, overwrite=args.overwrite)
+    run_experiment = _runner(cfg.kind)
+    results = run_experiment(cfg, rd, resume=bool(args.resume))
+
+    from clrl.summary import print_summary
+
+    print_summary(results)
+    print(f"run directory: {rd.root}")
+    return 0 if results.status == "complete" else 1
+
+
+def _runner(kind: str) -> Callable:
+    module = {"rl": "clrl.rl.runner", "supervised": "clrl.supervised.trainer"}[kind]
+    return importlib.import_module(module).run_experiment
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from clrl.config import dump_config, load_config
+
+    cfg = load_config(args.config, args.overrides)
+    if args.print:
+        print(dump_config(cfg), end="")
+    n = len(cfg.tasks.games) if cfg.kind == "rl" else cfg.tasks.dataset
+    print(f"ok: {args.config}: {cfg.name} ({cfg.kind}, tasks: {n}, regularizer: {cfg.regularizer.name})")
+    return 0
+
+
+def cmd_games(args: argparse.Namespace) -> int:
+    from clrl.rl.games import list_games
+
+    rows = [r for r in list_games() if not args.filter or args.filter.lower() in r[0].lower()]
+    if not rows:
+        raise UserError(f"no ALE game matches {args.filter!r}")
+    width = max(len(r[0]) for r in rows)
+    print(f"{'game':<{width}}  {'rom id':<22} minimal actions")
+    for name, rom, n in rows:
+        print(f"{name:<{width}}  {rom:<22} {n}")
+    return 0
+
+
+def _delegated(parser: argparse.ArgumentParser, module: str) -> None:
+    """Subcommands whose arguments and body live in their own module (report, sweep, bench)."""
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as exc:
+        parser.set_defaults(func=lambda a, e=exc: _missing(module, e))
+        return
+    mod.add_arguments(parser)
+    parser.set_defaults(func=mod.main)
+
+
+def _missing(module: str, exc: Exception) -> int:
+    raise UserError(f"{module} could not be loaded ({exc})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clrl",
+        description="Continual learning with locally competitive networks: sequential Atari PPO "
+        "and split image benchmarks, with AGS-CL, EWC and MAS as optimizer hooks.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"clrl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser(
+        "run",
+        help="run one experiment from a YAML config (or resume one)",
+        description="Train on every task of CONFIG in order, evaluating every seen task; writes "
+        "runs/<name>/ (config.yaml, results.json, checkpoints/, tb/, log.txt, figures/) and prints R "
+        "and the metrics table.",
+    )
+    p.add_argument("config", nargs="?", help="experiment YAML (see configs/)")
+    _add_overrides(p)
+    p.add_argument("--out", help="run directory (default: <output.dir>/<name>, numbered if taken)")
+    p.add_argument("--overwrite", action="store_true", help="allow --out to point at an existing run")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its latest checkpoint")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate", help="check a config (and --set overrides) without running it")
+    p.add_argument("config")
+    _add_overrides(p)
+    p.add_argument("--print", action="store_true", help="print the resolved config (defaults filled in)")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("games", help="list the ALE games and their minimal action counts")
+    p.add_argument("filter", nargs="?", help="show only games whose name contains this")
+    p.set_defaults(func=cmd_games)
+
+    _delegated(sub.add_parser("report", help="tables and figures from run directories"), "clrl.report")
+    _delegated(sub.add_parser("sweep", help="run a grid of experiments, locally or on Ray"), "clrl.sweep")
+    bench = sub.add_parser("bench", help="throughput and memory benchmarks, as ratios in one run")
+    bsub = bench.add_subparsers(dest="bench", metavar="WHICH", required=True)
+    _delegated(bsub.add_parser("hooks", help="optimizer step time and memory per regularizer"), "clrl.bench.hooks")
+    _delegated(bsub.add_parser("ppo", help="env steps/s: SB3 stock PPO vs clrl per regularizer"), "clrl.bench.ppo")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"clrl: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("clrl: interrupted", file=sys.stderr)
+        return 130
+    except Exception:
+        traceback.print_exc()
+        print("clrl: internal error (the traceback above is a bug report worth filing)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

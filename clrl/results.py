@@ -1,0 +1,235 @@
+"""The ``results.json`` schema: one file per run from which every table and figure is made.
+
+Contract 2 of DESIGN.md: a run writes ``R[i][j]`` (score on task j after training task i,
+null where not evaluated), evaluation ``curves`` during training, the resolved config, seed
+and library versions. The file is rewritten atomically after every evaluation, so a crash
+never leaves a torn file; :func:`load_results` names the file and the problem when it is
+corrupt or not a clrl results file.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from clrl import metrics
+from clrl.errors import ResultsError
+from clrl.io import atomic_write_text
+
+SCHEMA = "clrl.results"
+SCHEMA_VERSION = 1
+RESULTS_FILE = "results.json"
+
+Score = float | None
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class CurvePoint(_Model):
+    """One evaluation during training: scores of every task seen so far (tasks 0..task)."""
+
+    step: int = Field(description="env steps (RL) or examples/epochs (supervised) since the run began")
+    task: int = Field(ge=0, description="index of the task being trained")
+    scores: list[Score]
+    wall_time: float | None = None
+
+
+class Reference(_Model):
+    """The fine-tuning run that normalizes this one (AGS-CL Sec. 5.2)."""
+
+    run: str
+    max_scores: list[Score] = Field(description="per task, the reference's best score over its curve")
+    diag: list[Score] = Field(description="the reference's R[i][i] (A*_i for plasticity)")
+
+
+class Results(_Model):
+    schema_: Literal["clrl.results"] = Field(SCHEMA, alias="schema")
+    schema_version: int = SCHEMA_VERSION
+    kind: Literal["rl", "supervised"]
+    name: str
+    created: str
+    updated: str
+    versions: dict[str, str]
+    git_commit: str | None = None
+    seed: int
+    config: dict[str, Any]
+    tasks: list[str]
+    R: list[list[Score]]
+    curves: list[CurvePoint] = []
+    baseline: list[Score] | None = Field(None, description="scores of a randomly initialized model (FWT b)")
+    reference: Reference | None = None
+    metrics: dict[str, Any] = {}
+    diagnostics: list[dict[str, Any]] = Field([], description="per finished task: the regularizer's diagnostics")
+    timings: dict[str, Any] = {}
+    status: Literal["running", "complete", "failed"] = "running"
+    reason: str | None = None
+
+    @model_validator(mode="after")
+    def _square(self) -> Results:
+        T = len(self.tasks)
+        if len(self.R) != T or any(len(row) != T for row in self.R):
+            raise ValueError(f"R must be {T} x {T} (one row and column per task)")
+        return self
+
+    def R_matrix(self) -> np.ndarray:
+        return metrics.as_matrix(self.R)
+
+    def tasks_done(self) -> int:
+        """Number of leading tasks whose row of R is filled in (tasks finished)."""
+        done = 0
+        for i, row in enumerate(self.R):
+            if row[i] is None:
+                break
+            done = i + 1
+        return done
+
+
+def library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for dist in ("clrl", "torch", "numpy", "stable-baselines3", "gymnasium", "ale-py", "scikit-learn"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def git_commit() -> str | None:
+    """The commit of the clrl checkout this code runs from, if it is a git checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def new_results(kind: str, name: str, seed: int, config: dict, tasks: list[str]) -> Results:
+    T = len(tasks)
+    stamp = now()
+    return Results(
+        kind=kind,
+        name=name,
+        created=stamp,
+        updated=stamp,
+        versions=library_versions(),
+        git_commit=git_commit(),
+        seed=seed,
+        config=config,
+        tasks=list(tasks),
+        R=[[None] * T for _ in range(T)],
+    )
+
+
+def _clean(obj: Any) -> Any:
+    """NaN and inf become null (JSON has no NaN); numpy scalars become Python numbers."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _clean(obj.tolist())
+    if isinstance(obj, (np.floating, float)):
+        value = float(obj)
+        return value if math.isfinite(value) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+def dumps(results: Results) -> str:
+    data = _clean(results.model_dump(mode="python", by_alias=True))
+    return json.dumps(data, indent=1, allow_nan=False) + "\n"
+
+
+def save_results(path: str | os.PathLike, results: Results) -> None:
+    """Write atomically (temp file, fsync, rename): readers see the old or the new file, never a torn one."""
+    results.updated = now()
+    atomic_write_text(path, dumps(results))
+
+
+def load_results(path: str | os.PathLike) -> Results:
+    """Read and validate a results.json (or a run directory holding one)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / RESULTS_FILE
+    if not path.is_file():
+        raise ResultsError(f"{path}: no results file here (is this a clrl run directory?)")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ResultsError(f"{path}: corrupt JSON ({exc.msg} at line {exc.lineno}); the file may be truncated") from exc
+    except UnicodeDecodeError as exc:
+        raise ResultsError(f"{path}: not a text file") from exc
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        raise ResultsError(f"{path}: not a clrl results file (missing 'schema: {SCHEMA}')")
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ResultsError(
+            f"{path}: results schema version {version!r}; this clrl reads version {SCHEMA_VERSION}"
+        )
+    try:
+        return Results.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise ResultsError(f"{path}: invalid results file: {where}: {first['msg']}") from exc
+
+
+def reference_from_run(run: str | os.PathLike, tasks: list[str]) -> Reference:
+    """Read a fine-tuning run's results and keep what normalization needs.
+
+    The reference must cover the same tasks in the same order (its first tasks at least).
+    """
+    ref = load_results(run)
+    if ref.tasks[: len(tasks)] != list(tasks)[: len(ref.tasks)]:
+        raise ResultsError(
+            f"reference {run} has tasks {ref.tasks}, which do not match this run's {list(tasks)}"
+        )
+    T = len(tasks)
+    curve = [p.scores for p in ref.curves]
+    max_scores = metrics.reference_max(curve, T) if curve else np.full(T, np.nan)
+    diag = np.full(T, np.nan)
+    Rr = ref.R_matrix()
+    for i in range(min(T, len(Rr))):
+        diag[i] = Rr[i, i]
+    return Reference(run=str(run), max_scores=_clean(max_scores), diag=_clean(diag))
+
+
+def compute_metrics(results: Results) -> dict[str, Any]:
+    """Every metric clrl reports for one run, from its R, curves, baseline and reference."""
+    R = results.R_matrix()
+    ref = results.reference
+    ref_diag = np.array(ref.diag, dtype=float) if ref else None
+    b = np.array(results.baseline, dtype=float) if results.baseline is not None else None
+    out: dict[str, Any] = metrics.summary(R, ref_diag=ref_diag, b=b)
+    out["acc_after_each_task"] = metrics.acc_after_each_task(R)
+    out["stability_per_task"] = metrics.stability_per_task(R).tolist()
+    if ref is not None:
+        ref_max = np.array([np.nan if v is None else v for v in ref.max_scores], dtype=float)
+        out["plasticity_per_task"] = metrics.plasticity_per_task(R, ref_diag).tolist()
+        out["normalized_R"] = metrics.normalize(R, ref_max).tolist()
+        curve = metrics.accumulated_normalized_reward([p.scores for p in results.curves], ref_max)
+        out["accumulated_normalized_reward"] = curve.tolist()
+        out["final_accumulated_normalized_reward"] = float(curve[-1]) if len(curve) else float("nan")
+    return _clean(out)

@@ -1,0 +1,55 @@
+"""The table `clrl run` prints at the end: R and the run's metrics."""
+
+from __future__ import annotations
+
+import math
+
+from rich.console import Console
+from rich.table import Table
+
+from clrl.results import Results
+
+METRIC_LABELS = {
+    "acc": "ACC",
+    "bwt": "BWT",
+    "bti": "BTI",
+    "forgetting": "Forgetting",
+    "plasticity": "P",
+    "stability": "S",
+    "fwt": "FWT",
+    "final_accumulated_normalized_reward": "Norm. reward",
+}
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}g}" if abs(value) >= 1000 else f"{value:.{digits}f}"
+
+
+def r_table(results: Results, title: str | None = None) -> Table:
+    what = "accuracy" if results.kind == "supervised" else "mean eval return"
+    table = Table(title=title or f"R[i][j]: {what} on task j after training task i")
+    table.add_column("after \\ on", style="bold")
+    for name in results.tasks:
+        table.add_column(name, justify="right")
+    for i, row in enumerate(results.R):
+        table.add_row(f"{i}: {results.tasks[i]}", *[_fmt(v) for v in row])
+    return table
+
+
+def metrics_table(results: Results) -> Table:
+    table = Table(title=f"{results.name} ({results.status})")
+    shown = [k for k in METRIC_LABELS if k in results.metrics]
+    for key in shown:
+        table.add_column(METRIC_LABELS[key], justify="right")
+    table.add_row(*[_fmt(results.metrics.get(k)) for k in shown])
+    return table
+
+
+def print_summary(results: Results, console: Console | None = None) -> None:
+    console = console or Console()
+    console.print(r_table(results))
+    console.print(metrics_table(results))
+    if results.status != "complete":
+        console.print(f"[yellow]status: {results.status}[/] {results.reason or ''}")
