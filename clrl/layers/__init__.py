@@ -30,3 +30,4 @@ __all__ = [
     "build_activation",
     "parse_spec",
 ]
+from .nodes import NodeActivity, NodeLayer, fresh_incoming, get_incoming, node_view, set_incoming, zero_outgoing  # noqa: E402
