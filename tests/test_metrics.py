@@ -1,0 +1,137 @@
+"""Metrics against matrices worked out by hand (REFERENCE.md definitions) and properties."""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from clrl import metrics as m
+
+nan = float("nan")
+
+# 3 tasks, NaN above the diagonal (tasks not evaluated before they are trained).
+R3 = [
+    [0.8, nan, nan],
+    [0.6, 0.9, nan],
+    [0.5, 0.7, 0.95],
+]
+
+# 4 tasks; task 0 improves at the end (0.9 > its best earlier 0.7): forgetting's max runs
+# over rows j..T-2 only, stability's over rows j..T-1.
+R4 = [
+    [0.5, nan, nan, nan],
+    [0.7, 0.6, nan, nan],
+    [0.6, 0.4, 0.8, nan],
+    [0.9, 0.3, 0.5, 0.7],
+]
+
+
+def test_three_by_three_by_hand():
+    assert m.acc(R3) == pytest.approx((0.5 + 0.7 + 0.95) / 3)
+    assert m.learning_acc(R3) == pytest.approx((0.8 + 0.9 + 0.95) / 3)
+    # BTI averages over all T tasks (the last contributes 0), BWT over the first T-1.
+    assert m.bti(R3) == pytest.approx((-0.3 - 0.2 + 0.0) / 3)
+    assert m.bwt(R3) == pytest.approx((-0.3 - 0.2) / 2)
+    assert m.forgetting(R3) == pytest.approx((0.3 + 0.2) / 2)
+    assert m.stability(R3) == pytest.approx((0.5 / 0.8 + 0.7 / 0.9 + 1.0) / 3)
+    assert m.plasticity(R3, [1.0, 0.9, 0.5]) == pytest.approx((0.8 + 1.0 + 1.9) / 3)
+    assert m.acc_after_each_task(R3) == pytest.approx([0.8, 0.75, 2.15 / 3])
+    assert math.isnan(m.fwt(R3, [0.1, 0.1, 0.1]))  # needs R[j-1][j], not evaluated here
+
+
+def test_four_by_four_by_hand():
+    assert m.acc(R4) == pytest.approx(0.6)
+    assert m.learning_acc(R4) == pytest.approx(0.65)
+    assert m.bti(R4) == pytest.approx(-0.05)
+    assert m.bwt(R4) == pytest.approx((0.4 - 0.3 - 0.3) / 3)
+    # j=0: max(.5,.7,.6) - .9 = -.2 (the final .9 is not part of the max); j=1: .6-.3; j=2: .8-.5
+    assert m.forgetting(R4) == pytest.approx((-0.2 + 0.3 + 0.3) / 3)
+    # j=0: .9/max(.5,.7,.6,.9)=1; j=1: .3/.6; j=2: .5/.8; j=3: 1
+    assert m.stability(R4) == pytest.approx((1 + 0.5 + 0.625 + 1) / 4)
+    np.testing.assert_allclose(m.stability_per_task(R4), [1, 0.5, 0.625, 1])
+
+
+def test_fwt_on_a_full_matrix():
+    R = [[0.8, 0.3, 0.2], [0.6, 0.9, 0.4], [0.5, 0.7, 0.95]]
+    assert m.fwt(R, [0.1, 0.25, 0.5]) == pytest.approx(((0.3 - 0.25) + (0.4 - 0.5)) / 2)
+
+
+def test_none_is_not_evaluated():
+    R = [[1.0, None], [0.5, 2.0]]
+    assert m.acc(R) == pytest.approx(1.25)
+    assert math.isnan(m.fwt(R, [0, 0]))
+
+
+def test_zero_or_negative_denominators_give_nan_without_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        p = m.plasticity_per_task(R3, [0.0, 0.9, -1.0])
+        assert math.isnan(p[0]) and p[1] == pytest.approx(1.0) and math.isnan(p[2])
+        assert math.isnan(m.plasticity(R3, [0.0, 0.9, -1.0]))
+        zero_col = [[0.0, nan], [0.0, 1.0]]
+        s = m.stability_per_task(zero_col)
+        assert math.isnan(s[0]) and s[1] == 1.0
+        normed = m.normalize([[1.0, 2.0], [3.0, 4.0]], [0.0, 2.0])
+        assert np.isnan(normed[:, 0]).all()
+        np.testing.assert_allclose(normed[:, 1], [1.0, 2.0])
+        assert not np.isinf(normed).any()
+        assert math.isnan(m.bwt([[0.7]]))  # one task: nothing to average
+        assert math.isnan(m.forgetting([[0.7]]))
+
+
+def test_normalize_divides_columns():
+    out = m.normalize(np.array([[2.0, 9.0], [4.0, 3.0]]), [2.0, 3.0])
+    np.testing.assert_allclose(out, [[1.0, 3.0], [2.0, 1.0]])
+
+
+def test_accumulated_normalized_reward_by_hand():
+    curve = [[5.0], [10.0, 1.0], [5.0, 4.0, 30.0]]
+    ref_max = m.reference_max(curve, 3)
+    np.testing.assert_allclose(ref_max, [10.0, 4.0, 30.0])
+    acc_curve = m.accumulated_normalized_reward(curve, [10.0, 2.0, 30.0])
+    np.testing.assert_allclose(acc_curve, [0.5, 1.0 + 0.5, 0.5 + 2.0 + 1.0])
+    bad = m.accumulated_normalized_reward(curve, [10.0, 0.0, 30.0])
+    assert bad[0] == pytest.approx(0.5) and np.isnan(bad[1:]).all()
+
+
+def test_non_square_is_rejected():
+    with pytest.raises(ValueError, match="square"):
+        m.acc([[1.0, 2.0]])
+
+
+def lower_triangular(draw_values, T):
+    R = np.full((T, T), np.nan)
+    k = 0
+    for i in range(T):
+        for j in range(i + 1):
+            R[i, j] = draw_values[k]
+            k += 1
+    return R
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 6).flatmap(lambda T: st.tuples(st.just(T), st.lists(
+    st.floats(0.01, 100.0), min_size=T * (T + 1) // 2, max_size=T * (T + 1) // 2))))
+def test_bti_is_acc_minus_learning_acc(args):
+    T, values = args
+    R = lower_triangular(values, T)
+    assert m.bti(R) == pytest.approx(m.acc(R) - m.learning_acc(R), rel=1e-9, abs=1e-9)
+    if T > 1:
+        assert m.bwt(R) * (T - 1) == pytest.approx(m.bti(R) * T, rel=1e-9, abs=1e-9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(0.01, 100.0), min_size=1, max_size=7))
+def test_no_forgetting_gives_forgetting_zero_and_stability_one(diag):
+    T = len(diag)
+    R = np.full((T, T), np.nan)
+    for j, v in enumerate(diag):
+        R[j:, j] = v  # every task keeps exactly the score it reached
+    assert m.stability(R) == pytest.approx(1.0)
+    if T > 1:
+        assert m.forgetting(R) == pytest.approx(0.0)
+        assert m.bwt(R) == pytest.approx(0.0)
+    assert m.plasticity(R, diag) == pytest.approx(1.0)
