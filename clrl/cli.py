@@ -58,8 +58,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     from clrl.summary import print_summary
 
     print_summary(results)
+    if cfg.output.figures:
+        _single_run_figures(rd)
     print(f"run directory: {rd.root}")
     return 0 if results.status == "complete" else 1
+
+
+def _single_run_figures(rd) -> None:
+    """The single-run report into figures/; a plotting problem never fails a finished run."""
+    try:
+        from clrl.report import single_run_report
+
+        paths = single_run_report(rd.root)
+    except Exception as exc:  # noqa: BLE001 - the run's results are already safe on disk
+        print(f"clrl: warning: could not draw the run's figures ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return
+    if paths:
+        print(f"figures: {rd.figures} ({len(paths)} files)")
 
 
 def _runner(kind: str) -> Callable:
