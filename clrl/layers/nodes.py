@@ -187,8 +187,9 @@ def fresh_incoming(layer: NodeLayer, generator: torch.Generator | None = None) -
     bit-identical values. A layer may carry its own ``clrl_init(weight, bias, generator)`` that
     fills the given tensors in place."""
     mod = layer.module
-    weight = torch.empty_like(mod.weight)
-    bias = torch.empty_like(mod.bias) if mod.bias is not None else None
+    device = generator.device if generator is not None else mod.weight.device  # draw where the RNG lives
+    weight = torch.empty(mod.weight.shape, dtype=mod.weight.dtype, device=device)
+    bias = torch.empty(mod.bias.shape, dtype=mod.bias.dtype, device=device) if mod.bias is not None else None
     custom = getattr(mod, "clrl_init", None)
     with torch.no_grad():
         if callable(custom):
@@ -200,7 +201,8 @@ def fresh_incoming(layer: NodeLayer, generator: torch.Generator | None = None) -
                 bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
                 nn.init.uniform_(bias, -bound, bound, generator=generator)
     w = weight.reshape(layer.n_nodes, -1)
-    return w if bias is None else torch.cat([w, bias.unsqueeze(1)], dim=1)
+    out = w if bias is None else torch.cat([w, bias.unsqueeze(1)], dim=1)
+    return out.to(mod.weight.device)
 
 
 # ----------------------------------------------------------------------------- the walk

@@ -1,0 +1,307 @@
+"""AGS-CL (Jung et al. 2020): node-importance based adaptive group sparse regularization.
+
+Loss (eq. 2): ``L_TS + mu * sum_{n in G0} ||theta_n||_2 + lamb * sum_{n not in G0} Omega_n
+||theta_n - theta_hat_n||_2``, with ``theta_n`` a node's incoming group (weights + bias, see
+:mod:`clrl.layers.nodes`) and ``G0 = {n : Omega_n == 0}`` (eq. 1). There is no sqrt(group size)
+factor in eq. 2 or the prox rule (7), and none here: mu and lambda mean what the paper's do.
+
+As optimizer hooks (Contract 1, DESIGN.md):
+
+* after every optimizer step (post hook), every ``prox_every``-th step of the task runs the
+  proximal step (eq. 5 with rule 7, Lemma 1) with ``alpha`` = the learning rate of the layer's
+  weight's param group read at that moment: threshold ``alpha * mu`` around 0 for ``G0`` nodes,
+  ``alpha * lamb * Omega_n`` around the anchor for the others. The paper runs it once per epoch
+  (supervised) and the code once per PPO epoch; the optimizer step plays the role of (4).
+* after every step the I.1 mask is re-applied to the **live** weights (the AGS-CL RL code applied
+  it to a frozen copy, so pruned connections regrew: bug (1) in REFERENCE.md).
+* ``end_task``: Omega <- eta * Omega + mean |post-activation| per node over ``batches`` (eq. 8;
+  conv nodes average over samples and positions), new ``G0``, then I.1, then I.2, then the anchor
+  is snapshotted (after the re-initialization, Algorithm 1).
+
+I.1 (zero-init): the outgoing weights of every ``G0`` node are set to 0, and those into nodes that
+are important are *held* at 0 for all later tasks (the paper: "for all future tasks after t").
+Since ``G0`` only shrinks and an important node stays important (``eta > 0``), this is the rule
+"node j never reads node i if j became important at an earlier task than i", stored as one
+integer per node (its *birth*, the consolidation at which Omega first became > 0). The finished
+task's head counts as born at that task: its columns of ``G0`` units are zeroed and held at zero
+(REFERENCE.md bug (2): the code left them in place while later tasks re-initialized those
+nodes). Outgoing weights into still-unimportant nodes are free again (I.2 re-draws them).
+
+I.2 (rand-init): each ``G0`` node's incoming group is re-drawn from the layer's initializer
+(PyTorch default init, :func:`clrl.layers.nodes.fresh_incoming`) with probability ``rho``. Coin
+flips and weights come from a ``torch.Generator`` seeded with ``seed`` (state saved in
+``state_dict``); ``seed=None`` uses torch's global RNG, so ``torch.manual_seed`` makes it
+reproducible.
+
+Heads are not regularized. Past heads must not be given to the next task's optimizer (bug (3):
+they would drift through Adam's momentum); the I.1 head mask is re-applied after every step
+anyway, but only to the zeroed columns.
+
+Activations (what a node's activation means, see :mod:`clrl.layers.nodes`): ReLU: the paper's.
+LWTA: ``|h_i|`` when unit i wins its block, else 0. maxout: ``|block output|`` credited to the
+block's winner only, so a never-winning node is unimportant; its block's outgoing column is
+zeroed only when all block members are unimportant. sT: the thresholded output (suppressed units
+give 0). GNC (and norms): ``|normalized output|``, rarely exactly 0, so nodes followed by GNC
+leave ``G0`` after their first task. Under competition a re-drawn (I.2) loser can start winning
+on a past task's inputs; I.1 cannot block that, because competition acts inside a layer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from clrl.layers.nodes import fresh_incoming, get_incoming, set_incoming, zero_outgoing
+
+from .base import Forward, Regularizer, _number, _opt_params, _seed
+
+__all__ = ["AGSCL", "prox_group"]
+
+_NEVER = 2**62  # birth of a node that was never important
+
+
+def prox_group(v: Tensor, threshold: float | Tensor, center: Tensor | None = None) -> Tensor:
+    """Prox of ``threshold * ||theta - center||_2`` per row (Lemma 1, eq. 6).
+
+    ``argmin_theta threshold * ||theta - c|| + ||theta - v||^2 / 2 = c + gamma (v - c)`` with
+    ``gamma = max(0, 1 - threshold / ||v - c||)``. Rows of ``v`` (``(n, d)``, or one ``(d,)``
+    group) are groups; ``threshold`` is a scalar or one value per row, ``>= 0``. A row whose
+    distance to the center is ``<= threshold`` (including distance 0) lands exactly on the center."""
+    if v.dim() == 1:
+        return prox_group(v.unsqueeze(0), threshold, None if center is None else center.unsqueeze(0))[0]
+    if v.dim() != 2:
+        raise ValueError(f"prox_group: v must be (n, d) or (d,), got shape {tuple(v.shape)}")
+    thr = torch.as_tensor(threshold, dtype=v.dtype, device=v.device)
+    if thr.dim() > 1 or (thr.dim() == 1 and thr.shape[0] != v.shape[0]):
+        raise ValueError(f"prox_group: threshold must be a scalar or have {v.shape[0]} entries, got {tuple(thr.shape)}")
+    if bool((thr < 0).any()):
+        raise ValueError("prox_group: threshold must be >= 0")
+    diff = v if center is None else v - center
+    norm = torch.linalg.vector_norm(diff, dim=1)
+    # norm > thr >= 0 implies norm > 0 where the ratio is used
+    gamma = torch.where(norm > thr, 1 - thr / torch.where(norm > 0, norm, torch.ones_like(norm)), torch.zeros_like(norm))
+    out = diff * gamma.unsqueeze(1)
+    return out if center is None else center + out
+
+
+class AGSCL(Regularizer):
+    """AGS-CL as optimizer hooks (module docstring). Hyperparameters: ``mu`` (group lasso on
+    G0), ``lamb`` (drift penalty), ``rho`` (I.2 probability), ``eta`` (Omega decay),
+    ``prox_every`` (optimizer steps between proximal steps), ``seed`` (I.2 RNG)."""
+
+    name: ClassVar[str] = "agscl"
+    HPARAMS: ClassVar[dict[str, Any]] = {
+        "mu": 0.1,
+        "lamb": 100.0,
+        "rho": 1.0,
+        "eta": 0.9,
+        "prox_every": 1,
+        "seed": None,
+    }
+    uses_post_hook: ClassVar[bool] = True
+    needs_nodes: ClassVar[bool] = True
+
+    def __init__(self, trunk: nn.Module, heads: nn.Module | None = None, **hparams: Any) -> None:
+        super().__init__(trunk, heads, **hparams)
+        assert self.nodes is not None
+        self.omega: list[Tensor] = [torch.zeros(l.n_nodes) for l in self.nodes]
+        self.born: list[Tensor] = [torch.full((l.n_nodes,), _NEVER, dtype=torch.int64) for l in self.nodes]
+        self.head_born: dict[int, int] = {}
+        self.anchor: list[Tensor] | None = None
+        self.n_consolidated = 0
+        self.n_prox = 0
+        self._keep: list[Tensor | None] = []  # cached float masks, (rows_next, post_width, 1)
+        self._head_cols: dict[int, Tensor] = {}  # cached zeroed columns per past head
+        self._rebuild_masks()
+
+    @classmethod
+    def validate(cls, hp: dict[str, Any]) -> None:
+        _number(cls.name, "mu", hp["mu"], low=0)
+        _number(cls.name, "lamb", hp["lamb"], low=0)
+        _number(cls.name, "rho", hp["rho"], low=0, high=1)
+        _number(cls.name, "eta", hp["eta"], low=0, high=1, low_open=True)
+        _number(cls.name, "prox_every", hp["prox_every"], low=1, integer=True)
+        _seed(cls.name, hp["seed"])
+
+    # ------------------------------------------------------------------ G0 and masks
+
+    def unimportant(self) -> list[Tensor]:
+        """``G0`` per layer: bool masks of nodes with Omega == 0 (eq. 1)."""
+        return [o == 0 for o in self.omega]
+
+    _unimportant = unimportant
+
+    def _unit_birth(self, i: int) -> Tensor:
+        """Birth of each post unit of layer i: its earliest member (maxout blocks)."""
+        layer = self.nodes[i]
+        return self.born[i].view(layer.post_width, layer.block).min(dim=1).values
+
+    def _rebuild_masks(self) -> None:
+        """Cache the I.1 masks from the births: next-layer node j keeps its weight from unit u
+        unless born[j] < born[u]; head of task tau keeps column u unless head_born[tau] < born[u]."""
+        self._keep = []
+        for i, layer in enumerate(self.nodes):
+            if layer.next_module is None:
+                self._keep.append(None)
+                continue
+            rows = self.born[i + 1].unsqueeze(1)
+            zero = rows < self._unit_birth(i).unsqueeze(0)
+            if not bool(zero.any()):
+                self._keep.append(None)
+                continue
+            w = layer.next_module.weight
+            self._keep.append((~zero).to(dtype=w.dtype, device=w.device).unsqueeze(2))
+        last = self._unit_birth(len(self.nodes) - 1)
+        self._head_cols = {}
+        for task, birth in self.head_born.items():
+            cols = torch.nonzero(last > birth).flatten()
+            if cols.numel():
+                self._head_cols[task] = cols
+
+    def apply_masks(self) -> None:
+        """Re-apply I.1 to the live weights (trunk and past heads)."""
+        with torch.no_grad():
+            for layer, keep in zip(self.nodes, self._keep):
+                if keep is not None:
+                    w = layer.next_module.weight
+                    w.view(w.shape[0], layer.post_width, -1).mul_(keep)
+            if self.heads is not None:
+                for task, cols in self._head_cols.items():
+                    if task in self.heads:
+                        w = self.heads.heads[task].weight
+                        w.index_fill_(1, cols.to(w.device), 0.0)
+
+    # ------------------------------------------------------------------ proximal step
+
+    def prox_now(self, optimizer: torch.optim.Optimizer | None = None, lr: float | None = None) -> None:
+        """One proximal step (rule 7) on every trunk layer, with ``alpha = lr`` if given, else
+        the current learning rate of the layer's weight in ``optimizer`` (default: the attached
+        one). Layers whose weight is not in the optimizer are skipped (they are not trained)."""
+        optimizer = optimizer if optimizer is not None else self._optimizer
+        groups = _opt_params(optimizer) if optimizer is not None else {}
+        mu, lamb = float(self.hparams["mu"]), float(self.hparams["lamb"])
+        with torch.no_grad():
+            for i, layer in enumerate(self.nodes):
+                if lr is not None:
+                    alpha = float(lr)
+                elif id(layer.module.weight) in groups:
+                    alpha = float(groups[id(layer.module.weight)]["lr"])
+                else:
+                    continue
+                v = get_incoming(layer)
+                g0 = (self.omega[i] == 0).to(v.device)
+                omega = self.omega[i].to(device=v.device, dtype=v.dtype)
+                thr = torch.where(g0, torch.full_like(omega, alpha * mu), alpha * lamb * omega)
+                center = None if self.anchor is None else self.anchor[i].to(v.device).masked_fill(g0.unsqueeze(1), 0.0)
+                set_incoming(layer, prox_group(v, thr, center))
+        self.n_prox += 1
+
+    def _post_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.steps += 1
+        if self.steps % int(self.hparams["prox_every"]) == 0:
+            self.prox_now(optimizer)
+        self.apply_masks()
+
+    # ------------------------------------------------------------------ consolidation
+
+    def _snapshot_groups(self) -> list[Tensor] | None:
+        """Share the anchor as the used-capacity snapshot when the weights still equal it."""
+        current = [get_incoming(l) for l in self.nodes]
+        if self.anchor is not None and all(torch.equal(c, a.to(c.device)) for c, a in zip(current, self.anchor)):
+            return self.anchor
+        return current
+
+    def _consolidate(self, t: int, forward: Forward) -> None:
+        eta = float(self.hparams["eta"])
+        c = self.n_consolidated
+        # eq. (8)
+        self.omega = [eta * o + a for o, a in zip(self.omega, self._last_activity)]
+        g0 = self.unimportant()
+        for i in range(len(self.nodes)):
+            self.born[i] = torch.where(~g0[i] & (self.born[i] == _NEVER), torch.full_like(self.born[i], c), self.born[i])
+        # (I.1): zero all outgoing weights of G0 nodes once; the masks hold those into important nodes
+        for i, layer in enumerate(self.nodes):
+            zero_outgoing(layer, g0[i])
+        if self.heads is not None and t in self.heads:
+            self.head_born[t] = c
+            zero_outgoing(self.nodes[-1], g0[-1], heads=self.heads, tasks=[t])
+        self._rebuild_masks()
+        # (I.2)
+        rho = float(self.hparams["rho"])
+        for i, layer in enumerate(self.nodes):
+            coin = torch.rand(layer.n_nodes, generator=self.generator) < rho
+            fresh = fresh_incoming(layer, self.generator)
+            rows = torch.nonzero(coin & g0[i]).flatten()
+            if rows.numel():
+                set_incoming(layer, fresh[rows.to(fresh.device)], rows=rows.to(fresh.device))
+        self.apply_masks()  # I.2 re-draws only G0 rows, which no mask touches; kept for safety
+        self.anchor = [get_incoming(l) for l in self.nodes]
+        self.n_consolidated += 1
+
+    # ------------------------------------------------------------------ state, memory, diagnostics
+
+    def _method_state(self) -> dict[str, Any]:
+        start_is_anchor = self._start is not None and self._start is self.anchor
+        return {
+            "omega": [o.clone() for o in self.omega],
+            "born": [b.clone() for b in self.born],
+            "head_born": {int(k): int(v) for k, v in self.head_born.items()},
+            "anchor": [a.clone() for a in self.anchor] if self.anchor is not None else None,
+            "n_consolidated": self.n_consolidated,
+            "n_prox": self.n_prox,
+            "start_is_anchor": start_is_anchor,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        if sd["method"]["start_is_anchor"]:
+            sd["start"] = None  # restored as an alias of the anchor
+        return sd
+
+    def _load_method_state(self, state: dict[str, Any]) -> None:
+        self.omega = [o.clone() for o in state["omega"]]
+        self.born = [b.clone() for b in state["born"]]
+        self.head_born = {int(k): int(v) for k, v in state["head_born"].items()}
+        self.anchor = [a.clone() for a in state["anchor"]] if state["anchor"] is not None else None
+        self.n_consolidated = int(state["n_consolidated"])
+        self.n_prox = int(state["n_prox"])
+        if state["start_is_anchor"]:
+            self._start = self.anchor
+        self._rebuild_masks()
+
+    def _memory(self) -> tuple[int, int]:
+        """Omega (one float per node) plus the births (one int per node) that define the I.1
+        masks; the anchor (one copy of the trunk's Conv/Linear parameters). The cached float
+        masks are derived from the births and not counted."""
+        imp = sum(o.numel() * o.element_size() + b.numel() * b.element_size() for o, b in zip(self.omega, self.born))
+        anchor = sum(a.numel() * a.element_size() for a in self.anchor) if self.anchor is not None else 0
+        return imp, anchor
+
+    def _method_diagnostics(self) -> dict[str, Any]:
+        layers = []
+        for i, layer in enumerate(self.nodes):
+            o = self.omega[i]
+            nz = o[o > 0]
+            keep = self._keep[i]
+            layers.append({
+                "name": layer.name,
+                "omega_mean": float(o.mean()),
+                "omega_max": float(o.max()),
+                "omega_min_nonzero": float(nz.min()) if nz.numel() else None,
+                "masked_outgoing": float(1 - keep.mean()) if keep is not None else 0.0,
+            })
+        allo = torch.cat(self.omega)
+        nz = allo[allo > 0]
+        return {
+            "omega": {
+                "mean": float(allo.mean()),
+                "max": float(allo.max()),
+                "median_nonzero": float(nz.median()) if nz.numel() else None,
+                "n_important": int(nz.numel()),
+                "layers": layers,
+            },
+            "n_prox": self.n_prox,
+            "masked_head_columns": {str(k): int(v.numel()) for k, v in self._head_cols.items()},
+        }
