@@ -355,6 +355,12 @@ class AtariVecEnv(VecEnv):
             raise RuntimeError("this vector env is closed")
         return self._batch
 
+    def __enter__(self) -> AtariVecEnv:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def __del__(self) -> None:
         try:
             self.close()
