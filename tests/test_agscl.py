@@ -1,0 +1,379 @@
+"""AGS-CL as optimizer hooks: prox cadence, Omega (eq. 8), I.1 masks, exact freezing, I.2
+re-draws, exact resume, and the node activation of competitive layers."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clrl.layers.nodes import get_incoming, node_view
+from clrl.nets import MultiHead, atari_trunk, digits_trunk
+from clrl.regularizers import build_regularizer
+
+N_IN = 5
+
+
+def _model(seed=0, hidden=(8, 6), activation="relu", n_heads=3):
+    torch.manual_seed(seed)
+    trunk = digits_trunk(hidden=hidden, in_features=N_IN, activation=activation)
+    heads = MultiHead(trunk.out_features)
+    for t in range(n_heads):
+        heads.add_head(t, 3)
+    return trunk, heads
+
+
+def _data(seed, n=40):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, N_IN, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def _kill(trunk, layer_idx, nodes, bias=-100.0):
+    """Make nodes dead on every input: zero incoming weights, a very negative bias."""
+    lin = [m for m in trunk if isinstance(m, torch.nn.Linear)][layer_idx]
+    with torch.no_grad():
+        lin.weight[nodes] = 0
+        lin.bias[nodes] = bias
+
+
+def _train(trunk, heads, opt, task, x, y, steps, offset=0, bs=8):
+    for s in range(offset, offset + steps):
+        i = (s * bs) % (len(x) - bs)
+        opt.zero_grad()
+        F.cross_entropy(heads(trunk(x[i : i + bs]), task), y[i : i + bs]).backward()
+        opt.step()
+
+
+def _end(reg, trunk, heads, task, x, bs=16):
+    reg.end_task(task, [x[i : i + bs] for i in range(0, len(x), bs)], lambda b: heads(trunk(b), task))
+
+
+def _groups(trunk):
+    return [get_incoming(l) for l in node_view(trunk)]
+
+
+def _relu_means(trunk, x):
+    """Mean ReLU output per node of each Linear layer, by hand."""
+    out, h = [], x
+    with torch.no_grad():
+        for m in trunk:
+            if isinstance(m, torch.nn.Linear):
+                h = torch.relu(h @ m.weight.T + m.bias)
+                out.append(h.mean(dim=0))
+    return out
+
+
+def _prox_by_hand(v, thr, c):
+    """Lemma 1 written out row by row."""
+    out = v.clone()
+    for i in range(v.shape[0]):
+        d = v[i] - c[i]
+        n = float(d.norm())
+        out[i] = c[i] if n <= float(thr[i]) else c[i] + (1 - float(thr[i]) / n) * d
+    return out
+
+
+# ----------------------------------------------------------------------------- Omega
+
+
+def test_omega_is_the_decayed_sum_of_mean_activations():
+    trunk, heads = _model()
+    xa, ya = _data(1)
+    xb, yb = _data(2)
+    reg = build_regularizer("agscl", trunk, heads, eta=0.7, rho=0.0, mu=0.0)
+    opt = torch.optim.Adam(list(trunk.parameters()) + list(heads.parameters_of(0)), lr=0.01)
+    reg.begin_task(0, opt)
+    _train(trunk, heads, opt, 0, xa, ya, 5)
+    a0 = _relu_means(trunk, xa)
+    _end(reg, trunk, heads, 0, xa)
+    for o, a in zip(reg.omega, a0):
+        torch.testing.assert_close(o, a, rtol=1e-5, atol=1e-7)
+    opt = torch.optim.Adam(list(trunk.parameters()) + list(heads.parameters_of(1)), lr=0.01)
+    reg.begin_task(1, opt)
+    _train(trunk, heads, opt, 1, xb, yb, 5)
+    a1 = _relu_means(trunk, xb)
+    _end(reg, trunk, heads, 1, xb)
+    for o, p, a in zip(reg.omega, a0, a1):
+        torch.testing.assert_close(o, 0.7 * p + a, rtol=1e-5, atol=1e-7)
+    g0 = reg.unimportant()
+    d = reg.diagnostics()
+    for i, layer in enumerate(d["layers"]):
+        assert layer["sparsity"] == pytest.approx(float(g0[i].float().mean()))
+    assert d["overall"]["sparsity"] == pytest.approx(float(torch.cat(g0).float().mean()))
+
+
+def test_conv_omega_averages_over_samples_and_positions():
+    torch.manual_seed(0)
+    trunk = atari_trunk(channels=(4, 6, 4), hidden=8)
+    x = torch.rand(6, 4, 84, 84)
+    reg = build_regularizer("agscl", trunk, rho=0.0)
+    conv = trunk[0]
+    with torch.no_grad():
+        expected = torch.relu(F.conv2d(x, conv.weight, conv.bias, stride=4)).mean(dim=(0, 2, 3))
+    reg.end_task(0, [x[:4], x[4:]], trunk)
+    torch.testing.assert_close(reg.omega[0], expected, rtol=1e-5, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------- hooked steps
+
+
+def test_hooked_steps_are_plain_steps_then_prox_at_the_cadence():
+    trunk, heads = _model()
+    xa, ya = _data(3)
+    xb, yb = _data(4)
+    _kill(trunk, 0, [0, 1], bias=-0.03)  # dead, and small enough for alpha*mu to zero
+    _kill(trunk, 1, [2], bias=-0.03)
+    mu, lamb, every = 2.0, 0.5, 3
+    reg = build_regularizer("agscl", trunk, heads, mu=mu, lamb=lamb, prox_every=every, rho=0.0)
+    reg.end_task(0, [xa], lambda b: heads(trunk(b), 0))
+    omega = [o.clone() for o in reg.omega]
+    g0 = [o == 0 for o in omega]
+    assert g0[0][:2].all() and g0[1][2] and (~g0[0]).sum() > 2
+    anchor = _groups(trunk)
+    for a, b in zip(reg.anchor, anchor):  # anchor = weights after consolidation
+        assert torch.equal(a, b)
+
+    ref_trunk, ref_heads = copy.deepcopy(trunk), copy.deepcopy(heads)
+    opt = torch.optim.Adam(list(trunk.parameters()) + list(heads.parameters_of(1)), lr=0.02)
+    ref_opt = torch.optim.Adam(list(ref_trunk.parameters()) + list(ref_heads.parameters_of(1)), lr=0.02)
+    reg.begin_task(1, opt)
+    ref_layers = node_view(ref_trunk)
+    for step in range(1, 9):
+        if step == 5:  # alpha is read at hook time
+            opt.param_groups[0]["lr"] = ref_opt.param_groups[0]["lr"] = 0.005
+        _train(trunk, heads, opt, 1, xb, yb, 1, offset=step)
+        _train(ref_trunk, ref_heads, ref_opt, 1, xb, yb, 1, offset=step)
+        with torch.no_grad():
+            if step % every == 0:
+                alpha = ref_opt.param_groups[0]["lr"]
+                for i, layer in enumerate(ref_layers):
+                    v = get_incoming(layer)
+                    thr = torch.where(g0[i], alpha * mu, alpha * lamb * omega[i])
+                    c = torch.where(g0[i][:, None], torch.zeros_like(v), anchor[i])
+                    layer.set_incoming(_prox_by_hand(v, thr, c))
+            # I.1 by hand: important rows of layer 1 never read G0 units of layer 0;
+            # head 0 (finished) never reads G0 units of layer 1
+            w1 = ref_layers[1].module.weight
+            w1[(~g0[1]).nonzero()[:, 0][:, None], g0[0].nonzero()[:, 0][None, :]] = 0
+            ref_heads.heads[0].weight[:, g0[1]] = 0
+        for p, q in zip(list(trunk.parameters()) + list(heads.parameters()), list(ref_trunk.parameters()) + list(ref_heads.parameters())):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    assert reg.n_prox == 2 and reg.steps == 8
+    # the prox did something: some G0 group was zeroed by mu
+    assert any(bool((get_incoming(l) == 0).all(dim=1).any()) for l in node_view(trunk))
+
+
+# ----------------------------------------------------------------------------- I.1 and freezing
+
+
+def test_zeroed_weights_stay_zero_and_important_nodes_freeze():
+    trunk, heads = _model()
+    xa, ya = _data(5)
+    xb, yb = _data(6)
+    _kill(trunk, 0, [0, 1, 2])
+    _kill(trunk, 1, [4])
+    reg = build_regularizer("agscl", trunk, heads, mu=0.0, lamb=1e6, rho=1.0, prox_every=1, seed=0)
+    opt = torch.optim.Adam(list(trunk.parameters()) + list(heads.parameters_of(0)), lr=0.01)
+    reg.begin_task(0, opt)
+    _train(trunk, heads, opt, 0, xa, ya, 3)
+    _end(reg, trunk, heads, 0, xa)
+    g0 = reg.unimportant()
+    assert g0[0][:3].all() and g0[1][4] and not g0[1].all()
+    imp1 = (~g0[1]).nonzero()[:, 0]
+    w1, h0 = trunk[2].weight, heads.heads[0].weight
+    assert torch.all(w1[imp1][:, :3] == 0) and torch.all(h0[:, 4] == 0)
+    assert torch.all(w1[g0[1]].abs().sum() > 0)  # the G0 row of layer 1 was re-drawn (I.2, rho=1)
+    anchor = [a.clone() for a in reg.anchor]
+
+    # train task 1, with the past head 0 wrongly in the optimizer: the mask must still hold
+    opt = torch.optim.Adam(list(trunk.parameters()) + list(heads.parameters()), lr=0.05)
+    reg.begin_task(1, opt)
+    for step in range(12):
+        _train(trunk, heads, opt, 1, xb, yb, 1, offset=step)
+        _train(trunk, heads, opt, 0, xa, ya, 1, offset=step)  # pressure on head 0 too
+        assert torch.all(w1[imp1][:, :3] == 0)
+        assert torch.all(h0[:, 4] == 0)
+        for i, layer in enumerate(node_view(trunk)):  # huge lambda * Omega: exactly frozen
+            imp = ~g0[i]
+            assert torch.equal(get_incoming(layer)[imp], anchor[i][imp])
+    assert heads.heads[1].weight[:, 4].abs().sum() > 0  # the running task's head is free
+    d = reg.diagnostics()
+    frozen = float((~torch.cat(g0)).float().mean())
+    assert d["overall"]["used_capacity"] >= frozen
+    # the mask is what keeps them at zero: without the hooks the same training regrows them
+    reg.detach()
+    _train(trunk, heads, opt, 1, xb, yb, 2)
+    assert w1[imp1][:, :3].abs().sum() > 0
+
+
+def test_masks_accumulate_over_tasks():
+    """A node that was unimportant when node j became important never feeds j, even after it
+    becomes important itself (I.1: 'for all future tasks')."""
+    trunk, heads = _model()
+    xa, _ = _data(7)
+    _kill(trunk, 0, [0])
+    reg = build_regularizer("agscl", trunk, heads, rho=1.0, seed=1)
+    _end(reg, trunk, heads, 0, xa)
+    assert reg.unimportant()[0][0] and reg.born[0][0] > 10**9
+    _end(reg, trunk, heads, 1, xa)  # node 0 of layer 0 was re-drawn and is now active
+    assert not reg.unimportant()[0][0]
+    imp_old = (reg.born[1] == 0).nonzero()[:, 0]
+    assert imp_old.numel() > 0
+    with torch.no_grad():
+        trunk[2].weight.fill_(1.0)
+    reg.apply_masks()
+    assert torch.all(trunk[2].weight[imp_old, 0] == 0)
+    assert torch.all(trunk[2].weight[:, 1:] == 1)
+
+
+# ----------------------------------------------------------------------------- I.2
+
+
+def _all_dead_model(seed=0):
+    trunk, heads = _model(seed=seed, hidden=(400, 300))
+    _kill(trunk, 0, list(range(400)))
+    _kill(trunk, 1, list(range(300)))
+    return trunk, heads
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.3, 1.0])
+def test_rand_init_redraws_about_rho_of_unimportant_nodes(rho):
+    x, _ = _data(8)
+    redrawn = []
+    for seed in (5, 5, 6):
+        trunk, heads = _all_dead_model()
+        reg = build_regularizer("agscl", trunk, heads, rho=rho, seed=seed)
+        _end(reg, trunk, heads, 0, x)
+        assert all(g.all() for g in reg.unimportant())
+        groups = _groups(trunk)
+        changed = [(g[:, :-1] != 0).any(dim=1) for g in groups]
+        redrawn.append((changed, groups))
+        for i, layer in enumerate(node_view(trunk)):
+            bound = 1 / layer.fan_in**0.5  # PyTorch default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+            new = groups[i][changed[i]]
+            assert new.numel() == 0 or new.abs().max() <= bound + 1e-7
+            assert torch.all(groups[i][~changed[i], -1] == -100.0)  # the others are untouched
+            assert torch.equal(reg.anchor[i], groups[i])  # anchor after re-init
+            frac = float(changed[i].float().mean())
+            assert abs(frac - rho) < 0.08, (i, frac)
+    (c5, g5), (c5b, g5b), (c6, _) = redrawn
+    assert all(torch.equal(a, b) for a, b in zip(g5, g5b))  # same seed: same nodes, same values
+    if 0 < rho < 1:
+        assert not all(torch.equal(a, b) for a, b in zip(c5, c6))
+
+
+def test_rand_init_with_the_global_rng_is_reproducible():
+    x, _ = _data(9)
+    out = []
+    for _ in range(2):
+        trunk, heads = _all_dead_model()
+        reg = build_regularizer("agscl", trunk, heads, rho=0.5)
+        torch.manual_seed(42)
+        _end(reg, trunk, heads, 0, x)
+        out.append(_groups(trunk))
+    assert all(torch.equal(a, b) for a, b in zip(*out))
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+def test_state_dict_round_trip_mid_task_is_bit_identical():
+    trunk, heads = _model()
+    xa, ya = _data(10)
+    xb, yb = _data(11)
+    _kill(trunk, 0, [3])
+    kw = dict(mu=0.5, lamb=2.0, rho=0.5, prox_every=3, seed=7)
+    reg = build_regularizer("agscl", trunk, heads, **kw)
+    opt = torch.optim.Adam(list(trunk.parameters()) + list(heads.parameters_of(0)), lr=0.01)
+    reg.begin_task(0, opt)
+    _train(trunk, heads, opt, 0, xa, ya, 4)
+    _end(reg, trunk, heads, 0, xa)
+    opt = torch.optim.Adam(list(trunk.parameters()) + list(heads.parameters_of(1)), lr=0.01)
+    reg.begin_task(1, opt)
+    _train(trunk, heads, opt, 1, xb, yb, 4)  # mid-cadence: next prox after step 6
+
+    buf = io.BytesIO()
+    torch.save({"reg": reg.state_dict(), "trunk": trunk.state_dict(), "heads": heads.state_dict(), "opt": opt.state_dict()}, buf)
+
+    def rest(trunk, heads, opt, reg):
+        _train(trunk, heads, opt, 1, xb, yb, 5, offset=4)
+        _end(reg, trunk, heads, 1, xb)
+        opt2 = torch.optim.Adam(list(trunk.parameters()) + list(heads.parameters_of(2)), lr=0.01)
+        reg.begin_task(2, opt2)
+        _train(trunk, heads, opt2, 2, xa, ya, 4)
+        return [p.detach().clone() for p in list(trunk.parameters()) + list(heads.parameters())], reg.diagnostics()
+
+    expected, diag = rest(trunk, heads, opt, reg)
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=True)
+    trunk2, heads2 = _model(seed=123)
+    trunk2.load_state_dict(saved["trunk"])
+    heads2.load_state_dict(saved["heads"])
+    opt2 = torch.optim.Adam(list(trunk2.parameters()) + list(heads2.parameters_of(1)), lr=0.01)
+    opt2.load_state_dict(saved["opt"])
+    reg2 = build_regularizer("agscl", trunk2, heads2, **kw)
+    reg2.load_state_dict(saved["reg"])
+    reg2.begin_task(1, opt2)
+    got, diag2 = rest(trunk2, heads2, opt2, reg2)
+    for p, q in zip(got, expected):
+        assert torch.equal(p, q)
+    assert json.dumps(diag) == json.dumps(diag2)
+
+
+# ----------------------------------------------------------------------------- competitive layers
+
+
+def test_maxout_credit_goes_to_the_winner():
+    trunk, heads = _model(hidden=(8, 6), activation="maxout:block=2")
+    x, _ = _data(12)
+    lin0 = trunk[0]
+    with torch.no_grad():
+        lin0.weight[1] = 0
+        lin0.bias[1] = -100.0  # node 1 never wins against node 0
+        lin0.weight[4:6] = 0
+        lin0.bias[4:6] = 0.0  # block 2 outputs exactly 0
+    reg = build_regularizer("agscl", trunk, heads, rho=0.0)
+    with torch.no_grad():
+        pre = x @ lin0.weight.T + lin0.bias
+        block_out = pre.view(-1, 4, 2).max(dim=2).values.abs().mean(dim=0)
+    reg.end_task(0, [x], lambda b: heads(trunk(b), 0))
+    om = reg.omega[0]
+    torch.testing.assert_close(om.view(4, 2).sum(dim=1), block_out, rtol=1e-5, atol=1e-6)
+    assert om[1] == 0 and om[0] > 0 and om[4] == 0 and om[5] == 0
+    w1 = trunk[2].weight  # reads 4 maxout units
+    assert torch.all(w1[:, 2] == 0)  # both members of block 2 unimportant
+    assert torch.all(w1[:, 0] != 0)  # block 0 has an important winner
+
+
+@pytest.mark.parametrize("spec", ["lwta:block=2", "st_hard:groups=2", "st_soft:groups=2>gnc:groups=2", "bn>relu"])
+def test_runs_on_competitive_activations(spec):
+    trunk, heads = _model(hidden=(8, 6), activation=spec)
+    xa, ya = _data(13)
+    reg = build_regularizer("agscl", trunk, heads, mu=0.5, lamb=1e6, prox_every=2, seed=0)
+    for task in range(2):
+        opt = torch.optim.Adam(list(trunk.parameters()) + list(heads.parameters_of(task)), lr=0.01)
+        reg.begin_task(task, opt)
+        _train(trunk, heads, opt, task, xa, ya, 4)
+        if task == 1:  # important nodes frozen after the prox step, masked entries zero
+            for i, layer in enumerate(node_view(trunk)):
+                imp = ~reg.unimportant()[i]
+                assert torch.equal(get_incoming(layer)[imp], reg.anchor[i][imp])
+            keep = reg._keep[0]
+            if keep is not None:
+                assert torch.all(trunk[2].weight[keep[:, :, 0] == 0] == 0)
+        _end(reg, trunk, heads, task, xa)
+    json.dumps(reg.diagnostics())
+
+
+def test_memory_is_per_node():
+    trunk = atari_trunk()
+    reg = build_regularizer("agscl", trunk)
+    reg.end_task(0, [torch.rand(2, 4, 84, 84)], trunk)
+    mem = reg.memory_bytes()
+    n_nodes = 32 + 64 + 64 + 512
+    assert mem["importance"] == n_nodes * (4 + 8)  # Omega float32 + birth int64
+    assert mem["anchor"] == sum(p.numel() for p in trunk.parameters()) * 4
