@@ -8,16 +8,21 @@ A re-run skips complete trials and resumes the others from their checkpoints.
 
 from __future__ import annotations
 
+import fcntl
 import math
+import os
+import socket
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
 import yaml
 
 from clrl.config import config_from_dict, config_to_dict
-from clrl.errors import ConfigError
+from clrl.errors import ConfigError, UserError
 from clrl.results import load_results, now
 from clrl.sweep.backends import InlineBackend, PoolBackend, RayBackend, available_cpus
 from clrl.sweep.manifest import Manifest, TrialEntry, load_manifest, save_manifest
@@ -25,6 +30,7 @@ from clrl.sweep.spec import SweepPlan
 from clrl.sweep.trial import disk_state
 
 LOG_FILE = "sweep_log.txt"
+LOCK_FILE = ".sweep.lock"
 #: keys that may differ between a trial's saved config and the sweep's without redoing it
 RUNTIME_KEYS = ("output", "reference")
 
@@ -210,6 +216,31 @@ def schedule(plan: SweepPlan, manifest: Manifest, backend, threads: int, log: Sw
     save_manifest(plan.out, manifest)
 
 
+@contextmanager
+def sweep_lock(sweep_dir: Path) -> Iterator[None]:
+    """One driver per sweep folder: two would start the same trials twice.
+
+    ``flock`` is released by the kernel when the process ends, even on SIGKILL, so a killed
+    sweep never leaves a stale lock behind.
+    """
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    with open(sweep_dir / LOCK_FILE, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise UserError(f"{sweep_dir} is in use by another clrl sweep ({holder}); wait for it or stop it") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def run_sweep(
     plan: SweepPlan,
     backend: str = "local",
@@ -218,9 +249,14 @@ def run_sweep(
     log: SweepLog | None = None,
 ) -> Manifest:
     """Run (or continue) a sweep; returns its final manifest (also in ``<sweep>/sweep.json``)."""
-    states = check_existing(plan)
-    plan.out.mkdir(parents=True, exist_ok=True)
-    log = log or SweepLog(plan.out)
+    with sweep_lock(plan.out):
+        states = check_existing(plan)
+        return _run_locked(plan, states, backend, workers, address, log or SweepLog(plan.out))
+
+
+def _run_locked(
+    plan: SweepPlan, states: dict[str, str], backend: str, workers: int | None, address: str | None, log: SweepLog
+) -> Manifest:
     manifest = build_manifest(plan, states, backend)
     save_manifest(plan.out, manifest)
     todo = [t.name for t in plan.trials if states[t.name] != "complete"]
