@@ -171,7 +171,17 @@ class PPOConfig(Strict):
     consolidation_samples: int = Field(2560, ge=1, description="states of the trained policy used by end_task")
     vcl: VCLConfig = VCLConfig()
     deterministic: bool = Field(
-        False, description="single-threaded envs and torch for bit-identical CPU resume (slower)"
+        False,
+        description="bit-identical CPU resume: checkpoints only every checkpoint_every_updates PPO updates, "
+        "where the training envs are re-seeded and reset (in every run, interrupted or not), torch "
+        "threads pinned; output.checkpoint_every_minutes is then not used",
+    )
+    checkpoint_every_updates: int = Field(
+        50, ge=1, description="deterministic mode: PPO updates between checkpoints (and env re-seeds)"
+    )
+    torch_threads: int = Field(
+        0, ge=0, description="torch intra-op CPU threads; 0 = torch's default (one per core). 1 is often "
+        "faster on a busy or small machine, where torch's threads and the emulator threads compete"
     )
 
     @model_validator(mode="after")
@@ -180,6 +190,11 @@ class PPOConfig(Strict):
         if batch % self.n_minibatches:
             raise ValueError(
                 f"n_envs*n_steps = {batch} is not divisible by n_minibatches = {self.n_minibatches}"
+            )
+        if self.vcl.gamma > 0 and batch // self.n_minibatches < 2 * self.vcl.n:
+            raise ValueError(
+                f"vcl.n = {self.vcl.n} needs minibatches of at least 2n = {2 * self.vcl.n} samples; "
+                f"n_envs*n_steps/n_minibatches is {batch // self.n_minibatches}"
             )
         return self
 

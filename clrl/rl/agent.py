@@ -1,0 +1,233 @@
+"""PPO glue: one stable-baselines3 PPO object per task over the shared multi-head network.
+
+Why a PPO object per task: SB3 fixes the action space (and the rollout buffer, and the
+policy's optimizer) when a model is built, and every game has its own minimal action set. A
+fresh :class:`TaskPPO` per task gets the new game's action space, a policy that reads the new
+task's heads, and a fresh Adam over the trunk and those heads only (REFERENCE.md, bug 3).
+
+Why ``train`` is overridden: the paper's PPO (the a2c-ppo-acktr code the AGS-CL authors used)
+differs from SB3's in ways the runs depend on, and clrl needs hooks into the loss:
+
+* clipped value loss is the pessimistic ``0.5 * max((V - R)^2, (V_clip - R)^2)`` of OpenAI
+  baselines / a2c-ppo-acktr (SB3 uses only the clipped term and no 0.5);
+* the VCL loss (Littwin & Wolf 2018, eq. 17) of the minibatch's own forward pass is added to
+  the PPO loss, so its gradient flows through the same ``backward`` and clipping;
+* gradients are clipped over the parameters this task trains (past heads hold no gradient);
+* the learning rate decays linearly to 0 within each task with the paper's schedule
+  ``lr * (1 - j / J)`` for update ``j`` of ``J``, which the runner sets before each update;
+* the losses stay on the device until the end of the update (one synchronization per update).
+
+Everything else (rollout collection, GAE, minibatch sampling) is SB3's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.vec_env import VecEnv
+from torch import Tensor
+
+from clrl.config import PPOConfig
+from clrl.rl.policy import ActorCritic, TaskPolicy
+
+__all__ = ["TaskPPO", "learning_rate_schedule", "collect_states"]
+
+
+def learning_rate_schedule(ppo: PPOConfig) -> Callable[[float], float]:
+    """SB3 schedule of ``progress_remaining`` (1 -> 0 over a task): linear or constant."""
+    lr = float(ppo.learning_rate)
+    if ppo.lr_schedule == "linear":
+        return lambda progress: lr * float(progress)
+    return lambda progress: lr
+
+
+class _NoCallback(BaseCallback):
+    def _on_step(self) -> bool:
+        return True
+
+
+class TaskPPO(PPO):
+    """SB3 PPO on one game with :class:`TaskPolicy` for task ``task`` of ``net``.
+
+    The runner drives it one update at a time (:meth:`update`) instead of ``learn()`` so that
+    evaluation, checkpoints, interrupts and the NaN guard happen between updates.
+    """
+
+    def __init__(
+        self,
+        env: VecEnv,
+        net: ActorCritic,
+        task: int,
+        ppo: PPOConfig,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        batch = env.num_envs * ppo.n_steps
+        if batch % ppo.n_minibatches:
+            raise ValueError(f"n_envs*n_steps = {batch} is not divisible by n_minibatches = {ppo.n_minibatches}")
+        super().__init__(
+            TaskPolicy,
+            env,
+            learning_rate=learning_rate_schedule(ppo),
+            n_steps=ppo.n_steps,
+            batch_size=batch // ppo.n_minibatches,
+            n_epochs=ppo.n_epochs,
+            gamma=ppo.gamma,
+            gae_lambda=ppo.gae_lambda,
+            clip_range=ppo.clip_range,
+            clip_range_vf=ppo.clip_range_vf,
+            normalize_advantage=ppo.normalize_advantage,
+            ent_coef=ppo.ent_coef,
+            vf_coef=ppo.vf_coef,
+            max_grad_norm=ppo.max_grad_norm,
+            policy_kwargs={"net": net, "task": int(task), "adam_eps": ppo.adam_eps},
+            device=device,
+            verbose=0,
+        )
+        self.net = net
+        self.task = int(task)
+        self.aux_loss: Callable[[], Tensor] | None = net.vcl.loss if net.vcl is not None and net.vcl.gamma > 0 else None
+        self.optimizer_steps = 0
+        self.last_stats: dict[str, float] = {}
+        self.finished_episodes: list[dict[str, float]] = []
+        self._callback = _NoCallback()
+        self._callback.init_callback(self)
+
+    # ------------------------------------------------------------------ driving
+
+    @property
+    def batch(self) -> int:
+        return self.n_envs * self.n_steps
+
+    def reset_envs(self, seed: int | None = None) -> None:
+        """(Re-)start the rollouts from fresh episodes, optionally re-seeding the envs first."""
+        if seed is not None:
+            self.env.seed(int(seed))
+        self._last_obs = self.env.reset()
+        self._last_episode_starts = np.ones((self.env.num_envs,), dtype=bool)
+        if self.ep_info_buffer is None:
+            from collections import deque
+
+            self.ep_info_buffer = deque(maxlen=self._stats_window_size)
+            self.ep_success_buffer = deque(maxlen=self._stats_window_size)
+
+    def update(self, progress_remaining: float) -> dict[str, float]:
+        """Collect one rollout and run one PPO update; returns the update's statistics.
+
+        ``progress_remaining`` is ``1 - j / J`` for update ``j`` of ``J`` in this task: it sets
+        the learning rate (and clip ranges) of this update.
+        """
+        if self._last_obs is None:
+            self.reset_envs()
+        self.collect_rollouts(self.env, self._callback, self.rollout_buffer, n_rollout_steps=self.n_steps)
+        self._current_progress_remaining = float(progress_remaining)
+        self.train()
+        return self.last_stats
+
+    def _update_info_buffer(self, infos: list[dict[str, Any]], dones: np.ndarray | None = None) -> None:
+        super()._update_info_buffer(infos, dones)
+        for info in infos:
+            episode = info.get("episode")
+            if episode is not None:
+                self.finished_episodes.append({"r": float(episode["r"]), "l": float(episode["l"])})
+
+    def drain_episodes(self) -> list[dict[str, float]]:
+        """Episodes (raw full-game score ``r``, length ``l``) finished since the last call."""
+        out, self.finished_episodes = self.finished_episodes, []
+        return out
+
+    # ------------------------------------------------------------------ the PPO update
+
+    def train(self) -> None:
+        """One PPO update (clipped surrogate, eq. 7 of Schulman et al. 2017) on the buffer."""
+        self.policy.set_training_mode(True)
+        optimizer = self.policy.optimizer
+        for group in optimizer.param_groups:
+            group["lr"] = float(self.lr_schedule(self._current_progress_remaining))
+        clip = float(self.clip_range(self._current_progress_remaining))
+        clip_vf = float(self.clip_range_vf(self._current_progress_remaining)) if self.clip_range_vf is not None else None
+        params = list(self.policy.trainable_parameters())
+        sums: dict[str, Tensor] = {}
+        count = 0
+
+        def add(key: str, value: Tensor) -> None:
+            value = value.detach()
+            sums[key] = sums[key] + value if key in sums else value.clone()
+
+        for _epoch in range(self.n_epochs):
+            for data in self.rollout_buffer.get(self.batch_size):
+                actions = data.actions.long().flatten()
+                values, log_prob, entropy = self.policy.evaluate_actions(data.observations, actions)
+                values = values.flatten()
+                adv = data.advantages
+                if self.normalize_advantage and adv.numel() > 1:
+                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+                log_ratio = log_prob - data.old_log_prob
+                ratio = torch.exp(log_ratio)
+                policy_loss = -torch.min(adv * ratio, adv * torch.clamp(ratio, 1 - clip, 1 + clip)).mean()
+                value_err = (values - data.returns) ** 2
+                if clip_vf is not None:
+                    clipped = data.old_values + torch.clamp(values - data.old_values, -clip_vf, clip_vf)
+                    value_err = torch.max(value_err, (clipped - data.returns) ** 2)
+                value_loss = 0.5 * value_err.mean()
+                entropy_mean = entropy.mean()
+                loss = policy_loss - self.ent_coef * entropy_mean + self.vf_coef * value_loss
+                if self.aux_loss is not None:
+                    aux = self.aux_loss()
+                    loss = loss + aux
+                    add("vcl_loss", aux)
+
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+                optimizer.step()
+                self.optimizer_steps += 1
+
+                add("policy_loss", policy_loss)
+                add("value_loss", value_loss)
+                add("entropy", entropy_mean)
+                add("loss", loss)
+                add("grad_norm", grad_norm)
+                with torch.no_grad():
+                    add("approx_kl", ((ratio - 1) - log_ratio).mean())
+                    add("clip_fraction", ((ratio - 1).abs() > clip).float().mean())
+                count += 1
+            self._n_updates += 1
+
+        means = torch.stack(list(sums.values())) / max(count, 1)
+        stats = dict(zip(sums.keys(), means.float().cpu().tolist(), strict=True))
+        buf = self.rollout_buffer
+        var_y = float(np.var(buf.returns))
+        stats["explained_variance"] = float("nan") if var_y == 0 else float(1 - np.var(buf.returns - buf.values) / var_y)
+        stats["learning_rate"] = float(optimizer.param_groups[0]["lr"])
+        stats["clip_range"] = clip
+        self.last_stats = stats
+
+
+@torch.no_grad()
+def collect_states(model: TaskPPO, n: int, batch_size: int = 256) -> list[Tensor]:
+    """``n`` states the trained policy visits on its game, as uint8 batches on the device.
+
+    This is what AGS-CL's Omega, EWC's Fisher and MAS's importance are estimated from at the end
+    of a task (2,560 states in the AGS-CL code). Actions are sampled as in training; the steps
+    are not training steps and are not counted.
+    """
+    if model._last_obs is None:
+        model.reset_envs()
+    model.policy.set_training_mode(False)
+    env = model.env
+    chunks: list[np.ndarray] = []
+    have = 0
+    obs = model._last_obs
+    while have < n:
+        chunks.append(np.asarray(obs).copy())
+        have += len(chunks[-1])
+        actions, _, _ = model.policy(torch.as_tensor(obs, device=model.device))
+        obs, _, _, _ = env.step(actions.cpu().numpy())
+    model._last_obs = obs
+    states = torch.from_numpy(np.concatenate(chunks)[:n]).to(model.device)
+    return list(states.split(batch_size))

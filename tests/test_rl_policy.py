@@ -1,0 +1,239 @@
+"""The multi-head actor-critic, its SB3 policy and the PPO update (no emulator: a fake Atari env)."""
+
+from __future__ import annotations
+
+import copy
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+from clrl.config import PPOConfig, VCLConfig
+from clrl.rl.agent import TaskPPO, collect_states, learning_rate_schedule
+from clrl.rl.policy import TaskPolicy, build_actor_critic, preprocess
+
+SMALL = dict(channels=(4, 8, 8), hidden=16)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny nets: one thread is faster, and much faster on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class FakeAtari(gym.Env):
+    """uint8 (4, 84, 84) frames; reward 1 for action 0; episodes of 12 steps."""
+
+    def __init__(self, n_actions: int) -> None:
+        self.observation_space = spaces.Box(0, 255, (4, 84, 84), np.uint8)
+        self.action_space = spaces.Discrete(n_actions)
+        self.t = 0
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._obs(), {}
+
+    def _obs(self) -> np.ndarray:
+        return self.np_random.integers(0, 256, (4, 84, 84), dtype=np.uint8)
+
+    def step(self, action):
+        self.t += 1
+        return self._obs(), float(action == 0), self.t >= 12, False, {}
+
+
+def fake_env(n_actions: int, n_envs: int = 2, seed: int = 0) -> DummyVecEnv:
+    env = DummyVecEnv([lambda: FakeAtari(n_actions) for _ in range(n_envs)])
+    env.seed(seed)
+    return env
+
+
+def ppo_config(**kw) -> PPOConfig:
+    base = dict(n_envs=2, n_steps=8, n_minibatches=2, n_epochs=2, learning_rate=1e-3, ent_coef=0.01, clip_range_vf=0.2)
+    base.update(kw)
+    return PPOConfig(**base)
+
+
+def make_model(net, task: int, n_actions: int, **kw) -> TaskPPO:
+    if task not in net.actor:
+        net.add_task(task, n_actions)
+    model = TaskPPO(fake_env(n_actions), net, task, ppo_config(**kw))
+    model.reset_envs(seed=task)
+    return model
+
+
+def test_preprocess_scales_uint8_and_leaves_input_alone():
+    x = torch.tensor([[0, 51, 255]], dtype=torch.uint8)
+    assert torch.allclose(preprocess(x), torch.tensor([[0.0, 0.2, 1.0]]))
+    f = torch.tensor([255.0])
+    assert preprocess(f).item() == 1.0 and f.item() == 255.0
+
+
+def test_policy_matches_torch_categorical():
+    torch.manual_seed(0)
+    net = build_actor_critic(**SMALL, activation="relu")
+    net.add_task(0, 5)
+    policy = TaskPolicy(spaces.Box(0, 255, (4, 84, 84), np.uint8), spaces.Discrete(5), lambda p: 1e-3, net=net, task=0)
+    obs = torch.randint(0, 256, (6, 4, 84, 84), dtype=torch.uint8)
+    actions = torch.tensor([0, 1, 2, 3, 4, 0])
+    values, logp, entropy = policy.evaluate_actions(obs, actions)
+    feats = net.trunk(obs.float() / 255)
+    dist = torch.distributions.Categorical(logits=net.actor.heads[0](feats))
+    assert torch.allclose(logp, dist.log_prob(actions), atol=1e-6)
+    assert torch.allclose(entropy, dist.entropy(), atol=1e-6)
+    assert torch.allclose(values, net.critic.heads[0](feats), atol=1e-6)
+    assert values.shape == (6, 1)
+    a, v, lp = policy(obs, deterministic=True)
+    assert torch.equal(a, dist.logits.argmax(1))
+    assert torch.allclose(lp, dist.log_prob(a), atol=1e-6)
+
+
+def test_policy_rejects_wrong_action_space():
+    net = build_actor_critic(**SMALL, activation="relu")
+    net.add_task(0, 5)
+    with pytest.raises(ValueError, match="5 outputs but the game has 4"):
+        TaskPolicy(spaces.Box(0, 255, (4, 84, 84), np.uint8), spaces.Discrete(4), lambda p: 1e-3, net=net, task=0)
+    with pytest.raises(ValueError, match="no heads for task 1"):
+        TaskPolicy(spaces.Box(0, 255, (4, 84, 84), np.uint8), spaces.Discrete(4), lambda p: 1e-3, net=net, task=1)
+
+
+def test_optimizer_holds_trunk_and_current_heads_only():
+    net = build_actor_critic(**SMALL, activation="relu")
+    m0 = make_model(net, 0, 3)
+    m1 = make_model(net, 1, 5)
+    ids = {id(p) for g in m1.policy.optimizer.param_groups for p in g["params"]}
+    expected = {id(p) for p in [*net.trunk.parameters(), *net.actor.parameters_of(1), *net.critic.parameters_of(1)]}
+    assert ids == expected
+    assert not ids & {id(p) for p in [*net.actor.parameters_of(0), *net.critic.parameters_of(0)]}
+    assert m0.policy.optimizer is not m1.policy.optimizer
+    assert m1.action_space.n == 5 and m0.action_space.n == 3
+
+
+def test_past_heads_stay_bit_identical_while_the_next_task_trains():
+    torch.manual_seed(1)
+    net = build_actor_critic(**SMALL, activation="relu")
+    m0 = make_model(net, 0, 3)
+    for j in range(2):
+        m0.update(1 - j / 2)
+    heads0 = {k: v.clone() for k, v in net.state_dict().items() if k.startswith(("actor.heads.0", "critic.heads.0"))}
+    trunk0 = [p.clone() for p in net.trunk.parameters()]
+    m1 = make_model(net, 1, 4)
+    for j in range(2):
+        m1.update(1 - j / 2)
+    after = net.state_dict()
+    for k, v in heads0.items():
+        assert torch.equal(after[k], v), k
+    assert any(not torch.equal(a, b) for a, b in zip(trunk0, net.trunk.parameters())), "the trunk must have trained"
+
+
+def test_learning_rate_decays_linearly_within_a_task():
+    cfg = ppo_config(learning_rate=3e-4)
+    sched = learning_rate_schedule(cfg)
+    J = 4
+    assert [sched(1 - j / J) for j in range(J)] == pytest.approx([3e-4, 2.25e-4, 1.5e-4, 0.75e-4])
+    assert learning_rate_schedule(ppo_config(learning_rate=3e-4, lr_schedule="constant"))(0.1) == 3e-4
+    net = build_actor_critic(**SMALL, activation="relu")
+    model = make_model(net, 0, 3, learning_rate=3e-4)
+    seen = [model.update(1 - j / J)["learning_rate"] for j in range(2)]
+    assert seen == pytest.approx([3e-4, 2.25e-4])
+
+
+def _manual_ppo_loss(model: TaskPPO, net, clip: float, clip_vf: float | None, ent: float, vf: float) -> torch.Tensor:
+    """The PPO loss written out from the buffer's numpy arrays (independent of TaskPPO.train)."""
+    buf = model.rollout_buffer
+    obs = torch.as_tensor(buf.observations.reshape(-1, 4, 84, 84))
+    actions = torch.as_tensor(buf.actions.reshape(-1)).long()
+    old_logp = torch.as_tensor(buf.log_probs.reshape(-1))
+    old_v = torch.as_tensor(buf.values.reshape(-1))
+    returns = torch.as_tensor(buf.returns.reshape(-1))
+    adv = torch.as_tensor(buf.advantages.reshape(-1))
+    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    feats = net.trunk(obs.float() / 255)
+    logits = net.actor.heads[0](feats)
+    v = net.critic.heads[0](feats).flatten()
+    dist = torch.distributions.Categorical(logits=logits)
+    ratio = torch.exp(dist.log_prob(actions) - old_logp)
+    pg = -torch.minimum(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv).mean()
+    vl = (v - returns) ** 2
+    if clip_vf is not None:
+        vl = torch.maximum(vl, (old_v + (v - old_v).clamp(-clip_vf, clip_vf) - returns) ** 2)
+    return pg + vf * 0.5 * vl.mean() - ent * dist.entropy().mean()
+
+
+@pytest.mark.parametrize("clip_vf", [None, 0.2])
+def test_ppo_step_equals_adam_on_the_written_out_loss(clip_vf):
+    torch.manual_seed(2)
+    net = build_actor_critic(**SMALL, activation="relu")
+    model = make_model(net, 0, 3, n_minibatches=1, n_epochs=1, clip_range_vf=clip_vf, max_grad_norm=0.05)
+    model.collect_rollouts(model.env, model._callback, model.rollout_buffer, n_rollout_steps=model.n_steps)
+    twin = copy.deepcopy(net)
+    loss = _manual_ppo_loss(model, twin, clip=0.1, clip_vf=clip_vf, ent=0.01, vf=0.5)
+    params = twin.task_parameters(0)
+    opt = torch.optim.Adam(params, lr=1e-3 * 0.5, eps=1e-5)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 0.05)
+    opt.step()
+    model._current_progress_remaining = 0.5
+    model.train()
+    assert model.last_stats["loss"] == pytest.approx(loss.item(), rel=1e-4, abs=1e-6)
+    for (name, a), b in zip(net.named_parameters(), twin.parameters()):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_vcl_loss_trains_the_betas_and_enters_the_loss():
+    torch.manual_seed(3)
+    net = build_actor_critic(**SMALL, activation="relu")
+    net.enable_vcl(gamma=0.5, n=2)
+    betas = [b.clone() for b in net.vcl.parameters()]
+    model = make_model(net, 0, 3)
+    assert {id(p) for p in net.vcl.parameters()} <= {id(p) for g in model.policy.optimizer.param_groups for p in g["params"]}
+    stats = model.update(1.0)
+    assert stats["vcl_loss"] > 0
+    # only the VCL term reaches the betas: they move iff it is in the loss
+    assert all(not torch.equal(a, b) for a, b in zip(betas, net.vcl.parameters()))
+
+
+def test_vcl_needs_minibatches_of_2n():
+    with pytest.raises(ValueError, match="vcl.n = 5 needs minibatches of at least 2n = 10"):
+        PPOConfig(n_envs=2, n_steps=8, n_minibatches=2, vcl=VCLConfig(gamma=0.1, n=5))
+
+
+def test_collect_states_returns_visited_uint8_batches():
+    net = build_actor_critic(**SMALL, activation="relu")
+    model = make_model(net, 0, 3)
+    batches = collect_states(model, 21, batch_size=8)
+    assert [b.shape[0] for b in batches] == [8, 8, 5]
+    assert all(b.dtype == torch.uint8 and b.shape[1:] == (4, 84, 84) for b in batches)
+
+
+ACTIVATIONS = [
+    "relu",
+    "lwta:block=2",
+    "maxout:block=2",
+    "st_hard:groups=4",
+    "st_soft:groups=4",
+    "gnc:groups=4",
+    "st_hard:groups=4>gnc:groups=4",
+    "bn",
+    "gn:groups=4",
+    "ln",
+    ["relu", "lwta:block=2", "maxout:block=2", "st_soft:groups=4>gnc:groups=4"],
+]
+
+
+@pytest.mark.parametrize("spec", ACTIVATIONS, ids=lambda s: s if isinstance(s, str) else "per-layer")
+def test_every_activation_spec_trains_one_update(spec):
+    torch.manual_seed(4)
+    net = build_actor_critic(channels=(8, 8, 8), hidden=16, activation=spec)
+    model = make_model(net, 0, 3)
+    before = [p.clone() for p in net.trunk.parameters()]
+    stats = model.update(1.0)
+    assert np.isfinite(stats["loss"])
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, net.trunk.parameters()))
