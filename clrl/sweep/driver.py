@@ -118,7 +118,8 @@ def build_manifest(plan: SweepPlan, states: dict[str, str], backend: str) -> Man
     stamp = now()
     return Manifest(
         name=plan.spec.name, sweep_file=str(plan.source.resolve()), created=old.created if old else stamp,
-        updated=stamp, backend=backend, spec=plan.spec.model_dump(mode="json"), trials=entries,
+        updated=stamp, backend=backend, spec=plan.spec.model_dump(mode="json"), overrides=plan.overrides,
+        trials=entries,
     )
 
 

@@ -51,6 +51,7 @@ class Manifest(_Model):
     updated: str
     backend: str
     spec: dict[str, Any]
+    overrides: list[str] = Field([], description="--set overrides of the command line")
     trials: list[TrialEntry]
     report: str | None = None
 

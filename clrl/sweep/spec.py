@@ -6,7 +6,7 @@ A sweep file (``configs/sweep_*.yaml``)::
     base: split_digits.yaml          # experiment config, relative to this file
     config: {train: {batch_size: 64}}  # optional inline config merged over base (or instead of it)
     seeds: [0, 1, 2]
-    set: {train.epochs: 5}           # dotted overrides for every trial
+    set: {train.epochs: 5}           # dotted keys for every trial (values taken literally)
     grid: {model.activation: [relu, "lwta:block=2"]}   # optional axes crossed with every method
     methods:                         # one entry per method; a list value is a grid axis
       finetune: {regularizer.name: none}
@@ -15,9 +15,10 @@ A sweep file (``configs/sweep_*.yaml``)::
     resources: {cpu: 1, gpu: 0.25}   # per trial (Ray); fractional GPUs allowed
     retries: 1                       # re-runs of a crashed trial, from its checkpoint
 
-A list is always a grid axis; a config key whose value is itself a list takes a list of lists
-(``model.hidden: [[64, 64], [128, 128]]``, or ``[[64, 64]]`` for one fixed value). Precedence,
-lowest first: base file, inline ``config``, ``set``, ``grid``, the method's keys, the seed.
+In ``methods`` and ``grid`` a list is always a grid axis; a config key whose value is itself a
+list takes a list of lists there (``model.hidden: [[64, 64], [128, 128]]``, or ``[[64, 64]]`` for
+one fixed value). ``set`` and ``--set`` values are taken literally. Precedence, lowest first:
+base file, inline ``config``, ``set``, ``grid``, the method's keys, ``--set``, the seed.
 
 Every trial is validated through :mod:`clrl.config` here, before anything runs, so a bad grid
 value fails fast with the sweep file, the trial and the key in the message. Fine-tuning trials
@@ -69,7 +70,7 @@ class SweepConfig(Strict):
     base: str | None = Field(None, description="experiment config, relative to the sweep file")
     config: dict[str, Any] = Field({}, description="inline experiment config merged over base")
     seeds: list[int] | None = Field(None, min_length=1, description="default: the base config's seed")
-    set: dict[str, Any] = Field({}, description="dotted overrides applied to every trial")
+    set: dict[str, Any] = Field({}, description="dotted keys applied to every trial, values taken literally")
     grid: dict[str, Any] = Field({}, description="axes (lists) crossed with every method")
     methods: dict[str, dict[str, Any]] = Field(min_length=1, description="method name -> dotted overrides")
     reference: str | None = Field(AUTO, description="auto: the fine-tuning method(s); a method name; null: none")
@@ -115,6 +116,7 @@ class SweepPlan:
     source: Path
     out: Path
     trials: list[Trial]
+    overrides: list[str] = field(default_factory=list)
 
     def trial(self, name: str) -> Trial:
         return next(t for t in self.trials if t.name == name)
@@ -126,7 +128,7 @@ class SweepPlan:
 # --------------------------------------------------------------------------- reading
 
 
-def load_sweep(path: str | os.PathLike, overrides: list[str] | None = None) -> SweepConfig:
+def load_sweep(path: str | os.PathLike) -> SweepConfig:
     """Read and validate a sweep file; errors name the file and the dotted key."""
     path = Path(path)
     if not path.is_file():
@@ -146,9 +148,6 @@ def load_sweep(path: str | os.PathLike, overrides: list[str] | None = None) -> S
     if spec.reference not in (None, AUTO) and spec.reference not in spec.methods:
         allowed = ", ".join(["auto", "null", *spec.methods])
         raise ConfigError(f"{path}: reference: given {spec.reference!r}, not a method of this sweep; allowed: {allowed}")
-    if overrides:  # --set on the command line: one more layer of `set`, for every trial
-        extra = _flatten(apply_overrides({}, overrides), "")
-        spec = spec.model_copy(update={"set": {**_flatten(spec.set, ""), **extra}})
     return spec
 
 
@@ -235,13 +234,18 @@ def trial_name(method: str, params: dict[str, Any], seed: int, labels: dict[str,
 # --------------------------------------------------------------------------- expansion
 
 
-def _axes(values: dict[str, Any], where: str) -> tuple[dict[str, Any], dict[str, list]]:
-    """Split dotted keys into fixed values and grid axes (lists)."""
-    fixed, axes = {}, {}
-    for key, value in values.items():
+def _check_reserved(keys: Any, where: str) -> None:
+    for key in keys:
         if key in RESERVED_KEYS:
             what = "list seeds under `seeds:`" if key == "seed" else "trial names are made by the sweep"
             raise ConfigError(f"{where}: {key}: the sweep sets this itself ({what})")
+
+
+def _axes(values: dict[str, Any], where: str) -> tuple[dict[str, Any], dict[str, list]]:
+    """Split dotted keys into fixed values and grid axes (lists)."""
+    _check_reserved(values, where)
+    fixed, axes = {}, {}
+    for key, value in values.items():
         if isinstance(value, list):
             if not value:
                 raise ConfigError(f"{where}: {key}: empty list (a list is a grid axis and needs a value)")
@@ -261,14 +265,12 @@ def expand(
     that mounts the folder at the same path finds them.
     """
     source = Path(path)
-    spec = load_sweep(source, overrides)
+    spec = load_sweep(source)
     base = _base_data(spec, source)
-    common_fixed, common_axes = _axes(_flatten(spec.set, ""), f"{source}: set")
-    if common_axes:
-        raise ConfigError(
-            f"{source}: set: {next(iter(common_axes))}: a list in `set` is ambiguous; put grid axes "
-            "under `grid:` (a list-valued key as a list of lists there, e.g. [[64, 64]])"
-        )
+    common = _flatten(spec.set, "")  # taken literally: `set: {tasks.games: [Boxing, Pong]}` is one value
+    _check_reserved(common, f"{source}: set")
+    if overrides:  # --set on the command line: literal values too, checked here before any trial
+        _check_reserved(_flatten(apply_overrides({}, overrides), ""), "--set")
     grid_fixed, grid_axes = _axes(_flatten(spec.grid, ""), f"{source}: grid")
     if grid_fixed:
         bad = next(iter(grid_fixed))
@@ -284,7 +286,7 @@ def expand(
 
     trials: list[Trial] = []
     for method, raw in spec.methods.items():
-        trials += _method_trials(source, method, raw, base, common_fixed, grid_axes, seeds)
+        trials += _method_trials(source, method, raw, base, common, grid_axes, seeds, overrides or [])
     names = [t.name for t in trials]
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup:
@@ -294,7 +296,7 @@ def expand(
     for t in trials:  # validate every trial before anything runs
         t.config = config_to_dict(_validate(t.config, f"{source} (trial {t.name})"))
     trials.sort(key=lambda t: not t.is_reference)  # stable: references first, grid order kept
-    return SweepPlan(spec=spec, source=source, out=out, trials=trials)
+    return SweepPlan(spec=spec, source=source, out=out, trials=trials, overrides=list(overrides or []))
 
 
 def _method_trials(
@@ -305,6 +307,7 @@ def _method_trials(
     common: dict[str, Any],
     grid_axes: dict[str, list],
     seeds: list[int],
+    overrides: list[str],
 ) -> list[Trial]:
     """One method's trials: its own axes x the sweep-wide grid x seeds, in that nesting order."""
     where = f"{source}: methods.{method}"
@@ -323,6 +326,7 @@ def _method_trials(
             data = _set_keys(base, common, f"{source}: set")
             data = _set_keys(data, grid_values, f"{source}: grid")
             data = _set_keys(_fresh_regularizer(data, method_values), method_values, where)
+            data = apply_overrides(data, overrides)  # the command line beats the file
             for seed in seeds:
                 name = trial_name(method, shown, seed, labels)
                 config = {**data, "name": name, "seed": seed}
