@@ -314,10 +314,12 @@ class AtariVecEnv(VecEnv):
             raise RuntimeError("step_wait() without step_async()")
         obs, raw, game_over, truncated, lives, final = self._live_batch().step(self._actions)
         self._actions = None
+        game_end = game_over | truncated
+        if game_end.any() and final is None:
+            raise RuntimeError(f"{self!r}: a game ended but the backend returned no final observation")
         self.raw_rewards = raw
         self._ep_return += raw
         self._ep_len += 1
-        game_end = game_over | truncated
         life_lost = (lives > 0) & (lives < self._lives) & ~game_end
         dones = game_end | life_lost if self.episodic_life else game_end
         rewards = (np.sign(raw) if self.clip_rewards else raw).astype(np.float32)
