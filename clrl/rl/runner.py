@@ -1,0 +1,561 @@
+"""The sequential Atari runner: train one game after another, evaluate every game seen so far.
+
+``run_experiment(cfg, rd, resume)`` (called by ``clrl run``) for each task ``t`` in order:
+``begin_task`` (new heads, new PPO object and Adam, regularizer hooks attached), ``J =
+ceil(steps_per_task / (n_envs * n_steps))`` PPO updates, ``end_task`` on
+``train.consolidation_samples`` states the trained policy visits, then the end-of-task
+evaluation of every seen game with its own head, which fills ``R[t][j]`` (j <= t). Every
+``eval.every_steps`` env steps a curve point is added as well. ``results.json`` is rewritten
+(atomically) after every evaluation.
+
+The end-of-task evaluation runs after ``end_task``: R[t][t] scores the network the next tasks
+start from (AGS-CL's re-initialization and head masking included).
+
+Checkpoints (``checkpoints/latest.pt``, plus ``task_XX.pt`` at each task boundary) are taken
+only between PPO updates, after any evaluation due there, so a checkpoint is always a
+consistent point of the loop; they are written atomically and never after a non-finite update
+(the NaN guard stops the run first and keeps the last good one).
+
+Resume and the deterministic mode: the emulators' state cannot be saved, so a resumed run
+restarts its training envs (re-seeded from ``(seed, task, update)``) where the checkpoint was
+taken. With ``train.deterministic: true`` every run, interrupted or not, does exactly that every
+``train.checkpoint_every_updates`` updates and checkpoints only there; with the RNG states,
+counters, Adam and regularizer state restored and torch's thread count pinned to the first
+run's, a CPU run killed at any moment and resumed ends with the same R and curves, bit for bit,
+as one that was never interrupted. Without it, checkpoints are time based
+(``output.checkpoint_every_minutes``) and a resumed run continues statistically, not bitwise.
+
+SIGINT/SIGTERM: the first one finishes the current update (and evaluation), saves a checkpoint,
+marks results.json failed with reason "interrupted" and raises KeyboardInterrupt (the CLI exits
+130); a second one stops at once, keeping the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+
+from clrl.config import RLConfig, config_to_dict, regularizer_hparams
+from clrl.errors import CheckpointError, ConfigError, TrainingDiverged
+from clrl.regularizers import Regularizer, build_regularizer
+from clrl.results import (
+    CurvePoint,
+    Results,
+    compute_metrics,
+    new_results,
+    reference_from_run,
+    save_results,
+)
+from clrl.rl import checkpoint as ckpt
+from clrl.rl.agent import TaskPPO, collect_states
+from clrl.rl.checkpoint import Counters
+from clrl.rl.envs import action_count, make_vec_env
+from clrl.rl.evaluation import evaluate
+from clrl.rl.policy import ActorCritic, build_actor_critic
+from clrl.rundir import RunDir, setup_logging
+from clrl.seeding import derive_seed, get_rng_state, seed_everything, set_rng_state
+
+__all__ = ["run_experiment", "resolve_device", "updates_per_task", "SequentialRun"]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: cuda was asked for but torch sees no CUDA device (use auto or cpu)")
+    return torch.device(name)
+
+
+def updates_per_task(cfg: RLConfig) -> int:
+    """PPO updates per task: ``steps_per_task`` rounded up to whole rollouts."""
+    batch = cfg.train.n_envs * cfg.train.n_steps
+    return max(1, math.ceil(cfg.tasks.steps_per_task / batch))
+
+
+def run_experiment(cfg: RLConfig, rd: RunDir, resume: bool = False) -> Results:
+    """Run (or resume) the sequential Atari experiment ``cfg`` in ``rd``; returns its results."""
+    return SequentialRun(cfg, rd).run(resume=resume)
+
+
+class _Interrupt:
+    """SIGINT/SIGTERM -> a flag checked between updates; a second signal stops at once."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.requested: str | None = None
+        self.logger = logger
+
+    def handler(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.requested is not None:
+            raise KeyboardInterrupt(f"{name} (second signal)")
+        self.requested = name
+        msg = f"{name}: saving a checkpoint after the current update (send it again to stop at once)"
+        self.logger.warning(msg)
+        print(f"\nclrl: {msg}", file=sys.stderr, flush=True)
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        old = {s: signal.signal(s, self.handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+
+class SequentialRun:
+    """One sequential Atari run: its network, regularizer, counters and results."""
+
+    def __init__(self, cfg: RLConfig, rd: RunDir) -> None:
+        self.cfg = cfg
+        self.rd = rd
+        self.games = list(cfg.tasks.games)
+        self.T = len(self.games)
+        self.J = updates_per_task(cfg)
+        self.batch = cfg.train.n_envs * cfg.train.n_steps
+        self.device = resolve_device(cfg.device)
+        self.deterministic = bool(cfg.train.deterministic)
+        self.logger = setup_logging(rd)
+        self.interrupt = _Interrupt(self.logger)
+        self.counters = Counters(next_eval=cfg.eval.every_steps)
+        self.model: TaskPPO | None = None
+        self.writer = None
+        self.progress = None
+        self._last_ckpt_time = time.monotonic()
+        self._last_eval_text = "-"
+        self._tb_step_offset = 0
+        self.torch_threads = torch.get_num_threads()
+
+    # ================================================================== setup
+
+    def _build(self) -> None:
+        cfg = self.cfg
+        rd = self.rd
+        rd.make()
+        if cfg.train.torch_threads:
+            torch.set_num_threads(cfg.train.torch_threads)
+        self.torch_threads = torch.get_num_threads()
+        seed_everything(cfg.seed, deterministic=self.deterministic)
+        self.net: ActorCritic = build_actor_critic(
+            cfg.model.channels, cfg.model.hidden, cfg.model.activation, in_channels=cfg.env.frame_stack
+        ).to(self.device)
+        if cfg.train.vcl.gamma > 0:
+            self.net.enable_vcl(cfg.train.vcl.gamma, cfg.train.vcl.n)
+        name, hparams = regularizer_hparams(cfg)
+        if name == "agscl" and "prox_every" not in hparams:
+            hparams["prox_every"] = cfg.train.n_minibatches  # once per PPO epoch (REFERENCE.md)
+        if name in ("ewc", "mas") and "max_samples" in hparams:
+            hparams["max_samples"] = min(int(hparams["max_samples"]), cfg.train.consolidation_samples)
+        try:
+            self.reg: Regularizer = build_regularizer(name, self.net.trunk, heads=self.net.actor, **hparams)
+        except ValueError as exc:
+            raise ConfigError(f"regularizer: {exc}") from exc
+        self.n_actions = [action_count(g, cfg.env) for g in self.games]
+
+    def _fresh_results(self) -> Results:
+        res = new_results("rl", self.cfg.name, self.cfg.seed, config_to_dict(self.cfg), self.games)
+        if self.cfg.reference:
+            res.reference = reference_from_run(self.cfg.reference, self.games)
+        res.timings = {
+            "device": str(self.device),
+            "updates_per_task": self.J,
+            "steps_per_update": self.batch,
+            "train_seconds": 0.0,
+            "eval_seconds": 0.0,
+            "consolidation_seconds": 0.0,
+            "checkpoint_seconds": 0.0,
+            "seconds_per_task": [],
+            "train_seconds_per_task": [],
+            "env_steps_per_task": [],
+            "env_steps_per_s": None,
+            "resumes": 0,
+        }
+        return res
+
+    def _restore(self) -> bool:
+        """Load the latest checkpoint if there is one; False if the run starts fresh."""
+        path = self.rd.latest_checkpoint
+        if not path.is_file():
+            return False
+        state = ckpt.read(path)
+        if self.deterministic and state.get("torch_threads"):
+            self.torch_threads = int(state["torch_threads"])
+            torch.set_num_threads(self.torch_threads)
+        ckpt.restore_net(self.net, state, path)
+        self.counters = Counters.from_dict(state["counters"])
+        self.results = ckpt.results_of(state)
+        try:
+            self.reg.load_state_dict(state["regularizer"])
+        except (ValueError, KeyError) as exc:
+            raise CheckpointError(f"{path}: regularizer state does not match the config ({exc})") from exc
+        c = self.counters
+        if c.begun and c.task < self.T:
+            self._start_model(c.task, env_seed_update=c.update)
+            if state["optimizer"] is not None:
+                self.model.policy.optimizer.load_state_dict(state["optimizer"])
+            self.reg.begin_task(c.task, self.model.policy.optimizer)  # re-attaches the hooks
+        set_rng_state(state["rng"])
+        self.results.timings["resumes"] = int(self.results.timings.get("resumes", 0)) + 1
+        self.results.status, self.results.reason = "running", None
+        self.logger.info(
+            "resumed from %s: task %d/%d (%s), update %d/%d, %d env steps",
+            path, min(c.task, self.T - 1) + 1, self.T, self.games[min(c.task, self.T - 1)], c.update, self.J, c.global_steps,
+        )
+        return True
+
+    # ================================================================== main loop
+
+    def run(self, resume: bool = False) -> Results:
+        self._build()
+        resumed = self._restore() if resume else False
+        if not resumed:
+            if resume:
+                self.logger.info("no checkpoint in %s: starting from the beginning", self.rd.root)
+            self.results = self._fresh_results()
+            self._checkpoint()  # the initial state: a run killed early resumes from here
+        self._open_writer()
+        started = time.monotonic()
+        try:
+            with self.interrupt.installed(), self._progress_display():
+                save_results(self.rd.results_path, self.results)
+                while self.counters.task < self.T:
+                    self._run_task(self.counters.task)
+            self.results.status = "complete"
+            self.results.reason = None
+            self.results.metrics = compute_metrics(self.results)
+            save_results(self.rd.results_path, self.results)
+            self.logger.info("run complete: %d tasks, %d env steps", self.T, self.counters.global_steps)
+        except TrainingDiverged as exc:
+            self._fail(str(exc))
+            print(f"clrl: error: {exc}", file=sys.stderr)
+        except KeyboardInterrupt:
+            if self.results.status == "running":
+                self._fail("interrupted before a checkpoint could be saved; resume from the last one with "
+                           f"`clrl run --resume {self.rd.root}`")
+            raise
+        except BaseException as exc:
+            self._fail(f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            self.results.timings["wall_seconds"] = float(self.results.timings.get("wall_seconds", 0.0)) + (
+                time.monotonic() - started
+            )
+            self._close()
+        return self.results
+
+    def _fail(self, reason: str) -> None:
+        self.results.status = "failed"
+        self.results.reason = reason
+        self.logger.error("run stopped: %s", reason)
+        try:
+            self.results.metrics = compute_metrics(self.results)
+        except Exception:  # noqa: BLE001 - metrics of a broken run are a nicety
+            pass
+        save_results(self.rd.results_path, self.results)
+
+    def _close(self) -> None:
+        if self.model is not None:
+            self.model.env.close()
+            self.model = None
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    # ================================================================== one task
+
+    def _start_model(self, t: int, env_seed_update: int) -> None:
+        """Heads (if new), training envs and the task's PPO object with a fresh Adam."""
+        if t not in self.net.actor:
+            self.net.add_task(t, self.n_actions[t])
+        env = make_vec_env(self.games[t], self.cfg.train.n_envs, self.cfg.env, self._env_seed(t, env_seed_update), train=True)
+        if self.model is not None:
+            self.model.env.close()
+        self.model = TaskPPO(env, self.net, t, self.cfg.train, device=self.device)
+        self.model.reset_envs(self._env_seed(t, env_seed_update))
+
+    def _env_seed(self, t: int, update: int) -> int:
+        return derive_seed(self.cfg.seed, "train-env", t, update)
+
+    def _run_task(self, t: int) -> None:
+        c = self.counters
+        game = self.games[t]
+        if not c.begun:
+            self._start_model(t, env_seed_update=0)
+            self.reg.begin_task(t, self.model.policy.optimizer)
+            c.begun, c.update = True, 0
+            self.logger.info("task %d/%d: %s (%d actions), %d updates of %d steps", t + 1, self.T, game,
+                             self.n_actions[t], self.J, self.batch)
+        self._progress_task(t)
+        timings = self.results.timings
+        task_started = time.monotonic()
+        K = self.cfg.train.checkpoint_every_updates
+        while c.update < self.J:
+            if self.deterministic and c.update % K == 0 and c.update > 0:
+                self.model.reset_envs(self._env_seed(t, c.update))
+            tick = time.monotonic()
+            stats = self.model.update(progress_remaining=1.0 - c.update / self.J)
+            self._check_finite(stats, t)
+            train_s = time.monotonic() - tick
+            c.update += 1
+            c.updates_total += 1
+            c.global_steps += self.batch
+            self._add_time("train_seconds", train_s)
+            self._add_task_time("train_seconds_per_task", t, train_s)
+            self._add_task_count("env_steps_per_task", t, self.batch)
+            timings["env_steps_per_s"] = sum(timings["env_steps_per_task"]) / max(timings["train_seconds"], 1e-9)
+            self._log_update(t, stats, train_s)
+            last = c.update == self.J
+            if not last and c.global_steps >= c.next_eval:
+                self._evaluate(t, end_of_task=False)
+            self._progress_update()
+            if not last:
+                if self.deterministic:
+                    due = c.update % K == 0
+                else:
+                    due = time.monotonic() - self._last_ckpt_time >= 60 * self.cfg.output.checkpoint_every_minutes
+                if due or self.interrupt.requested:
+                    self._checkpoint()
+                self._honour_interrupt()
+        self._add_task_time("seconds_per_task", t, time.monotonic() - task_started)
+        self._finish_task(t)
+
+    def _finish_task(self, t: int) -> None:
+        c = self.counters
+        tick = time.monotonic()
+        batches = collect_states(self.model, self.cfg.train.consolidation_samples)
+        net = self.net
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            return net.logits(x, t)
+
+        self.reg.end_task(t, batches, forward)
+        del batches
+        self._check_params(t, "after end_task")
+        consolidate_s = time.monotonic() - tick
+        self._add_time("consolidation_seconds", consolidate_s)
+        self._add_task_time("seconds_per_task", t, consolidate_s)
+        diag = self.reg.diagnostics()
+        diag["task"] = t
+        diag["game"] = self.games[t]
+        self.results.diagnostics.append(diag)
+        self._log_diagnostics(t, diag)
+        self.model.env.close()
+        self.model = None
+        tick = time.monotonic()
+        self._evaluate(t, end_of_task=True)
+        self._add_task_time("seconds_per_task", t, time.monotonic() - tick)
+        self.logger.info("task %d/%d (%s) done: R[%d] = %s", t + 1, self.T, self.games[t], t, self.results.R[t][: t + 1])
+        c.task, c.update, c.begun = t + 1, 0, False
+        self._checkpoint(task_file=t)
+        self._honour_interrupt()
+
+    # ================================================================== evaluation
+
+    def _evaluate(self, t: int, end_of_task: bool) -> None:
+        """Score every game seen so far with its own head; a curve point (and R row at task end)."""
+        c = self.counters
+        ev = self.cfg.eval
+        tick = time.monotonic()
+        scores: list[float] = []
+        for j in range(t + 1):
+            gen = torch.Generator().manual_seed(derive_seed(self.cfg.seed, "eval-act", j, c.global_steps))
+            act = self.net.actor_fn(j, deterministic=ev.deterministic, generator=gen)
+            result = evaluate(
+                act, self.games[j], self.cfg.env, episodes=ev.episodes, n_envs=ev.n_envs,
+                seed=derive_seed(self.cfg.seed, "eval-env", j, c.global_steps), max_frames=ev.max_frames,
+            )
+            scores.append(float(result.mean))
+            if self.writer is not None:
+                self.writer.add_scalar(f"eval/{self.games[j]}", result.mean, c.global_steps)
+        seconds = time.monotonic() - tick
+        self._add_time("eval_seconds", seconds)
+        self.results.curves.append(CurvePoint(step=c.global_steps, task=t, scores=scores, wall_time=time.time()))
+        if end_of_task:
+            for j, s in enumerate(scores):
+                self.results.R[t][j] = s
+        c.evals += 1
+        while c.next_eval <= c.global_steps:
+            c.next_eval += ev.every_steps
+        self.results.metrics = compute_metrics(self.results)
+        save_results(self.rd.results_path, self.results)
+        text = ", ".join(f"{self.games[j]} {s:.1f}" for j, s in enumerate(scores))
+        self._last_eval_text = text
+        self.logger.info("eval at step %d (task %d%s, %.1fs): %s", c.global_steps, t,
+                         ", end of task" if end_of_task else "", seconds, text)
+        if self.writer is not None and self.results.reference is not None:
+            curve = self.results.metrics.get("accumulated_normalized_reward") or []
+            if curve and curve[-1] is not None:
+                self.writer.add_scalar("eval/accumulated_normalized_reward", curve[-1], c.global_steps)
+
+    # ================================================================== NaN guard
+
+    def _check_finite(self, stats: dict[str, float], t: int) -> None:
+        bad = [k for k in ("loss", "policy_loss", "value_loss") if k in stats and not math.isfinite(stats[k])]
+        if bad:
+            self._diverged(t, f"non-finite {', '.join(bad)}")
+        self._check_params(t, "after the update")
+
+    def _check_params(self, t: int, when: str) -> None:
+        params = [p for p in self.net.parameters() if p.numel()]
+        finite = torch.stack([torch.isfinite(p.detach()).all() for p in params]).all()
+        if not bool(finite):
+            names = [n for n, p in self.net.named_parameters() if p.numel() and not bool(torch.isfinite(p.detach()).all())]
+            self._diverged(t, f"non-finite parameters {when} ({', '.join(names[:4])}{'...' if len(names) > 4 else ''})")
+
+    def _diverged(self, t: int, what: str) -> None:
+        c = self.counters
+        kept = self.rd.latest_checkpoint if self.rd.latest_checkpoint.is_file() else None
+        raise TrainingDiverged(
+            f"training diverged: {what} in task {t} ({self.games[t]}), update {c.update + 1}/{self.J}, "
+            f"env step {c.global_steps}; "
+            + (f"the last good checkpoint {kept} is kept" if kept else "no checkpoint was written")
+            + " (lower train.learning_rate or train.max_grad_norm, or check the regularizer's lambda)"
+        )
+
+    # ================================================================== checkpoints
+
+    def _checkpoint(self, task_file: int | None = None) -> None:
+        tick = time.monotonic()
+        state = ckpt.pack(
+            net=self.net,
+            optimizer=self.model.policy.optimizer if self.model is not None else None,
+            regularizer_state=self.reg.state_dict(),
+            counters=self.counters,
+            results=self.results,
+            rng=get_rng_state(),
+            torch_threads=self.torch_threads,
+        )
+        ckpt.write(self.rd.latest_checkpoint, state)
+        if task_file is not None:
+            ckpt.write(self.rd.task_checkpoint(task_file), state)
+        self._last_ckpt_time = time.monotonic()
+        self._add_time("checkpoint_seconds", self._last_ckpt_time - tick)
+        c = self.counters
+        self.logger.info("checkpoint: task %d, update %d, step %d", c.task, c.update, c.global_steps)
+
+    def _honour_interrupt(self) -> None:
+        """After a checkpoint: stop if a signal asked for it."""
+        if self.interrupt.requested is None:
+            return
+        c = self.counters
+        self._fail(f"interrupted ({self.interrupt.requested}) at env step {c.global_steps}; continue with "
+                   f"`clrl run --resume {self.rd.root}`")
+        raise KeyboardInterrupt(self.interrupt.requested)
+
+    # ================================================================== bookkeeping
+
+    def _add_time(self, key: str, seconds: float) -> None:
+        self.results.timings[key] = float(self.results.timings.get(key, 0.0)) + float(seconds)
+
+    def _add_task_time(self, key: str, t: int, seconds: float) -> None:
+        values = self.results.timings.setdefault(key, [])
+        while len(values) <= t:
+            values.append(0.0)
+        values[t] = float(values[t]) + float(seconds)
+
+    def _add_task_count(self, key: str, t: int, n: int) -> None:
+        values = self.results.timings.setdefault(key, [])
+        while len(values) <= t:
+            values.append(0)
+        values[t] = int(values[t]) + int(n)
+
+    # ================================================================== TensorBoard
+
+    def _open_writer(self) -> None:
+        if not self.cfg.output.tensorboard:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        # purge_step drops events a killed run logged after its last checkpoint
+        self.writer = SummaryWriter(log_dir=str(self.rd.tb), purge_step=self.counters.global_steps or None)
+
+    def _log_update(self, t: int, stats: dict[str, float], seconds: float) -> None:
+        c = self.counters
+        episodes = self.model.drain_episodes()
+        if self.writer is None:
+            return
+        for key, value in stats.items():
+            self.writer.add_scalar(f"train/{key}", value, c.global_steps)
+        self.writer.add_scalar("train/env_steps_per_s", self.batch / max(seconds, 1e-9), c.global_steps)
+        if episodes:
+            returns = [e["r"] for e in episodes]
+            self.writer.add_scalar(f"train_return/{self.games[t]}", float(np.mean(returns)), c.global_steps)
+        self.writer.add_scalar("train/task", t, c.global_steps)
+
+    def _log_diagnostics(self, t: int, diag: dict[str, Any]) -> None:
+        overall = diag.get("overall") or {}
+        parts = {k: overall.get(k) for k in ("sparsity", "used_capacity", "zero_groups")}
+        self.logger.info("regularizer %s after task %d: %s", diag.get("method"), t, parts)
+        if self.writer is None:
+            return
+        for key, value in parts.items():
+            if isinstance(value, (int, float)):
+                self.writer.add_scalar(f"regularizer/{key}", value, t)
+        for layer in diag.get("layers") or []:
+            for key in ("sparsity", "used_capacity"):
+                if isinstance(layer.get(key), (int, float)):
+                    self.writer.add_scalar(f"regularizer/{layer['name']}/{key}", layer[key], t)
+        self.writer.flush()
+
+    # ================================================================== progress display
+
+    @contextmanager
+    def _progress_display(self) -> Iterator[None]:
+        if not (self.cfg.output.progress and sys.stdout.isatty()):
+            yield
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("steps  {task.fields[sps]} steps/s"),
+            TimeElapsedColumn(),
+            TextColumn("last eval: {task.fields[last_eval]}"),
+        )
+        self.progress = progress
+        self._bar = None
+        with progress:
+            yield
+        self.progress = None
+
+    def _progress_task(self, t: int) -> None:
+        if self.progress is None:
+            return
+        if self._bar is not None:
+            self.progress.remove_task(self._bar)
+        self._bar = self.progress.add_task(
+            f"task {t + 1}/{self.T} {self.games[t]}", total=self.J * self.batch,
+            completed=self.counters.update * self.batch, sps="-", last_eval=self._last_eval_text,
+        )
+        self._bar_t0 = (time.monotonic(), self.counters.update)
+
+    def _progress_update(self) -> None:
+        if self.progress is None or self._bar is None:
+            return
+        t0, u0 = self._bar_t0
+        done = self.counters.update - u0
+        sps = done * self.batch / max(time.monotonic() - t0, 1e-9)
+        self.progress.update(self._bar, completed=self.counters.update * self.batch, sps=f"{sps:.0f}",
+                             last_eval=self._last_eval_text)

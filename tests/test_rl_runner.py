@@ -1,0 +1,236 @@
+"""The sequential Atari runner end to end on real (tiny) ALE runs: results.json, heads, the
+AGS-CL prox cadence, normalized rewards, the NaN guard and the CLI's errors."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from clrl import cli
+from clrl.config import config_from_dict
+from clrl.io import load_checkpoint
+from clrl.results import load_results
+from clrl.rl import agent as agent_mod
+from clrl.rl.runner import run_experiment
+from clrl.rundir import prepare_run_dir
+
+GAMES = ["DemonAttack", "Asterix"]  # a sampling untrained net scores > 0 on both within 200 frames
+
+TINY = {
+    "name": "tiny",
+    "kind": "rl",
+    "seed": 0,
+    "device": "cpu",
+    "tasks": {"games": GAMES, "steps_per_task": 64},
+    "model": {"channels": [8, 16, 16], "hidden": 32},
+    "train": {
+        "n_envs": 2,
+        "n_steps": 16,
+        "n_minibatches": 2,
+        "n_epochs": 2,
+        "consolidation_samples": 64,
+        "torch_threads": 1,
+    },
+    "eval": {"every_steps": 32, "episodes": 2, "n_envs": 2, "max_frames": 200, "deterministic": False},
+    "output": {"progress": False, "tensorboard": True, "figures": False},
+}
+
+
+def tiny(**changes) -> dict:
+    """TINY with dotted-key changes, e.g. tiny(**{"train.n_epochs": 1})."""
+    data = copy.deepcopy(TINY)
+    for key, value in changes.items():
+        node = data
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return data
+
+
+def run(data: dict, out: Path):
+    cfg = config_from_dict(data)
+    rd = prepare_run_dir(cfg, out=out)
+    return run_experiment(cfg, rd), rd
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def finetune(tmp_path_factory):
+    """One tiny fine-tuning run shared by the tests that only read it."""
+    before = torch.get_num_threads()
+    res, rd = run(tiny(), tmp_path_factory.mktemp("rl") / "finetune")
+    torch.set_num_threads(before)
+    return res, rd
+
+
+def test_end_to_end_results_json(finetune):
+    res, rd = finetune
+    disk = load_results(rd.root)
+    assert disk.status == "complete" and res.status == "complete"
+    assert disk.tasks == GAMES
+    R = disk.R
+    assert R[0][1] is None
+    assert all(isinstance(v, float) for v in (R[0][0], R[1][0], R[1][1]))
+    # every_steps 32, 2 updates of 32 steps per task: a mid-task point and an end-of-task point
+    assert [p.step for p in disk.curves] == [32, 64, 96, 128]
+    assert [p.task for p in disk.curves] == [0, 0, 1, 1]
+    assert [len(p.scores) for p in disk.curves] == [1, 1, 2, 2]
+    assert disk.curves[1].scores == R[0][:1] and disk.curves[3].scores == R[1]
+    assert {"torch", "stable-baselines3", "ale-py"} <= set(disk.versions)
+    assert [d["method"] for d in disk.diagnostics] == ["none", "none"]
+    assert [d["game"] for d in disk.diagnostics] == GAMES
+    t = disk.timings
+    assert t["env_steps_per_task"] == [64, 64] and t["env_steps_per_s"] > 0
+    assert len(t["seconds_per_task"]) == 2 and t["eval_seconds"] > 0
+    assert disk.metrics["acc"] == pytest.approx(np.mean(R[1]))
+    assert disk.config["tasks"]["games"] == GAMES
+
+
+def test_finished_task_heads_are_bit_identical_after_the_next_task(finetune):
+    _, rd = finetune
+    after0 = load_checkpoint(rd.task_checkpoint(0))
+    final = load_checkpoint(rd.latest_checkpoint)
+    assert after0["counters"]["task"] == 1 and final["counters"]["task"] == 2
+    head_keys = [k for k in after0["net"] if k.startswith(("actor.heads.0.", "critic.heads.0."))]
+    assert len(head_keys) == 4
+    for k in head_keys:
+        assert torch.equal(after0["net"][k], final["net"][k]), k
+    trunk_keys = [k for k in after0["net"] if k.startswith("trunk.")]
+    assert any(not torch.equal(after0["net"][k], final["net"][k]) for k in trunk_keys), "task 1 must train the trunk"
+    assert "actor.heads.1.weight" in final["net"] and "actor.heads.1.weight" not in after0["net"]
+
+
+def test_tensorboard_has_losses_evaluations_and_regularizer(finetune):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, rd = finetune
+    acc = EventAccumulator(str(rd.tb))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/policy_loss", "train/value_loss", "train/entropy", "eval/DemonAttack", "eval/Asterix"} <= tags
+    assert "regularizer/sparsity" in tags
+    assert [e.step for e in acc.Scalars("eval/Asterix")] == [96, 128]
+
+
+def test_log_file_names_tasks_and_evaluations(finetune):
+    _, rd = finetune
+    text = rd.log_path.read_text()
+    assert "task 1/2: DemonAttack" in text and "task 2/2: Asterix" in text
+    assert "eval at step 128" in text and "run complete" in text
+
+
+def test_normalized_rewards_with_a_reference_run(finetune, tmp_path):
+    ref_res, ref_rd = finetune
+    res, _ = run(tiny(name="ewc", reference=str(ref_rd.root), regularizer={"name": "ewc", "lamb": 10.0}), tmp_path / "ewc")
+    assert res.status == "complete"
+    ref_max = np.array([max(p.scores[j] for p in ref_res.curves if len(p.scores) > j) for j in range(2)])
+    assert (ref_max > 0).all(), "the reference games must score above 0 for this test to mean anything"
+    R = np.array([[np.nan if v is None else v for v in row] for row in res.R])
+    m = res.metrics
+    np.testing.assert_allclose(np.array(m["normalized_R"], dtype=float), R / ref_max, equal_nan=True)
+    expected_curve = [sum(s / ref_max[k] for k, s in enumerate(p.scores)) for p in res.curves]
+    np.testing.assert_allclose(m["accumulated_normalized_reward"], expected_curve)
+    ref_diag = np.array([ref_res.R[i][i] for i in range(2)])
+    expected_p = [R[i, i] / ref_diag[i] if ref_diag[i] > 0 else None for i in range(2)]
+    for got, want in zip(m["plasticity_per_task"], expected_p):
+        assert (got is None and want is None) or got == pytest.approx(want)
+    assert res.reference.run == str(ref_rd.root)
+    assert [d["method"] for d in res.diagnostics] == ["ewc", "ewc"]
+
+
+@pytest.mark.parametrize("prox_every", [None, 1])
+def test_agscl_prox_step_cadence_inside_ppo_training(tmp_path, monkeypatch, prox_every):
+    from clrl.regularizers.agscl import AGSCL
+
+    calls: list[tuple[int, int]] = []
+    real = AGSCL.prox_now
+
+    def spy(self, optimizer=None, lr=None):
+        calls.append((self.task, self.steps))
+        return real(self, optimizer, lr)
+
+    monkeypatch.setattr(AGSCL, "prox_now", spy)
+    reg = {"name": "agscl"} if prox_every is None else {"name": "agscl", "prox_every": prox_every}
+    # 1 game, 2 updates x 3 epochs x 2 minibatches = 12 optimizer steps
+    data = tiny(regularizer=reg, **{"tasks.games": ["DemonAttack"], "train.n_epochs": 3, "eval.every_steps": 10_000})
+    res, _ = run(data, tmp_path / "agscl")
+    assert res.status == "complete"
+    every = 2 if prox_every is None else 1  # default: once per PPO epoch = n_minibatches steps
+    assert calls == [(0, s) for s in range(every, 13, every)]
+    assert res.diagnostics[0]["method"] == "agscl"
+
+
+def test_nan_guard_keeps_last_good_checkpoint_and_marks_failed(tmp_path, monkeypatch):
+    real = agent_mod.TaskPPO.update
+    count = {"n": 0}
+
+    def poisoned(self, progress_remaining):
+        stats = real(self, progress_remaining)
+        count["n"] += 1
+        if count["n"] == 2:
+            with torch.no_grad():
+                next(self.net.trunk.parameters()).view(-1)[0] = float("nan")
+        return stats
+
+    monkeypatch.setattr(agent_mod.TaskPPO, "update", poisoned)
+    data = tiny(**{
+        "tasks.games": ["DemonAttack"], "tasks.steps_per_task": 96,
+        "train.deterministic": True, "train.checkpoint_every_updates": 1,
+    })
+    res, rd = run(data, tmp_path / "nan")
+    assert res.status == "failed"
+    assert "non-finite parameters" in res.reason and "last good checkpoint" in res.reason
+    disk = load_results(rd.root)
+    assert disk.status == "failed" and disk.reason == res.reason
+    kept = load_checkpoint(rd.latest_checkpoint)
+    assert kept["counters"]["update"] == 1  # the state after the first (good) update
+    assert all(torch.isfinite(v).all() for v in kept["net"].values() if v.is_floating_point())
+
+
+def _write(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_cli_bad_config_exits_2(tmp_path, capsys):
+    bad = _write(tmp_path / "bad.yaml", tiny(**{"train.n_stepz": 3}))
+    assert cli.main(["run", str(bad), "--out", str(tmp_path / "r1")]) == 2
+    err = capsys.readouterr().err
+    assert "train.n_stepz: unknown key (did you mean 'n_steps'?)" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_cli_unknown_game_exits_2(tmp_path, capsys):
+    bad = _write(tmp_path / "bad.yaml", tiny(**{"tasks.games": ["Boxing", "Pongg"]}))
+    assert cli.main(["run", str(bad), "--out", str(tmp_path / "r2")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown Atari game 'Pongg'" in err and "Pong" in err
+
+
+def test_cli_bad_override_and_missing_reference_exit_2(tmp_path, capsys):
+    good = _write(tmp_path / "ok.yaml", tiny())
+    assert cli.main(["run", str(good), "--set", "train.n_minibatches=3", "--out", str(tmp_path / "r3")]) == 2
+    assert "not divisible by n_minibatches" in capsys.readouterr().err
+    ref = _write(tmp_path / "ref.yaml", tiny(reference=str(tmp_path / "nowhere")))
+    assert cli.main(["run", str(ref), "--out", str(tmp_path / "r4")]) == 2
+    assert "no results file here" in capsys.readouterr().err
+
+
+def test_updates_round_up_to_whole_rollouts():
+    from clrl.rl.runner import updates_per_task
+
+    assert updates_per_task(config_from_dict(tiny(**{"tasks.steps_per_task": 33}))) == 2
+    assert updates_per_task(config_from_dict(tiny(**{"tasks.steps_per_task": 32}))) == 1
+    assert updates_per_task(config_from_dict(tiny(**{"tasks.steps_per_task": 1}))) == 1
