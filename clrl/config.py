@@ -267,12 +267,26 @@ class SupervisedTrain(Strict):
     buffer_size: int = Field(0, ge=0, description="reservoir replay buffer size M (single-pass)")
     replay_batch: int = Field(20, ge=1)
     vcl: VCLConfig = VCLConfig()
+    consolidation_samples: int | None = Field(
+        None, ge=1, description="training examples of a finished task handed to the regularizer's end_task; null = all"
+    )
     deterministic: bool = False
+
+    @model_validator(mode="after")
+    def _vcl_fits_batch(self) -> SupervisedTrain:
+        if self.vcl.gamma > 0 and self.batch_size < 2 * self.vcl.n:
+            raise ValueError(
+                f"vcl.n = {self.vcl.n} needs batches of at least 2n = {2 * self.vcl.n} examples; batch_size is {self.batch_size}"
+            )
+        return self
 
 
 class SupervisedEval(Strict):
     batch_size: int = Field(1000, ge=1)
     fwt_baseline: bool = Field(True, description="score a randomly initialized model on every task for FWT")
+    every_epochs: int = Field(
+        1, ge=0, description="offline regime: a curve point (test accuracy of the seen tasks) every this many epochs; 0 = task ends only"
+    )
 
 
 class SupervisedConfig(Strict):

@@ -1,0 +1,261 @@
+"""The supervised front end: train a multi-head network on a sequence of split-image tasks.
+
+``run_experiment(cfg, rd, resume)`` (called by ``clrl run``) does, for every task t in order:
+train (offline or single-pass regime, :mod:`clrl.supervised.loops`), ``reg.end_task`` on the
+task's training examples with ``forward(x) = heads(trunk(x), t)``, score every task through its
+own head on its test split (row t of R; entries above the diagonal are untrained tasks with
+fresh heads), then write ``results.json`` (atomically), the regularizer's diagnostics, TensorBoard
+scalars and a checkpoint (``checkpoints/task_XX.pt`` and ``latest.pt``).
+
+With ``eval.fwt_baseline`` the untouched initial model is scored first (``results.baseline``,
+the b of FWT). A non-finite loss raises :class:`~clrl.errors.TrainingDiverged` inside; the run
+is then marked ``failed`` with the reason (the last checkpoint stays valid) and returned.
+
+Resume (``clrl run --resume DIR``): the model, heads, regularizer state, VCL betas, reservoir,
+global RNG states and results are read back from ``latest.pt`` (through
+:func:`clrl.io.load_checkpoint`), and training continues with the task after the last finished
+one. Every random stream of a task is derived from (seed, task) or restored, so on CPU a resumed
+run gives the same R as an uninterrupted one with the same seed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+
+from clrl.config import SupervisedConfig, config_to_dict, regularizer_hparams
+from clrl.errors import CheckpointError, TrainingDiverged
+from clrl.io import load_checkpoint, save_checkpoint
+from clrl.regularizers import Regularizer, build_regularizer
+from clrl.results import (
+    CurvePoint,
+    Results,
+    compute_metrics,
+    dumps,
+    load_results,
+    new_results,
+    reference_from_run,
+    save_results,
+)
+from clrl.rundir import RunDir, setup_logging
+from clrl.seeding import derive_seed, get_rng_state, seed_everything, set_rng_state
+from clrl.supervised.data import build_benchmark
+from clrl.supervised.evaluation import evaluate_tasks
+from clrl.supervised.loops import (
+    TaskContext,
+    consolidation_batches,
+    train_offline_task,
+    train_single_pass_task,
+)
+from clrl.supervised.model import build_model
+from clrl.supervised.reservoir import ReservoirBuffer
+
+__all__ = ["run_experiment", "pick_device"]
+
+CHECKPOINT_KIND = "clrl.supervised"
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from clrl.errors import ConfigError
+
+        raise ConfigError("device: 'cuda' was asked for but torch sees no CUDA device; use auto or cpu")
+    return torch.device(name)
+
+
+def _wall(start: float) -> float:
+    return round(time.time() - start, 3)
+
+
+def _flat_numbers(prefix: str, d: dict[str, Any]) -> dict[str, float]:
+    """Numeric leaves of a diagnostics dict (not lists) as ``prefix/key/sub`` -> value."""
+    out: dict[str, float] = {}
+    for k, v in d.items():
+        if isinstance(v, bool) or v is None:
+            continue
+        if isinstance(v, (int, float)):
+            out[f"{prefix}/{k}"] = float(v)
+        elif isinstance(v, dict):
+            out.update(_flat_numbers(f"{prefix}/{k}", v))
+    return out
+
+
+def _checkpoint_state(ctx: TaskContext, results: Results, task: int) -> dict[str, Any]:
+    m = ctx.model
+    return {
+        "format": "clrl.checkpoint",
+        "kind": CHECKPOINT_KIND,
+        "task": int(task),
+        "tasks": list(results.tasks),
+        "trunk": m.trunk.state_dict(),
+        "heads": m.heads.state_dict(),
+        "vcl": m.vcl.state_dict() if m.vcl is not None else None,
+        "regularizer": ctx.reg.state_dict(),
+        "reservoir": ctx.buffer.state_dict() if ctx.buffer is not None else None,
+        "rng": get_rng_state(),
+        "counters": dict(ctx.counters),
+        "results": dumps(results),
+    }
+
+
+def _restore_checkpoint(ctx: TaskContext, state: dict[str, Any], path: Any) -> Results:
+    if state.get("kind") != CHECKPOINT_KIND:
+        raise CheckpointError(f"{path}: not a supervised-run checkpoint (kind {state.get('kind')!r})")
+    if list(state["tasks"]) != ctx.bench.task_names:
+        raise CheckpointError(
+            f"{path}: saved for tasks {state['tasks']}, but the config now gives {ctx.bench.task_names}"
+        )
+    m = ctx.model
+    try:
+        m.trunk.load_state_dict(state["trunk"])
+        m.heads.load_state_dict(state["heads"])
+        if m.vcl is not None:
+            m.vcl.load_state_dict(state["vcl"])
+        saved_hp = state["regularizer"].get("hparams", {})
+        if ctx.prox_every_auto and "prox_every" in ctx.reg.hparams and "prox_every" in saved_hp:
+            ctx.reg.hparams["prox_every"] = saved_hp["prox_every"]  # set per task by the loop
+        ctx.reg.load_state_dict(state["regularizer"])
+        if ctx.buffer is not None:
+            ctx.buffer.load_state_dict(state["reservoir"], device=ctx.device)
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: does not match this run's model ({exc})") from exc
+    set_rng_state(state["rng"])
+    ctx.counters.update({k: int(v) for k, v in state["counters"].items()})
+    return Results.model_validate(json.loads(state["results"]))
+
+
+def _tensorboard(cfg: SupervisedConfig, rd: RunDir, log: logging.Logger):
+    if not cfg.output.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:  # tensorboard is a dependency, but a broken install must not stop a run
+        log.warning("tensorboard unavailable (%s); no event files written", exc)
+        return None
+    return SummaryWriter(log_dir=str(rd.tb))
+
+
+def run_experiment(cfg: SupervisedConfig, rd: RunDir, resume: bool = False) -> Results:
+    """Run (or resume) the supervised experiment ``cfg`` in ``rd``; return its results."""
+    log = setup_logging(rd, "clrl.supervised")
+    start = time.time()
+    rd.make()
+    if resume and rd.results_path.is_file():
+        previous = load_results(rd.results_path)
+        if previous.status == "complete":
+            log.info("resume: %s is already complete", rd.root)
+            return previous
+    device = pick_device(cfg.device)
+    seed_everything(cfg.seed, deterministic=cfg.train.deterministic)
+    bench = build_benchmark(cfg.tasks, cfg.seed)
+    T = len(bench.tasks)
+    model = build_model(cfg, bench).to(device)
+    name, hparams = regularizer_hparams(cfg)
+    reg: Regularizer = build_regularizer(name, model.trunk, heads=model.heads, **hparams)
+    buffer = None
+    if cfg.train.regime == "single_pass" and cfg.train.buffer_size > 0:
+        buffer = ReservoirBuffer(cfg.train.buffer_size, seed=derive_seed(cfg.seed, "reservoir"))
+    ctx = TaskContext(cfg, bench, model, reg, device, log, buffer=buffer,
+                      prox_every_auto=getattr(cfg.regularizer, "prox_every", 1) is None)
+
+    results: Results | None = None
+    if resume and rd.latest_checkpoint.is_file():
+        results = _restore_checkpoint(ctx, load_checkpoint(rd.latest_checkpoint, map_location=device), rd.latest_checkpoint)
+        results.status, results.reason = "running", None
+        log.info("resumed from %s after task %d", rd.latest_checkpoint, results.tasks_done() - 1)
+    elif resume:
+        log.warning("resume: no checkpoint in %s; starting from the first task", rd.checkpoints)
+    if results is None:
+        results = new_results("supervised", cfg.name, cfg.seed, config_to_dict(cfg), bench.task_names)
+        if cfg.reference:
+            results.reference = reference_from_run(cfg.reference, bench.task_names)
+        results.timings = {"per_task": []}
+        log.info("run %s: %d tasks %s, device %s, regularizer %s %s", cfg.name, T, bench.task_names, device, name, hparams)
+        for t, task in enumerate(bench.tasks):
+            log.info("task %d %s: classes %s, %d train / %d val / %d test", t, task.name, task.classes,
+                     len(task.y_train), len(task.y_val), len(task.y_test))
+        if cfg.eval.fwt_baseline:
+            t0 = time.time()
+            results.baseline = evaluate_tasks(model, bench.tasks, range(T), cfg.eval.batch_size, device)
+            results.timings["baseline_s"] = _wall(t0)
+        save_results(rd.results_path, results)
+
+    writer = _tensorboard(cfg, rd, log)
+    ctx.writer = writer
+    first = results.tasks_done()
+    run_start = time.time()
+
+    def on_epoch(t: int, epoch: int, stats: dict[str, float]) -> None:
+        every = cfg.eval.every_epochs
+        if every and (epoch + 1) % every == 0:
+            scores = evaluate_tasks(model, bench.tasks, range(t + 1), cfg.eval.batch_size, device)
+            step = ctx.counters["epochs"]
+            results.curves.append(CurvePoint(step=step, task=t, scores=scores, wall_time=_wall(run_start)))
+            for j, s in enumerate(scores):
+                ctx.scalar(f"eval/acc/{bench.tasks[j].name}", s, step)
+            save_results(rd.results_path, results)
+
+    ctx.on_epoch = on_epoch if cfg.train.regime == "offline" else None
+    train_task = train_offline_task if cfg.train.regime == "offline" else train_single_pass_task
+    try:
+        with writer if writer is not None else nullcontext():
+            for t in range(first, T):
+                _run_task(ctx, results, rd, t, train_task, run_start)
+        results.status = "complete"
+        results.metrics = compute_metrics(results)
+        results.timings["total_s"] = round(results.timings.get("total_s", 0.0) + time.time() - start, 3)
+        save_results(rd.results_path, results)
+        log.info("complete: ACC %.4f", results.metrics.get("acc") or float("nan"))
+    except TrainingDiverged as exc:
+        results.status, results.reason = "failed", f"training diverged: {exc}"
+        results.metrics = compute_metrics(results)
+        save_results(rd.results_path, results)
+        log.error("%s", results.reason)
+    except BaseException:
+        log.exception("run interrupted; resume with `clrl run --resume %s`", rd.root)
+        save_results(rd.results_path, results)
+        raise
+    return results
+
+
+def _run_task(ctx: TaskContext, results: Results, rd: RunDir, t: int, train_task, run_start: float) -> None:
+    cfg, bench, model = ctx.cfg, ctx.bench, ctx.model
+    T = len(bench.tasks)
+    log = ctx.log
+    t0 = time.time()
+    info = train_task(ctx, t)
+    t1 = time.time()
+    ctx.reg.end_task(t, consolidation_batches(ctx, t), lambda x: model.heads(model.trunk(x), t))
+    if model.vcl is not None:
+        model.vcl.clear()
+    t2 = time.time()
+    row = evaluate_tasks(model, bench.tasks, range(T), cfg.eval.batch_size, ctx.device)
+    t3 = time.time()
+    results.R[t] = row
+    step = ctx.counters["epochs"] if cfg.train.regime == "offline" else ctx.counters["examples"]
+    results.curves.append(CurvePoint(step=step, task=t, scores=row[: t + 1], wall_time=_wall(run_start)))
+    diag = ctx.reg.diagnostics()
+    diag.update(task_name=bench.tasks[t].name, classes=bench.tasks[t].classes, train=info)
+    results.diagnostics.append(diag)
+    results.timings.setdefault("per_task", []).append(
+        {"task": t, "train_s": round(t1 - t0, 3), "consolidate_s": round(t2 - t1, 3), "eval_s": round(t3 - t2, 3)}
+    )
+    results.metrics = compute_metrics(results)
+    for j, s in enumerate(row):
+        ctx.scalar(f"eval/acc/{bench.tasks[j].name}", s, step)
+    ctx.scalar("eval/avg_acc_seen", sum(row[: t + 1]) / (t + 1), t)
+    for tag, value in _flat_numbers("regularizer", {k: diag[k] for k in ("overall", "memory_bytes", "omega", "n_prox") if k in diag}).items():
+        ctx.scalar(tag, value, t)
+    log.info("task %d %s done in %.1fs (%s): R[%d] = %s", t, bench.tasks[t].name, t3 - t0, info, t,
+             " ".join(f"{v:.3f}" for v in row))
+    state = _checkpoint_state(ctx, results, t)
+    save_checkpoint(rd.task_checkpoint(t), state)
+    save_checkpoint(rd.latest_checkpoint, state)
+    save_results(rd.results_path, results)
