@@ -135,7 +135,9 @@ def test_frame_cap_truncates_and_autoresets(backend: str) -> None:
 
 
 def test_default_cap_comes_from_config(backend: str) -> None:
-    with make_vec_env("Boxing", 1, _cfg(backend, max_frames_per_episode=40), seed=0, train=False) as venv:
+    with make_vec_env(
+        "Boxing", 1, _cfg(backend, max_frames_per_episode=40), seed=0, train=False
+    ) as venv:
         assert venv.max_frames == 40
         rec = _rollout(venv, 10)
     assert [bool(d[0]) for d in rec["done"]] == [False] * 9 + [True]
@@ -153,7 +155,7 @@ def test_episodic_life_in_training(backend: str) -> None:
     """A lost life is a terminal for the learner, but the same game goes on (no reset)."""
     rec = _life_rollout(backend, train=True)
     life_losses = games = 0
-    for t, (done, infos) in enumerate(zip(rec["done"], rec["infos"])):
+    for t, (done, infos) in enumerate(zip(rec["done"], rec["infos"], strict=True)):
         prev = rec["infos"][t - 1] if t else None
         for i, info in enumerate(infos):
             before = prev[i]["lives"] if prev else 5
@@ -174,7 +176,9 @@ def test_episodic_life_in_training(backend: str) -> None:
     # so every finished game is exactly 4 learner-only terminals and then the game over
     for i in range(2):
         kinds = "".join(
-            "G" if rec["infos"][t][i]["game_over"] else "L" for t in range(len(rec["done"])) if rec["done"][t][i]
+            "G" if rec["infos"][t][i]["game_over"] else "L"
+            for t in range(len(rec["done"]))
+            if rec["done"][t][i]
         )
         *complete, _partial = kinds.split("G")
         assert complete and all(seg == "LLLL" for seg in complete), kinds
@@ -182,7 +186,7 @@ def test_episodic_life_in_training(backend: str) -> None:
 
 def test_eval_env_has_no_life_terminals_and_raw_rewards(backend: str) -> None:
     rec = _life_rollout(backend, train=False)
-    for done, infos in zip(rec["done"], rec["infos"]):
+    for done, infos in zip(rec["done"], rec["infos"], strict=True):
         for i, info in enumerate(infos):
             assert bool(done[i]) == info["game_over"]  # only game over ends an eval episode
     assert np.array_equal(np.array(rec["rew"]), np.array(rec["raw"]).astype(np.float32))
@@ -191,7 +195,9 @@ def test_eval_env_has_no_life_terminals_and_raw_rewards(backend: str) -> None:
 
 def test_raw_score_and_clipped_training_rewards(backend: str) -> None:
     """SpaceInvaders pays 5..30 per alien: the learner sees sign(r), the episode the raw sum."""
-    with make_vec_env("SpaceInvaders", 2, _cfg(backend), seed=0, train=True, max_frames=1200) as venv:
+    with make_vec_env(
+        "SpaceInvaders", 2, _cfg(backend), seed=0, train=True, max_frames=1200
+    ) as venv:
         rec = _rollout(venv, 310)
     rew, raw = np.array(rec["rew"]), np.array(rec["raw"])
     assert set(np.unique(rew)) <= {-1.0, 0.0, 1.0}
@@ -213,7 +219,9 @@ def test_raw_score_and_clipped_training_rewards(backend: str) -> None:
 # --------------------------------------------------------------------------- determinism, seeding
 
 
-def _trace(backend: str, seed: int, n_envs: int = 2, steps: int = 80, **kw) -> dict[str, np.ndarray]:
+def _trace(
+    backend: str, seed: int, n_envs: int = 2, steps: int = 80, **kw
+) -> dict[str, np.ndarray]:
     cfg = _cfg(backend, **kw)
     with make_vec_env("Breakout", n_envs, cfg, seed=seed, train=True) as venv:
         rec = _rollout(venv, steps, seed=7)
@@ -257,7 +265,7 @@ def test_seed_then_reset_is_reproducible(backend: str) -> None:
         after = [venv.reset()] + [venv.step(np.full(2, 2))[0] for _ in range(20)]
         venv.seed(123)
         again = [venv.reset()] + [venv.step(np.full(2, 2))[0] for _ in range(20)]
-        assert all(np.array_equal(x, y) for x, y in zip(after, again))
+        assert all(np.array_equal(x, y) for x, y in zip(after, again, strict=True))
 
 
 def test_huge_seeds_are_folded() -> None:
@@ -265,6 +273,30 @@ def test_huge_seeds_are_folded() -> None:
     with make_vec_env("Pong", 2, EnvConfig(), seed=2**32 - 1, train=True) as venv:
         assert all(0 <= s < 2**31 for s in venv.seed(2**32 - 1))
         venv.reset()
+
+
+def test_backends_agree_bit_for_bit() -> None:
+    """Without random no-ops the emulator is deterministic, so both backends must give the very
+    same observations, raw rewards, terminals and lives, across life losses, game overs and a
+    frame-cap truncation (cap 800 frames = 200 steps)."""
+    traces = []
+    for backend in BACKENDS:
+        with make_vec_env(
+            "Breakout", 2, _cfg(backend, noop_max=0), seed=0, train=True, max_frames=800
+        ) as venv:
+            rec = _rollout(venv, 230)
+        kinds = [
+            [("G" if i["game_over"] else "T" if i["TimeLimit.truncated"] else "L") for i in row]
+            for row in rec["infos"]
+        ]
+        traces.append(
+            (np.array(rec["obs"]), np.array(rec["raw"]), np.array(rec["done"]), np.array(kinds))
+        )
+    (obs_a, raw_a, done_a, kind_a), (obs_g, raw_g, done_g, kind_g) = traces
+    assert np.array_equal(obs_a, obs_g)
+    assert np.array_equal(raw_a, raw_g) and np.array_equal(done_a, done_g)
+    assert np.array_equal(kind_a[done_a], kind_g[done_g])
+    assert set(kind_a[done_a]) == {"L", "G", "T"}  # all three kinds of terminal were compared
 
 
 # --------------------------------------------------------------------------- lifecycle, SB3
@@ -309,7 +341,9 @@ def _random_act(n_actions: int, seed: int):
 def test_evaluate_counts_the_first_k_games(backend: str) -> None:
     """Independent count: replay the same envs and actions, take the first 3 finished games."""
     cfg = _cfg(backend)
-    res = evaluate(_random_act(4, 0), "Breakout", cfg, episodes=3, n_envs=2, seed=4, max_frames=2000)
+    res = evaluate(
+        _random_act(4, 0), "Breakout", cfg, episodes=3, n_envs=2, seed=4, max_frames=2000
+    )
     assert isinstance(res, EvalResult)
     assert res.episodes == 3 and len(res.scores) == 3
 
@@ -355,5 +389,12 @@ def test_evaluate_closes_envs_and_checks_act() -> None:
     with pytest.raises(KeyError):
         evaluate(boom, "Pong", EnvConfig(), episodes=1, n_envs=2)
     assert _threads() == base
-    evaluate(lambda obs: np.zeros(len(obs), dtype=np.int64), "Pong", EnvConfig(), episodes=2, n_envs=2, max_frames=8)
+    evaluate(
+        lambda obs: np.zeros(len(obs), dtype=np.int64),
+        "Pong",
+        EnvConfig(),
+        episodes=2,
+        n_envs=2,
+        max_frames=8,
+    )
     assert _threads() == base

@@ -54,7 +54,15 @@ def test_list_games_sorted_and_complete() -> None:
 
 @pytest.mark.parametrize(
     "spelling",
-    ["Boxing", "boxing", "BOXING", " Boxing ", "BoxingNoFrameskip-v4", "ALE/Boxing-v5", "Boxing-v4"],
+    [
+        "Boxing",
+        "boxing",
+        "BOXING",
+        " Boxing ",
+        "BoxingNoFrameskip-v4",
+        "ALE/Boxing-v5",
+        "Boxing-v4",
+    ],
 )
 def test_resolve_spellings(spelling: str) -> None:
     assert resolve_game(spelling) == "Boxing"

@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Protocol, Sequence
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import gymnasium as gym
 import numpy as np
@@ -140,15 +141,15 @@ class _AleBatch:
 
 
 class _FireNoopReset(gym.Wrapper):
-    """Reset like ale-py's C++ vector env: one FIRE frame (if the game has FIRE), then
-    ``U{0..noop_max-1}`` minus one no-op frames, restarting the game if it ends meanwhile."""
+    """Reset like ale-py's C++ vector env: one FIRE frame (if enabled and the game has FIRE),
+    then ``k ~ U{0..noop_max-1}`` no-op frames (``k - 1`` after a FIRE), restarting the game
+    if it ends meanwhile. The baselines ``NoopResetEnv`` draws ``U{1..noop_max}`` instead."""
 
     def __init__(self, env: gym.Env, noop_max: int, fire: bool) -> None:
         super().__init__(env)
         import ale_py
 
         self._noop_max = noop_max
-        ale = env.unwrapped.ale
         self._fire = fire and ale_py.Action.FIRE in list(env.unwrapped._action_set)
         self._actions = ale_py.Action
 
@@ -158,7 +159,9 @@ class _FireNoopReset(gym.Wrapper):
         if self._fire:
             ale.act(self._actions.FIRE)
         rng = self.env.unwrapped.np_random
-        noops = (int(rng.integers(0, self._noop_max)) if self._noop_max > 0 else 0) - int(self._fire)
+        noops = (int(rng.integers(0, self._noop_max)) if self._noop_max > 0 else 0) - int(
+            self._fire
+        )
         for _ in range(noops):
             ale.act(self._actions.NOOP)
             if ale.game_over():
@@ -197,7 +200,9 @@ class _GymBatch:
                 grayscale_obs=True,
                 scale_obs=False,
             )
-            wrapped = gym.wrappers.FrameStackObservation(wrapped, env.frame_stack, padding_type="zero")
+            wrapped = gym.wrappers.FrameStackObservation(
+                wrapped, env.frame_stack, padding_type="zero"
+            )
             self._envs.append(wrapped)
         self._steps = np.zeros(n_envs, dtype=np.int64)
 
@@ -205,7 +210,9 @@ class _GymBatch:
         return int(self._envs[i].unwrapped.ale.lives())
 
     def reset(self, seeds: Sequence[int | None]) -> tuple[np.ndarray, np.ndarray]:
-        obs = np.stack([np.asarray(e.reset(seed=s)[0]) for e, s in zip(self._envs, seeds)])
+        obs = np.stack(
+            [np.asarray(e.reset(seed=s)[0]) for e, s in zip(self._envs, seeds, strict=True)]
+        )
         self._steps[:] = 0
         return obs, np.array([self._lives(i) for i in range(self.num_envs)])
 
@@ -306,7 +313,9 @@ class AtariVecEnv(VecEnv):
             raise ValueError(f"expected {self.num_envs} actions, got shape {np.shape(actions)}")
         n = int(self.action_space.n)
         if actions.min() < 0 or actions.max() >= n:
-            raise ValueError(f"actions must lie in [0, {n}) for {self.game}, got {actions.min()}..{actions.max()}")
+            raise ValueError(
+                f"actions must lie in [0, {n}) for {self.game}, got {actions.min()}..{actions.max()}"
+            )
         self._actions = actions
 
     def step_wait(self) -> VecEnvStepReturn:
@@ -316,7 +325,9 @@ class AtariVecEnv(VecEnv):
         self._actions = None
         game_end = game_over | truncated
         if game_end.any() and final is None:
-            raise RuntimeError(f"{self!r}: a game ended but the backend returned no final observation")
+            raise RuntimeError(
+                f"{self!r}: a game ended but the backend returned no final observation"
+            )
         self.raw_rewards = raw
         self._ep_return += raw
         self._ep_len += 1
@@ -377,10 +388,14 @@ class AtariVecEnv(VecEnv):
     def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
         raise AttributeError(f"AtariVecEnv sub-envs have no settable attributes ({attr_name!r})")
 
-    def env_method(self, method_name: str, *method_args: Any, indices: VecEnvIndices = None, **kw: Any) -> list[Any]:
+    def env_method(
+        self, method_name: str, *method_args: Any, indices: VecEnvIndices = None, **kw: Any
+    ) -> list[Any]:
         raise AttributeError(f"AtariVecEnv sub-envs expose no methods ({method_name!r})")
 
-    def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:
+    def env_is_wrapped(
+        self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None
+    ) -> list[bool]:
         return [False for _ in self._get_indices(indices)]
 
     def __repr__(self) -> str:

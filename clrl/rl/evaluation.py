@@ -11,8 +11,8 @@ numbers use, so clrl keeps it.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -70,7 +70,9 @@ def evaluate(
         while len(scores) < episodes:
             actions = np.asarray(act(obs))
             if actions.shape != (n_envs,):
-                raise ValueError(f"act must return {n_envs} actions (one per env), got shape {actions.shape}")
+                raise ValueError(
+                    f"act must return {n_envs} actions (one per env), got shape {actions.shape}"
+                )
             obs, _, _, infos = venv.step(actions)
             steps += 1
             for info in infos:
