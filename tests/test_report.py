@@ -240,6 +240,28 @@ def test_method_table_equals_metrics_and_numpy(tmp_path):
     assert rep.method_rows[0].stats["acc"].mean == pytest.approx(np.mean(acc))
 
 
+def test_rl_iqm_of_raw_returns_is_over_runs_and_ratios_over_runs_x_tasks(tmp_path):
+    """Raw returns differ in scale between games: their IQM pools runs only; S pools runs x tasks."""
+    rng = np.random.default_rng(13)
+    Rs = [lower(rng) * np.array([1.0, 100.0, 10_000.0, 10.0]) for _ in range(4)]
+    for s, R in enumerate(Rs):
+        write_run(tmp_path, f"rl-{s}", R, seed=s, kind="rl")
+    (row,) = read_csv(build_report([tmp_path], out=tmp_path / "o", reps=REPS, figures=False).out / "methods.csv")
+    assert f(row["acc_iqm"]) == pytest.approx(_iqm_by_hand(np.array([metrics.acc(R) for R in Rs])))
+    S = np.vstack([metrics.stability_per_task(R) for R in Rs])
+    assert f(row["stability_iqm"]) == pytest.approx(_iqm_by_hand(S))
+
+
+def test_number_formatting():
+    from clrl.report.stats import Aggregate
+    from clrl.report.tables import fmt, fmt_bytes, fmt_mean_std
+
+    assert fmt(0.51234) == "0.512" and fmt(123.456) == "123.5" and fmt(-12345.6) == "-12,346" and fmt(None) == "-"
+    assert fmt_mean_std(Aggregate(14193.2, 910.94, 3)) == "14,193 ± 911"
+    assert fmt_mean_std(Aggregate(0.5, float("nan"), 1)) == "0.500"
+    assert fmt_bytes(2688) == "2.69 kB" and fmt_bytes(6_760_000) == "6.76 MB" and fmt_bytes(0) == "0 B"
+
+
 def test_run_table_per_run_values_and_stored_mismatch_warning(tmp_path):
     R = lower(np.random.default_rng(2))
     write_run(tmp_path, "r0", R, stored={"acc": metrics.acc(R) + 0.5, "bti": metrics.bti(R)})
@@ -439,12 +461,26 @@ def test_synthetic_table_orders_methods_as_built(synthetic_runs, tmp_path):
 
 @pytest.mark.slow
 def test_figures_without_reference_are_skipped_with_a_reason(tmp_path):
-    make_rl_set(tmp_path / "runs", seeds=(0,), with_reference=False)
+    for m in ("ewc", "agscl"):
+        make_rl_run(tmp_path / "runs", m, 0)
     rep = build_report([tmp_path / "runs"], out=tmp_path / "o", reps=REPS)
     assert not (tmp_path / "o" / "normalized_reward.png").exists()
     assert any(s.startswith("normalized_reward:") for s in rep.skipped)
     assert (tmp_path / "o" / "plasticity_stability.png").is_file()  # the S panel alone
     assert "not drawn: normalized_reward" in (tmp_path / "o" / "report.md").read_text()
+
+
+def test_fine_tuning_without_reference_is_its_own(tmp_path):
+    run = make_rl_run(tmp_path / "runs", "none", 0)
+    (rec,) = runs_mod.load_runs([run])
+    assert rec.self_reference
+    vals = scores.run_metrics(rec)
+    assert vals["plasticity"] == pytest.approx(1.0)
+    curve = [p.scores for p in rec.res.curves]
+    expected = metrics.accumulated_normalized_reward(curve, metrics.reference_max(curve, 4))[-1]
+    assert vals["norm_reward"] == pytest.approx(expected)
+    (other,) = runs_mod.load_runs([make_rl_run(tmp_path / "runs", "ewc", 0)])
+    assert other.reference is None and math.isnan(scores.run_metrics(other)["plasticity"])
 
 
 @pytest.mark.slow
@@ -464,3 +500,29 @@ def test_single_run_report_of_a_failed_run(tmp_path):
     run = make_rl_run(tmp_path, "ewc", 0, fail_after=2)
     names = {p.name for p in single_run_report(run)}
     assert {"R.png", "eval_curves.png"} <= names and "normalized_reward.png" not in names
+
+
+def test_readme_figure_script(tmp_path):
+    import importlib.util
+
+    path = Path(__file__).parent.parent / "scripts" / "make_readme_figures.py"
+    spec = importlib.util.spec_from_file_location("make_readme_figures", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    R = lower(np.random.default_rng(14))
+    write_run(tmp_path / "runs", "a", R, reg={"name": "mas"}, diagnostics=[{"memory_bytes": {"importance": 4000}}])
+    assert mod.main([str(tmp_path / "runs"), "--out", str(tmp_path / "fig"), "--only", "memory"]) == 0
+    assert (tmp_path / "fig" / "report_memory.png").stat().st_size > 10_000
+    assert not (tmp_path / "fig" / "report_memory.pdf").exists()
+    assert mod.main([str(tmp_path / "missing")]) == 2
+
+
+def test_task_names_fall_back_to_positions_when_seeds_differ(tmp_path):
+    from clrl.report.figures import task_names
+
+    R = lower(np.random.default_rng(15))
+    a = write_run(tmp_path, "a", R, tasks=["d01", "d23", "d45", "d67"])
+    b = write_run(tmp_path, "b", R, seed=1, tasks=["d89", "d01", "d23", "d45"])
+    recs = runs_mod.load_runs([a, b])
+    assert task_names(recs[:1]) == ["d01", "d23", "d45", "d67"]
+    assert task_names(recs) == ["task 1", "task 2", "task 3", "task 4"]

@@ -82,9 +82,10 @@ def _print_table(rep) -> None:  # noqa: ANN001
 
     from clrl.report import tables
 
-    shown = tables.shown_metrics(rep.method_rows)
-    table = Table(title="methods: mean ± s.d. over complete runs")
-    table.add_column("method")
+    terminal = ("acc", "bti", "plasticity", "stability", "norm_reward")  # the rest: report.md
+    shown = [m for m in tables.shown_metrics(rep.method_rows) if m[0] in terminal]
+    table = Table(title="methods: mean ± s.d. over complete runs (all metrics in report.md)")
+    table.add_column("method", no_wrap=True)
     table.add_column("seeds", justify="right")
     for _, lab, _ in shown:
         table.add_column(lab, justify="right")

@@ -108,6 +108,8 @@ def _markdown(rep: Report, records: list[RunRecord], kind: str, reps: int, seed:
     lines += ["- **Importance mem.**: bytes of importance weights the regularizer keeps after the last task "
               "(AGS-CL Fig. 6a); **Total reg. mem.** adds the anchor copy of the parameters",
               "- s.d. is the sample standard deviation (ddof = 1)."]
+    if any(r.self_reference for r in records):
+        lines.append("- Fine-tuning runs without a stored reference are their own reference (P = 1 by definition).")
     if kind == "rl":
         lines.append("- RL scores are raw game returns; games differ in scale, so ACC mixes scales "
                      "(the normalized reward does not).")
@@ -120,9 +122,9 @@ def _markdown(rep: Report, records: list[RunRecord], kind: str, reps: int, seed:
             "",
             iqm_md,
             "",
-            f"Interquartile mean over runs x tasks of each metric's per-task terms (over runs for the "
-            f"normalized reward); percentile CI from {reps} bootstrap resamples of runs within each task, "
-            f"seed {seed}; computed with {how}.",
+            f"Interquartile mean (25% trimmed) of {_iqm_scope(kind)}; percentile 95% CI from {reps} "
+            f"bootstrap resamples of the runs (within each task when pooled over tasks), seed {seed}; "
+            f"computed with {how}.",
             "",
         ]
     lines += ["## Runs", "", tables.runs_markdown(rep.run_rows, kind), ""]
@@ -134,6 +136,14 @@ def _markdown(rep: Report, records: list[RunRecord], kind: str, reps: int, seed:
         lines += [f"- not drawn: {s}" for s in rep.skipped]
         lines.append("")
     return "\n".join(lines)
+
+
+def _iqm_scope(kind: str) -> str:
+    pooled = [lab for key, lab, _ in tables.METRICS if tables.iqm_over_tasks(kind, key)]
+    runs_only = [lab for key, lab, _ in tables.METRICS if not tables.iqm_over_tasks(kind, key)]
+    why = " (raw game returns differ in scale between tasks)" if kind == "rl" else ""
+    return (f"the per-task terms over runs x tasks for {', '.join(pooled)}, and of the runs' values for "
+            f"{', '.join(runs_only)}{why}")
 
 
 def single_run_report(run_dir: str | os.PathLike) -> list[Path]:

@@ -147,6 +147,19 @@ def task_boundaries(run: RunRecord) -> list[float]:
     return out
 
 
+def task_names(runs: list[RunRecord]) -> list[str]:
+    """The runs' task names if they all agree; otherwise positions ('task 1', ...).
+
+    Supervised splits shuffle classes by seed, so task k of one seed is not task k of another:
+    only the position in the sequence is common to the runs averaged together.
+    """
+    lists = {tuple(r.res.tasks) for r in runs}
+    T = max((r.T for r in runs), default=0)
+    if len(lists) == 1:
+        return list(next(iter(lists)))
+    return [f"task {k + 1}" for k in range(T)]
+
+
 def _boundary_run(groups: list[Group]) -> RunRecord | None:
     """The run whose task boundaries are drawn: the one with the most curve points."""
     runs = [r for g in groups for r in g.plotted_runs if r.res.curves]
@@ -171,8 +184,14 @@ def _mark_tasks(ax, boundaries: list[float], names: list[str], end: float, label
         ax.text((lo + hi) / 2, 1.01, text, transform=trans, ha="center", va="bottom", fontsize=8, color="0.25")
 
 
-def _legend_right(ax, title: str | None = None) -> None:
+def _legend_right(ax, title: str | None = None, others: Sequence = ()) -> None:
+    """Legend beside the axes (never over data), with the entries of ``others`` axes merged in."""
     handles, labels = ax.get_legend_handles_labels()
+    for other in others:
+        for h, lab in zip(*other.get_legend_handles_labels(), strict=True):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
     if handles:
         ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, title=title,
                   borderaxespad=0.0)
@@ -223,7 +242,7 @@ def normalized_reward(groups: list[Group], out_dir: Path, prefix: str = "", form
         ax.set_xlabel(_x_label(lines[0][2][0]))
         ax.set_ylabel("accumulated normalized reward\n(sum over seen tasks)")
         if brun is not None:
-            _mark_tasks(ax, task_boundaries(brun), brun.res.tasks, end)
+            _mark_tasks(ax, task_boundaries(brun), task_names([r for line in lines for r in line[2]]), end)
         _legend_right(ax, "mean ± s.d. over seeds")
         return save(fig, out_dir, f"{prefix}normalized_reward", formats)
 
@@ -248,7 +267,7 @@ def plasticity_stability(groups: list[Group], out_dir: Path, prefix: str = "", f
         _skip(skipped, "plasticity_stability", "no complete run")
         return []
     T = max(r.T for _, g in with_runs for r in runs_of[id(g)])
-    names = max((r.res.tasks for _, g in with_runs for r in runs_of[id(g)]), key=len)
+    names = task_names([r for _, g in with_runs for r in runs_of[id(g)]])
 
     def plast(r: RunRecord) -> np.ndarray | None:
         ref_diag, _ = scores.reference_arrays(r)
@@ -284,7 +303,7 @@ def plasticity_stability(groups: list[Group], out_dir: Path, prefix: str = "", f
         long = max(len(n) for n in names) > 10 or T > 6
         bottom.set_xticklabels(names, rotation=30 if long else 0, ha="right" if long else "center")
         bottom.set_xlabel("task (training order)")
-        _legend_right(axes[0, 0], "mean ± s.d. over seeds")
+        _legend_right(axes[0, 0], "mean ± s.d. over seeds", others=axes[1:, 0])
         fig.align_ylabels(axes[:, 0])
         return save(fig, out_dir, f"{prefix}plasticity_stability", formats)
 
@@ -314,7 +333,7 @@ def r_heatmaps(groups: list[Group], out_dir: Path, prefix: str = "", formats: Fo
         return []
     kind = groups[0].runs[0].res.kind
     T = max(m.shape[0] for *_, m in mats)
-    names = max((r.res.tasks for _, g, runs, _ in mats for r in runs), key=len)
+    names = task_names([r for _, g, runs, _ in mats for r in runs])
     if kind == "rl":
         col_max = np.full(T, np.nan)
         for *_, m in mats:
@@ -331,7 +350,7 @@ def r_heatmaps(groups: list[Group], out_dir: Path, prefix: str = "", formats: Fo
             vmax = 1.0
     cell = 0.34 if T <= 6 else 0.29 if T <= 12 else max(0.12, 4.0 / T)
     side = max(1.3, cell * T)
-    same_tasks = len({tuple(r.res.tasks) for _, g, runs, _ in mats for r in runs}) == 1
+    same_tasks = len({m.shape[0] for *_, m in mats}) == 1
     label_w = 0.2 + 0.065 * max(len(n) for n in names) if T <= 12 else 0.4  # y tick labels + axis label
     col_w = side + (0.35 if same_tasks else label_w)
     ncols = max(1, min(len(mats), int((PAGE_WIDTH - label_w - 0.7) // col_w)))
@@ -475,11 +494,11 @@ def eval_curves(groups: list[Group], out_dir: Path, prefix: str = "", formats: F
         _skip(skipped, stem, "no evaluation curve in any run")
         return []
     brun = _boundary_run(groups)
-    names = brun.res.tasks
+    names = task_names([r for _, _, runs in with_curves for r in runs])
     T = len(names)
     bounds = task_boundaries(brun)
     kind = brun.res.kind
-    ncols = min(4, T)
+    ncols = T if T <= 5 else 3 if T == 6 else 4 if T <= 8 else 5
     nrows = math.ceil(T / ncols)
     with paper_style():
         fig, axes = plt.subplots(nrows, ncols, figsize=(PAGE_WIDTH, 1.75 * nrows + 0.45), squeeze=False, sharex=True,
@@ -509,6 +528,8 @@ def eval_curves(groups: list[Group], out_dir: Path, prefix: str = "", formats: F
             ax.xaxis.set_major_locator(MaxNLocator(nbins=3, steps=[1, 2, 4, 5, 10]))
             if j % ncols == 0:
                 ax.set_ylabel("return" if kind == "rl" else "accuracy")
+            if kind != "rl" and ax.get_ylim()[1] > 1.0:  # the s.d. band must not suggest accuracy above 1
+                ax.set_ylim(top=1.01)
         # a panel in the last filled row may sit above a hidden one: give it tick labels too
         for j in range(T):
             r, c = divmod(j, ncols)

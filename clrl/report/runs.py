@@ -38,6 +38,7 @@ class RunRecord:
     res: Results
     reference: Reference | None
     note: str = ""  # "" when complete; otherwise a plain sentence about what is missing
+    self_reference: bool = False  # a fine-tuning run normalized by itself
 
     @property
     def T(self) -> int:
@@ -154,13 +155,18 @@ def load_runs(paths: Sequence[str | os.PathLike], reference: str | os.PathLike |
     """Load every run below ``paths``; all must be of one kind and one results schema version.
 
     ``reference`` (a fine-tuning run directory) replaces each run's stored reference for P and
-    the normalized reward.
+    the normalized reward. A fine-tuning run without one is its own reference: P and the
+    normalized reward are relative to fine-tuning (AGS-CL Sec. 5.2), so it scores P = 1.
     """
     records = []
     for run in discover_runs(paths):
         res = load_results(run)
         ref = reference_from_run(reference, res.tasks) if reference is not None else res.reference
-        records.append(RunRecord(run, res, ref, completeness_note(run, res)))
+        rec = RunRecord(run, res, ref, completeness_note(run, res))
+        if rec.reference is None and rec.regularizer == "none" and res.curves:
+            rec.reference = reference_from_run(run, res.tasks)
+            rec.self_reference = True
+        records.append(rec)
     _check_consistent(records)
     return records
 

@@ -71,9 +71,22 @@ def run_rows(groups: list[Group]) -> list[RunRow]:
     return rows
 
 
+SCALE_FREE = ("plasticity", "stability")
+
+
+def iqm_over_tasks(kind: str, key: str) -> bool:
+    """Whether a metric's IQM pools runs x tasks (per-task terms on one scale) or runs alone.
+
+    Per-task terms share a scale for accuracies (supervised) and for the ratios P and S; raw
+    RL returns do not (games differ by orders of magnitude), so there, and for the normalized
+    reward (a sum over tasks), the IQM is over the runs' metric values.
+    """
+    return key in SCALE_FREE or (kind == "supervised" and key != "norm_reward")
+
+
 def _terms_matrix(runs: list[RunRecord], key: str) -> np.ndarray | None:
-    """runs x tasks matrix of a metric's per-task terms, or None for a scalar-only metric."""
-    if key == "norm_reward":
+    """runs x tasks matrix of a metric's per-task terms, or None to use the per-run values."""
+    if not runs or not iqm_over_tasks(runs[0].res.kind, key):
         return None
     mats = []
     for r in runs:
@@ -123,15 +136,17 @@ def method_rows(groups: list[Group], reps: int = 2000, seed: int = 0) -> list[Me
 # --------------------------------------------------------------------------- formatting
 
 
-def fmt(v: float | None, digits: int = 3) -> str:
-    """Three decimals, or a grouped integer for large scores (RL returns); '-' for missing."""
+def _decimals(scale: float) -> int:
+    """3 decimals below 100, 1 below 1000, none (grouped thousands) above: RL returns and accuracies."""
+    return 0 if scale >= 1000 else 1 if scale >= 100 else 3
+
+
+def fmt(v: float | None, decimals: int | None = None) -> str:
+    """A number for the tables ('-' for missing); decimals from its magnitude unless given."""
     if v is None or not math.isfinite(v):
         return "-"
-    if abs(v) >= 1000:
-        return f"{v:,.0f}"
-    if abs(v) >= 100:
-        return f"{v:.1f}"
-    return f"{v:.{digits}f}"
+    d = _decimals(abs(v)) if decimals is None else decimals
+    return f"{v:,.{d}f}"
 
 
 def fmt_bytes(n: float) -> str:
@@ -146,24 +161,28 @@ def fmt_bytes(n: float) -> str:
 
 
 def fmt_mean_std(a: Aggregate) -> str:
-    if a.n == 0:
+    """'mean ± s.d.' with one precision for both (set by the mean's magnitude)."""
+    if a.n == 0 or not math.isfinite(a.mean):
         return "-"
-    return fmt(a.mean) if not math.isfinite(a.std) else f"{fmt(a.mean)} ± {fmt(a.std)}"
+    d = _decimals(abs(a.mean))
+    return fmt(a.mean, d) if not math.isfinite(a.std) else f"{fmt(a.mean, d)} ± {fmt(a.std, d)}"
 
 
 def fmt_iqm(a: Aggregate) -> str:
     if not math.isfinite(a.iqm):
         return "-"
-    return f"{fmt(a.iqm)} [{fmt(a.lo)}, {fmt(a.hi)}]"
+    d = _decimals(max(abs(a.iqm), abs(a.lo), abs(a.hi)))
+    return f"{fmt(a.iqm, d)} [{fmt(a.lo, d)}, {fmt(a.hi, d)}]"
 
 
 def _md_escape(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def markdown_table(header: list[str], body: list[list[str]], align_right_from: int = 1) -> str:
+def markdown_table(header: list[str], body: list[list[str]], left: tuple[str, ...] = ("Method", "Run", "Status", "Notes")) -> str:
+    """A GitHub Markdown table; numbers right-aligned, the columns named in ``left`` left-aligned."""
     lines = ["| " + " | ".join(_md_escape(h) for h in header) + " |"]
-    lines.append("|" + "|".join("---" if i < align_right_from else "---:" for i in range(len(header))) + "|")
+    lines.append("|" + "|".join("---" if h in left else "---:" for h in header) + "|")
     lines += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in body]
     return "\n".join(lines)
 
@@ -206,7 +225,7 @@ def runs_markdown(rows: list[RunRow], kind: str) -> str:
          r.note]
         for r in rows
     ]
-    return markdown_table(header, body, align_right_from=2)
+    return markdown_table(header, body)
 
 
 def _csv_text(header: list[str], body: list[list[object]]) -> str:
