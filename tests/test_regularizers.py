@@ -396,3 +396,30 @@ def test_factory_names_and_errors():
         with pytest.raises(ValueError, match=match):
             build_regularizer(name, trunk, **kw)
     assert validate_hparams("mas", lamb=3.0)["norm"] == "squared"
+
+
+def test_consolidation_rejects_non_finite_outputs():
+    from clrl.errors import TrainingDiverged
+
+    trunk, heads = _model()
+    x, y = _data(15)
+    with torch.no_grad():
+        trunk[0].bias[0] = float("nan")
+    reg = build_regularizer("ewc", trunk, heads)
+    with pytest.raises(TrainingDiverged, match="non-finite"):
+        _consolidate(reg, trunk, heads, 0, x, y)
+
+
+def test_hooks_bench_smoke():
+    from clrl.bench.hooks import format_table, run_hooks_bench
+
+    report = run_hooks_bench(batch=4, steps=2, rounds=2, prox_every=2, channels=(4, 8, 8), hidden=16,
+                             consolidation_samples=4, warmup=0)
+    res = report["results"]
+    assert list(res) == ["adam", "none", "ewc", "mas", "agscl"]
+    assert res["adam"]["ratio"] == 1.0 and all(r["ratio"] > 0 for r in res.values())
+    assert res["agscl"]["n_prox"] == 2  # one prox per timed block
+    assert res["ewc"]["memory_bytes"]["importance"] == report["config"]["trunk_params"] * 4
+    assert res["agscl"]["memory_bytes"]["importance"] == (4 + 8 + 8 + 16) * 12
+    assert "x Adam" in format_table(report)
+    json.dumps(report)

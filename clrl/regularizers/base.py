@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from clrl.errors import TrainingDiverged
 from clrl.layers.nodes import NodeActivity, NodeLayer, get_incoming, node_view
 
 __all__ = ["Regularizer", "split_batch", "check_hparams"]
@@ -206,6 +207,8 @@ class Regularizer:
             else:
                 with torch.no_grad():
                     out = forward(x)
+            if not bool(torch.isfinite(out).all()):
+                raise TrainingDiverged(f"{self.name}: forward gave non-finite outputs while consolidating")
             self._consume(x, y, out.detach(), forward)
         if recorder is not None:
             if recorder.count == 0:
