@@ -129,7 +129,7 @@ def test_past_heads_stay_bit_identical_while_the_next_task_trains():
     after = net.state_dict()
     for k, v in heads0.items():
         assert torch.equal(after[k], v), k
-    assert any(not torch.equal(a, b) for a, b in zip(trunk0, net.trunk.parameters())), "the trunk must have trained"
+    assert any(not torch.equal(a, b) for a, b in zip(trunk0, net.trunk.parameters(), strict=True)), "the trunk must have trained"
 
 
 def test_learning_rate_decays_linearly_within_a_task():
@@ -182,7 +182,7 @@ def test_ppo_step_equals_adam_on_the_written_out_loss(clip_vf):
     model._current_progress_remaining = 0.5
     model.train()
     assert model.last_stats["loss"] == pytest.approx(loss.item(), rel=1e-4, abs=1e-6)
-    for (name, a), b in zip(net.named_parameters(), twin.parameters()):
+    for (name, a), b in zip(net.named_parameters(), twin.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6), name
 
 
@@ -196,7 +196,7 @@ def test_vcl_loss_trains_the_betas_and_enters_the_loss():
     stats = model.update(1.0)
     assert stats["vcl_loss"] > 0
     # only the VCL term reaches the betas: they move iff it is in the loss
-    assert all(not torch.equal(a, b) for a, b in zip(betas, net.vcl.parameters()))
+    assert all(not torch.equal(a, b) for a, b in zip(betas, net.vcl.parameters(), strict=True))
 
 
 def test_vcl_needs_minibatches_of_2n():
@@ -236,4 +236,4 @@ def test_every_activation_spec_trains_one_update(spec):
     stats = model.update(1.0)
     assert np.isfinite(stats["loss"])
     assert all(torch.isfinite(p).all() for p in net.parameters())
-    assert any(not torch.equal(a, b) for a, b in zip(before, net.trunk.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, net.trunk.parameters(), strict=True))

@@ -144,7 +144,7 @@ def test_normalized_rewards_with_a_reference_run(finetune, tmp_path):
     np.testing.assert_allclose(m["accumulated_normalized_reward"], expected_curve)
     ref_diag = np.array([ref_res.R[i][i] for i in range(2)])
     expected_p = [R[i, i] / ref_diag[i] if ref_diag[i] > 0 else None for i in range(2)]
-    for got, want in zip(m["plasticity_per_task"], expected_p):
+    for got, want in zip(m["plasticity_per_task"], expected_p, strict=True):
         assert (got is None and want is None) or got == pytest.approx(want)
     assert res.reference.run == str(ref_rd.root)
     assert [d["method"] for d in res.diagnostics] == ["ewc", "ewc"]

@@ -1,0 +1,169 @@
+"""Kill a real `clrl run` (SIGKILL or SIGINT) and resume it: exact results in the deterministic mode."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from clrl.errors import CheckpointError
+from clrl.io import load_checkpoint
+from clrl.results import load_results
+
+CONFIG = {
+    "name": "resume",
+    "kind": "rl",
+    "seed": 3,
+    "device": "cpu",
+    "tasks": {"games": ["DemonAttack", "Asterix"], "steps_per_task": 192},
+    "model": {"channels": [8, 16, 16], "hidden": 32},
+    "regularizer": {"name": "agscl"},
+    "train": {
+        "n_envs": 2,
+        "n_steps": 16,
+        "n_minibatches": 2,
+        "n_epochs": 2,
+        "consolidation_samples": 64,
+        "torch_threads": 1,
+        "deterministic": True,
+        "checkpoint_every_updates": 2,  # 6 updates per task: checkpoints after updates 2 and 4
+    },
+    "eval": {"every_steps": 64, "episodes": 2, "n_envs": 2, "max_frames": 200, "deterministic": False},
+    "output": {"progress": False, "tensorboard": False, "figures": False},
+}
+
+
+def clrl(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "clrl.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+
+
+def wait_for_periodic_checkpoint(proc: subprocess.Popen, run_dir: Path, timeout: float = 240) -> dict:
+    """Poll the run's latest checkpoint until one taken mid-task (update > 0) appears."""
+    path = run_dir / "checkpoints" / "latest.pt"
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"the run ended (rc {proc.returncode}) before a periodic checkpoint:\n{out}\n{err}")
+        if path.is_file():
+            try:
+                counters = load_checkpoint(path)["counters"]
+            except CheckpointError:  # cannot happen with atomic writes; reported below if it does
+                raise
+            if counters["update"] > 0:
+                return counters
+        time.sleep(0.02)
+    proc.kill()
+    pytest.fail("no periodic checkpoint within the timeout")
+
+
+def curve_view(res) -> list[tuple]:
+    return [(p.step, p.task, p.scores) for p in res.curves]
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("resume") / "resume.yaml"
+    path.write_text(yaml.safe_dump(CONFIG))
+    return path
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_gives_the_same_results(config_file, tmp_path):
+    full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
+    full = clrl("run", str(config_file), "--out", str(full_dir))  # runs alongside the killed one
+    cut = clrl("run", str(config_file), "--out", str(cut_dir))
+    counters = wait_for_periodic_checkpoint(cut, cut_dir)
+    cut.send_signal(signal.SIGKILL)
+    cut.wait(timeout=30)
+    assert cut.returncode == -signal.SIGKILL
+    # nothing torn: both files load, and the run is not finished
+    killed = load_results(cut_dir)
+    assert killed.status == "running"
+    state = load_checkpoint(cut_dir / "checkpoints" / "latest.pt")
+    assert state["counters"]["global_steps"] >= counters["global_steps"]
+
+    resumed = clrl("run", "--resume", str(cut_dir))
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert "run directory:" in out
+    out_full, err_full = full.communicate(timeout=300)
+    assert full.returncode == 0, err_full
+
+    a, b = load_results(full_dir), load_results(cut_dir)
+    assert a.status == b.status == "complete"
+    assert b.timings["resumes"] == 1 and a.timings["resumes"] == 0
+    assert a.R == b.R
+    assert curve_view(a) == curve_view(b)
+    assert [d["overall"] for d in a.diagnostics] == [d["overall"] for d in b.diagnostics]
+    wa = load_checkpoint(full_dir / "checkpoints" / "latest.pt")["net"]
+    wb = load_checkpoint(cut_dir / "checkpoints" / "latest.pt")["net"]
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.slow
+def test_sigint_saves_a_checkpoint_marks_the_run_and_resumes(config_file, tmp_path):
+    run_dir = tmp_path / "int"
+    proc = clrl("run", str(config_file), "--out", str(run_dir))
+    wait_for_periodic_checkpoint(proc, run_dir)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "saving a checkpoint after the current update" in err
+    res = load_results(run_dir)
+    assert res.status == "failed" and res.reason.startswith("interrupted (SIGINT)")
+    assert f"clrl run --resume {run_dir}" in res.reason
+    state = load_checkpoint(run_dir / "checkpoints" / "latest.pt")
+    assert state["counters"]["task"] < 2
+    resumed = clrl("run", "--resume", str(run_dir))
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    done = load_results(run_dir)
+    assert done.status == "complete" and done.reason is None
+    assert all(v is not None for i, row in enumerate(done.R) for v in row[: i + 1])
+
+
+def test_resume_of_a_finished_run_changes_nothing(config_file, tmp_path):
+    """A complete run resumed returns its results without training again (in-process, fast)."""
+    from clrl import cli
+
+    data = yaml.safe_load(config_file.read_text())
+    data["tasks"] = {"games": ["DemonAttack"], "steps_per_task": 32}
+    data["train"]["deterministic"] = False
+    small = tmp_path / "small.yaml"
+    small.write_text(yaml.safe_dump(data))
+    before = torch.get_num_threads()
+    try:
+        assert cli.main(["run", str(small), "--out", str(tmp_path / "done")]) == 0
+        first = load_results(tmp_path / "done")
+        assert cli.main(["run", "--resume", str(tmp_path / "done")]) == 0
+    finally:
+        torch.set_num_threads(before)
+    again = load_results(tmp_path / "done")
+    assert again.R == first.R and curve_view(again) == curve_view(first)
+    assert again.timings["resumes"] == 1
+
+
+def test_resume_rejects_a_corrupt_checkpoint(config_file, tmp_path, capsys):
+    from clrl import cli
+
+    run_dir = tmp_path / "corrupt"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(config_file.read_text())
+    (run_dir / "checkpoints" / "latest.pt").write_bytes(b"not a checkpoint")
+    before = torch.get_num_threads()
+    try:
+        assert cli.main(["run", "--resume", str(run_dir)]) == 2
+    finally:
+        torch.set_num_threads(before)
+    assert "corrupt or not a clrl checkpoint" in capsys.readouterr().err
