@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Tables (Markdown, CSV) and figures (PNG, PDF) over run directories, grouped by method "
         "(runs whose configs differ only in seed are one method) and aggregated over seeds: mean ± s.d., "
-        "and with 3 or more seeds the IQM with a 95%% stratified-bootstrap CI (rliable)."
+        "and with 3 or more seeds the IQM with a 95% stratified-bootstrap CI (rliable)."
     )
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR",
                         help="run directory, its results.json, or a folder of runs (e.g. a sweep), searched recursively")

@@ -348,7 +348,7 @@ def r_heatmaps(groups: list[Group], out_dir: Path, prefix: str = "", formats: Fo
         vmin, vmax, cbar = float(min(finite.min(), 0.0)), float(max(finite.max(), 1e-12)), _score_label(kind)
         if vmax <= 1.0:
             vmax = 1.0
-    cell = 0.34 if T <= 6 else 0.29 if T <= 12 else max(0.12, 4.0 / T)
+    cell = 0.34 if T <= 6 else 0.27 if T <= 12 else max(0.12, 4.0 / T)
     side = max(1.3, cell * T)
     same_tasks = len({m.shape[0] for *_, m in mats}) == 1
     label_w = 0.2 + 0.065 * max(len(n) for n in names) if T <= 12 else 0.4  # y tick labels + axis label
