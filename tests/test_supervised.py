@@ -1,0 +1,408 @@
+"""Supervised suite: splits, normalization, the trainer end to end (offline and single-pass, CIFAR
+layouts and digits), resume equality, the NaN guard, past heads, the CLI, and the configs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from _cifar_fixture import write_cifar10, write_cifar100
+
+from clrl.config import config_from_dict, load_config
+from clrl.errors import ConfigError
+from clrl.io import load_checkpoint
+from clrl.results import load_results
+from clrl.rundir import prepare_run_dir
+from clrl.supervised.data import Normalizer, build_benchmark, split_classes, stratified_holdout
+from clrl.supervised.trainer import run_experiment
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+GNC = ["relu", "relu", "relu", "relu", "st_hard:groups=32>gnc:groups=32"]
+
+
+def _cfg(tasks: dict, train: dict | None = None, reg: dict | None = None, model: dict | None = None, **top):
+    data = {
+        "name": "t",
+        "kind": "supervised",
+        "seed": top.pop("seed", 0),
+        "device": "cpu",
+        "tasks": tasks,
+        "model": model or {},
+        "regularizer": reg or {"name": "none"},
+        "train": {"epochs": 1, "batch_size": 16, **(train or {})},
+        "eval": top.pop("eval", {}),
+        "output": {"progress": False, "tensorboard": False, "figures": False, **top.pop("output", {})},
+        **top,
+    }
+    return config_from_dict(data)
+
+
+def _run(cfg, out: Path, resume: bool = False):
+    rd = prepare_run_dir(cfg, out=out, overwrite=True) if not resume else None
+    if resume:
+        from clrl.rundir import open_run_dir
+
+        rd, cfg = open_run_dir(out)
+    return run_experiment(cfg, rd, resume=resume), rd
+
+
+@pytest.fixture(scope="module")
+def cifar_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cifar")
+    write_cifar10(root, train_per_class=6, test_per_class=2, style="py2")
+    write_cifar100(root, train_per_class=6, test_per_class=2)
+    return root
+
+
+DIGITS = {"dataset": "split_digits"}
+SMALL_MLP = {"hidden": [16, 16]}
+
+# ----------------------------------------------------------------------------- data
+
+
+def test_split_classes_partitions_and_depends_on_the_seed():
+    a = split_classes(10, 2, 5, np.random.default_rng(0))
+    assert sorted(c for task in a for c in task) == list(range(10))
+    assert all(len(t) == 2 for t in a)
+    assert split_classes(10, 2, 5, np.random.default_rng(0)) == a
+    assert split_classes(10, 2, 5, np.random.default_rng(1)) != a
+    assert split_classes(10, 2, 3, None) == [[0, 1], [2, 3], [4, 5]]
+    with pytest.raises(ValueError, match="need 12 classes"):
+        split_classes(10, 4, 3, None)
+
+
+def test_stratified_holdout_takes_the_share_of_every_class():
+    y = np.repeat([0, 1, 2], [10, 20, 3])
+    keep, held = stratified_holdout(y, 0.1, np.random.default_rng(0))
+    assert np.bincount(y[held]).tolist() == [1, 2, 1]  # round(.1*3) = 0 -> at least one
+    assert sorted(np.concatenate([keep, held]).tolist()) == list(range(len(y)))
+    keep, held = stratified_holdout(y, 0.0, np.random.default_rng(0))
+    assert len(held) == 0 and len(keep) == len(y)
+
+
+def test_normalizer_matches_numpy_per_channel():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(50, 3, 4, 4)).astype(np.uint8)
+    norm = Normalizer.fit(x, scale=1 / 255, chunk=7)
+    ref = x.astype(np.float64) / 255
+    assert np.allclose(norm.mean, ref.mean(axis=(0, 2, 3)))
+    assert np.allclose(norm.std, ref.std(axis=(0, 2, 3)))
+    z = norm(x)
+    assert z.dtype == np.float32
+    assert np.allclose(z.mean(axis=(0, 2, 3)), 0, atol=1e-5) and np.allclose(z.std(axis=(0, 2, 3)), 1, atol=1e-4)
+    flat = rng.normal(3, 2, size=(40, 64))
+    nf = Normalizer.fit(flat)
+    assert np.allclose(nf.mean, [flat.mean()]) and np.allclose(nf.std, [flat.std()])
+
+
+def test_split_digits_tasks_are_disjoint_remapped_and_seeded():
+    cfg = _cfg(DIGITS)
+    bench = build_benchmark(cfg.tasks, seed=0)
+    from sklearn.datasets import load_digits
+
+    x_all, y_all = load_digits(return_X_y=True)
+    assert len(bench.tasks) == 5 and bench.input_shape == (64,)
+    assert sorted(c for t in bench.tasks for c in t.classes) == list(range(10))
+    total = 0
+    for task in bench.tasks:
+        assert task.n_classes == 2 and task.name == f"digits{task.classes[0]}{task.classes[1]}"
+        for split in ("train", "val", "test"):
+            x, y = task.split(split)
+            assert set(np.unique(y)) == {0, 1}
+            total += len(y)
+            # labels map back to the original digits through task.classes
+            for row, label in zip(x[:5], y[:5], strict=True):
+                matches = np.flatnonzero((x_all == row).all(axis=1))
+                assert task.classes[label] in y_all[matches]
+        n_test, n_all = len(task.y_test), int(np.isin(y_all, task.classes).sum())
+        assert abs(n_test - 0.3 * n_all) <= 2  # stratified test split
+        assert abs(len(task.y_val) - 0.1 * (n_all - n_test)) <= 2
+    assert total == len(y_all)
+    again = build_benchmark(cfg.tasks, seed=0)
+    assert [t.classes for t in again.tasks] == [t.classes for t in bench.tasks]
+    assert np.array_equal(again.tasks[0].x_val, bench.tasks[0].x_val)
+    other = build_benchmark(cfg.tasks, seed=1)
+    assert [t.classes for t in other.tasks] != [t.classes for t in bench.tasks]
+    xt, yt = bench.tasks[0].tensors("train")
+    assert xt.dtype == torch.float32 and yt.dtype == torch.int64 and xt.shape[1] == 64
+
+
+def test_cifar_benchmarks_have_the_papers_shapes(cifar_root):
+    b = build_benchmark(_cfg({"dataset": "split_cifar100", "root": str(cifar_root)}).tasks, seed=0)
+    assert len(b.tasks) == 10 and all(t.n_classes == 10 for t in b.tasks)
+    assert sorted(c for t in b.tasks for c in t.classes) == list(range(100))
+    assert b.tasks[0].x_train.dtype == np.uint8 and b.input_shape == (3, 32, 32)
+    # 6 train images per class, 10% validation -> 1 per class held out
+    assert len(b.tasks[0].y_val) == 10 and len(b.tasks[0].y_train) == 50 and len(b.tasks[0].y_test) == 20
+    b2 = build_benchmark(_cfg({"dataset": "cifar10_100", "root": str(cifar_root)}).tasks, seed=0)
+    assert b2.task_names[0] == "cifar10" and len(b2.tasks) == 11
+    assert b2.tasks[0].classes == list(range(10)) and b2.tasks[0].class_names[0] == "airplane"
+    assert b2.tasks[0].norm is not b2.tasks[1].norm  # each source dataset its own statistics
+    sp = build_benchmark(_cfg({"dataset": "single_pass_cifar100", "root": str(cifar_root), "validation": 0}).tasks, seed=0)
+    assert len(sp.tasks) == 20 and all(t.n_classes == 5 for t in sp.tasks) and len(sp.tasks[0].y_val) == 0
+    x, _ = sp.tasks[3].tensors("test")
+    assert x.shape[1:] == (3, 32, 32)
+    with pytest.raises(ConfigError, match="at most 10 tasks"):
+        build_benchmark(_cfg({"dataset": "split_cifar100", "root": str(cifar_root), "n_tasks": 12}).tasks, 0)
+
+
+# ----------------------------------------------------------------------------- trainer on CIFAR layouts
+
+
+def _check_run(res, rd, T: int):
+    assert res.status == "complete", res.reason
+    R = np.array(res.R, dtype=float)
+    assert R.shape == (T, T) and np.isfinite(R).all() and ((R >= 0) & (R <= 1)).all()
+    assert len(res.baseline) == T and len(res.diagnostics) == T
+    assert [p.task for p in res.curves if p.task == T - 1]
+    disk = load_results(rd.root)
+    assert disk.R == res.R and disk.status == "complete"
+    assert rd.task_checkpoint(T - 1).is_file() and rd.latest_checkpoint.is_file()
+    ck = load_checkpoint(rd.latest_checkpoint)
+    assert ck["task"] == T - 1 and ck["format"] == "clrl.checkpoint"
+    for key in ("acc", "bwt", "bti", "forgetting", "stability"):
+        assert key in res.metrics
+
+
+def test_offline_split_cifar100_two_tasks_with_agscl(cifar_root, tmp_path):
+    cfg = _cfg({"dataset": "split_cifar100", "root": str(cifar_root), "n_tasks": 2, "validation": 0.2},
+               train={"epochs": 2}, reg={"name": "agscl", "mu": 1.0, "lamb": 10.0, "rho": 0.5},
+               output={"tensorboard": True})
+    res, rd = _run(cfg, tmp_path / "run")
+    _check_run(res, rd, 2)
+    assert res.tasks == ["c100-0", "c100-1"]
+    # the proximal step ran once per epoch: 2 epochs x 2 tasks, prox_every = batches per epoch
+    diag = res.diagnostics[-1]
+    assert diag["n_prox"] == 4 and diag["train"]["epochs"] == 2
+    assert diag["train"]["batches_per_epoch"] == 4  # 50 training images (6 per class, 1 held out) / 16
+    assert sorted(diag["classes"]) == diag["classes"] and len(diag["classes"]) == 10
+    # per-epoch curve points, then the task-end point: steps are epochs so far
+    assert [(p.step, p.task) for p in res.curves] == [(1, 0), (2, 0), (2, 0), (3, 1), (4, 1), (4, 1)]
+    assert any(p.name.startswith("events.out.tfevents") for p in rd.tb.iterdir())
+
+
+def test_offline_cifar10_100_with_ewc_gives_cifar10_first(cifar_root, tmp_path):
+    cfg = _cfg({"dataset": "cifar10_100", "root": str(cifar_root), "n_tasks": 2},
+               reg={"name": "ewc", "lamb": 100.0, "fisher": "empirical", "max_samples": 20},
+               model={"dropout": False}, eval={"every_epochs": 0, "fwt_baseline": True})
+    res, rd = _run(cfg, tmp_path / "run")
+    _check_run(res, rd, 2)
+    assert res.tasks == ["cifar10", "c100-0"] and len(res.curves) == 2
+
+
+@pytest.mark.parametrize("activation", [GNC, "relu"], ids=["gnc", "relu"])
+def test_single_pass_two_tasks_with_replay(cifar_root, tmp_path, activation):
+    cfg = _cfg({"dataset": "single_pass_cifar100", "root": str(cifar_root), "n_tasks": 2, "validation": 0},
+               train={"regime": "single_pass", "batch_size": 10, "buffer_size": 12, "replay_batch": 5,
+                      "optimizer": "sgd", "learning_rate": 0.03},
+               model={"activation": activation})
+    res, rd = _run(cfg, tmp_path / "run")
+    _check_run(res, rd, 2)
+    ck = load_checkpoint(rd.latest_checkpoint)
+    buf = ck["reservoir"]
+    assert buf["seen"] == 60 and buf["size"] == 12  # 2 tasks x 5 classes x 6 images streamed past
+    assert set(buf["task"].tolist()) <= {0, 1}
+    assert [p.step for p in res.curves] == [30, 60]  # examples so far
+    assert res.diagnostics[1]["train"]["batches"] == 3
+
+
+def test_single_pass_replay_goes_through_each_tasks_own_head(cifar_root, tmp_path, monkeypatch):
+    """Replayed examples of task 0 are scored by head 0 while task 1 trains, and head 0 is not updated."""
+    from clrl.nets import MultiHead
+
+    calls: list[tuple[int, int]] = []
+    original = MultiHead.forward
+
+    def spy(self, features, task):
+        if self.training:
+            calls.append((int(task), int(features.shape[0])))
+        return original(self, features, task)
+
+    monkeypatch.setattr(MultiHead, "forward", spy)
+    cfg = _cfg({"dataset": "single_pass_cifar100", "root": str(cifar_root), "n_tasks": 2, "validation": 0},
+               train={"regime": "single_pass", "batch_size": 10, "buffer_size": 100, "replay_batch": 20},
+               eval={"fwt_baseline": False})
+    _, rd = _run(cfg, tmp_path / "run")
+    assert (0, 20) in calls  # replay batch of task 0 alone while task 0 trains
+    assert any(t == 0 for t, _ in calls[calls.index((1, 10)):])  # task 0 replayed during task 1
+    h0 = load_checkpoint(rd.task_checkpoint(0))["heads"]
+    h1 = load_checkpoint(rd.task_checkpoint(1))["heads"]
+    assert torch.equal(h0["heads.0.weight"], h1["heads.0.weight"])
+
+
+# ----------------------------------------------------------------------------- trainer on digits
+
+
+def test_past_heads_are_never_updated_and_future_heads_stay_fresh(tmp_path):
+    cfg = _cfg({**DIGITS, "n_tasks": 3}, train={"epochs": 2}, model=SMALL_MLP)
+    res, rd = _run(cfg, tmp_path / "run")
+    c0, c1, c2 = (load_checkpoint(rd.task_checkpoint(t))["heads"] for t in range(3))
+    for key in ("heads.0.weight", "heads.0.bias"):
+        assert torch.equal(c0[key], c1[key]) and torch.equal(c0[key], c2[key])
+    assert torch.equal(c0["heads.2.weight"], c1["heads.2.weight"])  # not trained before task 2
+    assert not torch.equal(c1["heads.2.weight"], c2["heads.2.weight"])
+    # R above the diagonal: untrained tasks, fresh heads, near chance on 2 classes
+    assert res.R[0][2] is not None
+
+
+def test_results_fill_R_row_by_row_and_baseline_is_the_untrained_model(tmp_path):
+    cfg = _cfg({**DIGITS, "n_tasks": 3}, train={"epochs": 2}, model=SMALL_MLP)
+    res, rd = _run(cfg, tmp_path / "run")
+    from clrl.supervised.evaluation import evaluate_tasks
+    from clrl.supervised.model import build_model
+
+    torch.manual_seed(0)
+    bench = build_benchmark(cfg.tasks, cfg.seed)
+    fresh = build_model(cfg, bench)
+    assert res.baseline == pytest.approx(evaluate_tasks(fresh, bench.tasks, range(3), 1000, "cpu"))
+    ck = load_checkpoint(rd.task_checkpoint(0))
+    trained = build_model(cfg, bench)
+    trained.trunk.load_state_dict(ck["trunk"])
+    trained.heads.load_state_dict(ck["heads"])
+    assert res.R[0] == pytest.approx(evaluate_tasks(trained, bench.tasks, range(3), 1000, "cpu"))
+    assert res.R[0][0] > 0.9  # two digits are easy
+    assert res.metrics["acc"] == pytest.approx(float(np.mean(res.R[2])))
+
+
+RESUME_CASES = {
+    # AGS-CL: Omega, anchors, births and masks in the regularizer state
+    "offline-agscl": ({"epochs": 2}, {"name": "agscl", "mu": 1.0, "lamb": 10.0, "rho": 0.5}),
+    # EWC's true Fisher samples labels from torch's global RNG: needs the restored RNG state
+    "offline-ewc": ({"epochs": 2}, {"name": "ewc", "lamb": 100.0, "fisher": "true"}),
+    # the reservoir's storage and generator
+    "single_pass-mas": ({"regime": "single_pass", "batch_size": 10, "buffer_size": 30}, {"name": "mas", "lamb": 1.0}),
+}
+
+
+@pytest.mark.parametrize("case", list(RESUME_CASES))
+def test_resume_gives_the_same_R_as_an_uninterrupted_run(tmp_path, monkeypatch, case):
+    import clrl.supervised.trainer as trainer
+
+    train, reg = RESUME_CASES[case]
+    cfg = _cfg({**DIGITS, "n_tasks": 3}, train=train, reg=reg, model={"hidden": [16, 16], "activation": "relu"})
+    full, _ = _run(cfg, tmp_path / "full")
+
+    real = trainer._run_task
+    calls = {"n": 0}
+
+    def interrupt_second(ctx, results, rd, t, train_task, run_start):
+        calls["n"] += 1
+        if calls["n"] == 2:  # after task 0: two tasks (one consolidation that feeds the next) run resumed
+            raise KeyboardInterrupt
+        return real(ctx, results, rd, t, train_task, run_start)
+
+    monkeypatch.setattr(trainer, "_run_task", interrupt_second)
+    with pytest.raises(KeyboardInterrupt):
+        _run(cfg, tmp_path / "cut")
+    cut = load_results(tmp_path / "cut")
+    assert cut.status == "running" and cut.tasks_done() == 1
+    monkeypatch.setattr(trainer, "_run_task", real)
+    resumed, _ = _run(None, tmp_path / "cut", resume=True)
+    assert resumed.status == "complete"
+    assert resumed.R == full.R
+    assert [(p.step, p.task, p.scores) for p in resumed.curves] == [(p.step, p.task, p.scores) for p in full.curves]
+    assert resumed.baseline == full.baseline
+    # resuming a complete run changes nothing
+    again, _ = _run(None, tmp_path / "cut", resume=True)
+    assert again.R == full.R and again.status == "complete"
+
+
+def test_non_finite_loss_fails_the_run_with_the_reason(tmp_path, monkeypatch):
+    import clrl.supervised.loops as loops
+
+    real = loops._task_loss
+    calls = {"n": 0}
+
+    def nan_later(ctx, x, y, t):
+        calls["n"] += 1
+        loss = real(ctx, x, y, t)
+        return loss * float("nan") if t == 1 else loss
+
+    monkeypatch.setattr(loops, "_task_loss", nan_later)
+    cfg = _cfg({**DIGITS, "n_tasks": 2}, model=SMALL_MLP)
+    res, rd = _run(cfg, tmp_path / "run")
+    assert res.status == "failed"
+    assert "training diverged" in res.reason and "non-finite loss" in res.reason and "task 1" in res.reason
+    disk = load_results(rd.root)
+    assert disk.status == "failed" and disk.R[0][0] is not None and disk.R[1][1] is None
+    assert load_checkpoint(rd.latest_checkpoint)["task"] == 0  # the last good checkpoint stays
+
+
+def test_vcl_betas_are_trained(tmp_path):
+    cfg = _cfg({**DIGITS, "n_tasks": 1}, train={"epochs": 1, "vcl": {"gamma": 0.1, "n": 4}}, model=SMALL_MLP)
+    res, rd = _run(cfg, tmp_path / "run")
+    assert res.status == "complete"
+    betas = load_checkpoint(rd.latest_checkpoint)["vcl"]
+    assert betas and all(not torch.allclose(v, torch.ones_like(v)) for v in betas.values())
+
+
+def test_lr_schedule_drops_and_stops(tmp_path):
+    """With patience 1 and a tiny min_lr margin the task stops after the first drop below min_lr."""
+    cfg = _cfg({**DIGITS, "n_tasks": 1}, train={"epochs": 30, "lr_patience": 1, "learning_rate": 0.05,
+                                                  "min_lr": 0.05 / 3 / 3 * 1.01}, model=SMALL_MLP)
+    res, _ = _run(cfg, tmp_path / "run")
+    info = res.diagnostics[0]["train"]
+    assert info["lr_drops"] == 2 and info["final_lr"] == pytest.approx(0.05 / 9)
+    assert info["epochs"] < 30 and 0 <= info["best_epoch"] < info["epochs"]
+
+
+def test_bad_model_choice_is_a_config_error(tmp_path, cifar_root):
+    cfg = _cfg({"dataset": "split_cifar100", "root": str(cifar_root), "n_tasks": 1}, model={"net": "digits"})
+    with pytest.raises(ConfigError, match="model.net"):
+        _run(cfg, tmp_path / "run")
+    with pytest.raises(ConfigError, match="2n = 10"):
+        _cfg(DIGITS, train={"batch_size": 8, "vcl": {"gamma": 1.0, "n": 5}})
+
+
+def test_missing_cifar_folder_is_a_one_line_cli_error(tmp_path, capsys):
+    from clrl.cli import main
+
+    code = main(["run", str(CONFIGS / "split_cifar100_agscl.yaml"), "--set", f"tasks.root={tmp_path / 'none'}",
+                 "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("clrl: error: CIFAR data not found") and len(err.strip().splitlines()) == 1
+
+
+def test_cli_runs_split_digits_and_prints_R_and_metrics(tmp_path, capsys):
+    from clrl.cli import main
+
+    code = main(["run", str(CONFIGS / "split_digits.yaml"), "--set", "train.epochs=1", "--set", "model.hidden=[16]",
+                 "--set", "output.progress=false", "--set", "output.figures=false", "--set", "output.tensorboard=false",
+                 "--out", str(tmp_path / "run")])
+    out = capsys.readouterr().out
+    assert code == 0
+    for word in ("accuracy on task j after training task i", "ACC", "BWT", "BTI", "Forgetting", "S"):
+        assert word in out
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["status"] == "complete" and len(saved["R"]) == 5
+
+
+SUPERVISED_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if "kind: supervised" in p.read_text())
+
+
+def test_every_supervised_config_is_listed():
+    names = {p.name for p in SUPERVISED_CONFIGS}
+    assert {"split_digits.yaml", "split_digits_ewc.yaml", "cifar10_100_agscl.yaml", "single_pass_cifar100_gnc.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", SUPERVISED_CONFIGS, ids=lambda p: p.name)
+def test_shipped_supervised_configs_validate(path):
+    cfg = load_config(path)
+    if cfg.tasks.dataset != "split_digits":
+        assert cfg.tasks.root == "data"
+
+
+# ----------------------------------------------------------------------------- the real check
+
+
+@pytest.mark.slow
+def test_agscl_beats_finetuning_on_split_digits(tmp_path):
+    accs = {}
+    for name in ("split_digits", "split_digits_finetune"):
+        cfg = load_config(CONFIGS / f"{name}.yaml", ["output.progress=false", "output.tensorboard=false"])
+        res, _ = _run(cfg, tmp_path / name)
+        accs[name] = res.metrics["acc"]
+    assert accs["split_digits"] > accs["split_digits_finetune"] + 0.05, accs
