@@ -51,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpus-per-trial", type=float, help="replace resources.gpu (fractions share a GPU)")
     parser.add_argument("--dry-run", action="store_true", help="list the trials and what would run; write nothing")
     parser.add_argument("--no-report", action="store_true", help="skip `clrl report` at the end")
+    parser.add_argument("--no-figures", action="store_true", help="report tables only (faster)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -84,7 +85,7 @@ def main(args: argparse.Namespace) -> int:
                          log=SweepLog(plan.out))
     print_status(manifest)
     if not args.no_report:
-        report_sweep(plan, manifest)
+        report_sweep(plan, manifest, figures=not args.no_figures)
     incomplete = [t.name for t in manifest.trials if t.status != "complete"]
     if incomplete:
         print(f"clrl sweep: {len(incomplete)} trials not complete; run the same command again to resume them")

@@ -43,7 +43,7 @@ def print_status(manifest: Manifest, console: Console | None = None) -> None:
     console.print(table)
 
 
-def report_sweep(plan: SweepPlan, manifest: Manifest) -> int:
+def report_sweep(plan: SweepPlan, manifest: Manifest, figures: bool = True) -> int:
     """``clrl report <sweep> --out <sweep>/report`` over every trial with a results.json.
 
     Called through the CLI entry point so the sweep prints exactly what ``clrl report`` prints;
@@ -57,7 +57,7 @@ def report_sweep(plan: SweepPlan, manifest: Manifest) -> int:
         return 1
     out = plan.out / REPORT_DIR
     try:
-        code = clrl_main(["report", *dirs, "--out", str(out)])
+        code = clrl_main(["report", *dirs, "--out", str(out), *([] if figures else ["--no-figures"])])
     except SystemExit as exc:  # argparse of a report version without these options
         code = int(exc.code or 0)
     if code == 0:
