@@ -254,8 +254,10 @@ class SupervisedModel(Strict):
 
 
 class SupervisedTrain(Strict):
-    regime: Literal["offline", "single_pass"] = "offline"
-    epochs: int = Field(100, ge=1)
+    regime: Literal["offline", "single_pass"] = Field(
+        "offline", description="offline: epochs with validation; single_pass: one pass with reservoir replay"
+    )
+    epochs: int = Field(100, ge=1, description="offline regime: maximum epochs per task")
     batch_size: int = Field(256, ge=1)
     optimizer: Literal["adam", "sgd"] = "adam"
     learning_rate: float = Field(1e-3, gt=0)

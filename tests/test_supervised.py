@@ -406,3 +406,34 @@ def test_agscl_beats_finetuning_on_split_digits(tmp_path):
         res, _ = _run(cfg, tmp_path / name)
         accs[name] = res.metrics["acc"]
     assert accs["split_digits"] > accs["split_digits_finetune"] + 0.05, accs
+
+
+# ----------------------------------------------------------------------------- the digits table
+
+
+def test_digits_table_rows_against_hand_computed_scores():
+    from clrl.results import Reference, new_results
+    from clrl.supervised.table import markdown_table, table_rows
+
+    def res(R, ref_diag=None):
+        r = new_results("supervised", "x", 0, {}, ["a", "b"])
+        r.R = R
+        if ref_diag is not None:
+            r.reference = Reference(run="ft", max_scores=ref_diag, diag=ref_diag)
+        return r
+
+    ft = [res([[0.9, 0.5], [0.6, 0.8]]), res([[1.0, 0.5], [0.8, 1.0]])]
+    reg = [res([[0.9, 0.5], [0.9, 0.4]], [0.9, 0.8]), res([[0.8, 0.5], [0.8, 0.5]], [1.0, 1.0])]
+    rows = table_rows({"Fine-tuning": ft, "AGS-CL": reg})
+    # fine-tuning: ACC (0.7, 0.9), BWT (-0.3, -0.2), forgetting (0.3, 0.2), P 1, S ((0.6/0.9+1)/2, (0.8+1)/2)
+    assert rows["Fine-tuning"]["acc"] == pytest.approx((0.8, np.std([0.7, 0.9], ddof=1)))
+    assert rows["Fine-tuning"]["bwt"][0] == pytest.approx(-0.25)
+    assert rows["Fine-tuning"]["forgetting"][0] == pytest.approx(0.25)
+    assert rows["Fine-tuning"]["plasticity"] == pytest.approx((1.0, 0.0))
+    assert rows["Fine-tuning"]["stability"][0] == pytest.approx(((0.6 / 0.9 + 1) / 2 + 0.9) / 2)
+    # AGS-CL: P = mean(R[i][i] / ft[i][i]) = ((0.9/0.9 + 0.4/0.8)/2, (0.8/1 + 0.5/1)/2) = (0.75, 0.65)
+    assert rows["AGS-CL"]["plasticity"] == pytest.approx((0.7, np.std([0.75, 0.65], ddof=1)))
+    assert rows["AGS-CL"]["forgetting"] == pytest.approx((0.0, 0.0))
+    md = markdown_table(rows).splitlines()
+    assert md[0] == "| Method | ACC | BWT | Forgetting | P | S |"
+    assert md[2].startswith("| Fine-tuning | 0.800 ± 0.141 | -0.250 ± 0.071 |")

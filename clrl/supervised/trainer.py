@@ -178,6 +178,9 @@ def run_experiment(cfg: SupervisedConfig, rd: RunDir, resume: bool = False) -> R
             results.reference = reference_from_run(cfg.reference, bench.task_names)
         results.timings = {"per_task": []}
         log.info("run %s: %d tasks %s, device %s, regularizer %s %s", cfg.name, T, bench.task_names, device, name, hparams)
+        if cfg.train.regime == "single_pass" and cfg.tasks.validation > 0:
+            log.warning("single-pass regime: tasks.validation = %s of the training data is held out but unused",
+                        cfg.tasks.validation)
         for t, task in enumerate(bench.tasks):
             log.info("task %d %s: classes %s, %d train / %d val / %d test", t, task.name, task.classes,
                      len(task.y_train), len(task.y_val), len(task.y_test))
