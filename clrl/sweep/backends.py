@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
+import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.connection import wait as mp_wait
 from typing import Any
 
 from clrl.errors import UserError
@@ -32,6 +35,23 @@ def available_cpus() -> int:
 def _crashed(job: Job, why: str) -> dict[str, Any]:
     return {"name": job["name"], "status": "failed", "reason": why, "crashed": True, "attempts": 1,
             "resumed": False, "skipped": False, "seconds": None, "acc": None}
+
+
+GRACE_S = 10.0  # seconds a cancelled worker gets to stop on a Ctrl-C it received itself
+STOP_S = 120.0  # seconds it then gets after our SIGINT (an RL run finishes its PPO update)
+
+
+def _wait_exit(procs: list, timeout: float) -> list:
+    """Wait up to ``timeout`` s for processes to exit (on their sentinels); return those still running."""
+    deadline = time.monotonic() + timeout
+    alive = list(procs)
+    while alive:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        done = set(mp_wait([p.sentinel for p in alive], timeout=left))
+        alive = [p for p in alive if p.sentinel not in done]
+    return alive
 
 
 class InlineBackend:
@@ -90,7 +110,26 @@ class PoolBackend:
         return finished
 
     def close(self, cancel: bool = False) -> None:
-        self._pool.shutdown(wait=not cancel, cancel_futures=cancel)
+        """Stop the pool; with ``cancel`` (Ctrl-C, an error) stop the running trials gracefully.
+
+        A Ctrl-C in the terminal reaches the workers too (one process group), and the runners
+        then save a checkpoint and stop. A worker still running after ``GRACE_S`` did not get
+        it (the signal went to the driver alone), so it is sent SIGINT now; one that ignores
+        that for ``STOP_S`` more is terminated (its last checkpoint remains).
+        """
+        if not cancel:
+            self._pool.shutdown(wait=True)
+            return
+        procs = list((getattr(self._pool, "_processes", None) or {}).values())
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        alive = _wait_exit(procs, GRACE_S)
+        for proc in alive:
+            try:
+                os.kill(proc.pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
+        for proc in _wait_exit(alive, STOP_S):
+            proc.terminate()
 
 
 class RayBackend:
@@ -159,9 +198,12 @@ class RayBackend:
         return finished
 
     def close(self, cancel: bool = False) -> None:
-        if cancel:
-            for ref in list(self._running):
-                self._ray.cancel(ref, force=True)
+        if cancel and self._running:
+            # not force: Ray raises KeyboardInterrupt in the task, the runner saves a checkpoint
+            refs = list(self._running)
+            for ref in refs:
+                self._ray.cancel(ref, force=False)
+            self._ray.wait(refs, num_returns=len(refs), timeout=STOP_S)
         self._running.clear()
         if self._owns and self._ray.is_initialized():
             self._ray.shutdown()
