@@ -53,7 +53,7 @@ def _end(reg, trunk, heads, task, x, bs=16):
 
 
 def _groups(trunk):
-    return [get_incoming(l) for l in node_view(trunk)]
+    return [get_incoming(lay) for lay in node_view(trunk)]
 
 
 def _relu_means(trunk, x):
@@ -90,14 +90,14 @@ def test_omega_is_the_decayed_sum_of_mean_activations():
     _train(trunk, heads, opt, 0, xa, ya, 5)
     a0 = _relu_means(trunk, xa)
     _end(reg, trunk, heads, 0, xa)
-    for o, a in zip(reg.omega, a0):
+    for o, a in zip(reg.omega, a0, strict=True):
         torch.testing.assert_close(o, a, rtol=1e-5, atol=1e-7)
     opt = torch.optim.Adam(list(trunk.parameters()) + list(heads.parameters_of(1)), lr=0.01)
     reg.begin_task(1, opt)
     _train(trunk, heads, opt, 1, xb, yb, 5)
     a1 = _relu_means(trunk, xb)
     _end(reg, trunk, heads, 1, xb)
-    for o, p, a in zip(reg.omega, a0, a1):
+    for o, p, a in zip(reg.omega, a0, a1, strict=True):
         torch.testing.assert_close(o, 0.7 * p + a, rtol=1e-5, atol=1e-7)
     g0 = reg.unimportant()
     d = reg.diagnostics()
@@ -134,7 +134,7 @@ def test_hooked_steps_are_plain_steps_then_prox_at_the_cadence():
     g0 = [o == 0 for o in omega]
     assert g0[0][:2].all() and g0[1][2] and (~g0[0]).sum() > 2
     anchor = _groups(trunk)
-    for a, b in zip(reg.anchor, anchor):  # anchor = weights after consolidation
+    for a, b in zip(reg.anchor, anchor, strict=True):  # anchor = weights after consolidation
         assert torch.equal(a, b)
 
     ref_trunk, ref_heads = copy.deepcopy(trunk), copy.deepcopy(heads)
@@ -160,11 +160,11 @@ def test_hooked_steps_are_plain_steps_then_prox_at_the_cadence():
             w1 = ref_layers[1].module.weight
             w1[(~g0[1]).nonzero()[:, 0][:, None], g0[0].nonzero()[:, 0][None, :]] = 0
             ref_heads.heads[0].weight[:, g0[1]] = 0
-        for p, q in zip(list(trunk.parameters()) + list(heads.parameters()), list(ref_trunk.parameters()) + list(ref_heads.parameters())):
+        for p, q in zip(list(trunk.parameters()) + list(heads.parameters()), list(ref_trunk.parameters()) + list(ref_heads.parameters()), strict=True):
             torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
     assert reg.n_prox == 2 and reg.steps == 8
     # the prox did something: some G0 group was zeroed by mu
-    assert any(bool((get_incoming(l) == 0).all(dim=1).any()) for l in node_view(trunk))
+    assert any(bool((get_incoming(lay) == 0).all(dim=1).any()) for lay in node_view(trunk))
 
 
 # ----------------------------------------------------------------------------- I.1 and freezing
@@ -261,9 +261,9 @@ def test_rand_init_redraws_about_rho_of_unimportant_nodes(rho):
             frac = float(changed[i].float().mean())
             assert abs(frac - rho) < 0.08, (i, frac)
     (c5, g5), (c5b, g5b), (c6, _) = redrawn
-    assert all(torch.equal(a, b) for a, b in zip(g5, g5b))  # same seed: same nodes, same values
+    assert all(torch.equal(a, b) for a, b in zip(g5, g5b, strict=True))  # same seed: same nodes, same values
     if 0 < rho < 1:
-        assert not all(torch.equal(a, b) for a, b in zip(c5, c6))
+        assert not all(torch.equal(a, b) for a, b in zip(c5, c6, strict=True))
 
 
 def test_rand_init_with_the_global_rng_is_reproducible():
@@ -275,7 +275,7 @@ def test_rand_init_with_the_global_rng_is_reproducible():
         torch.manual_seed(42)
         _end(reg, trunk, heads, 0, x)
         out.append(_groups(trunk))
-    assert all(torch.equal(a, b) for a, b in zip(*out))
+    assert all(torch.equal(a, b) for a, b in zip(*out, strict=True))
 
 
 # ----------------------------------------------------------------------------- resume
@@ -319,7 +319,7 @@ def test_state_dict_round_trip_mid_task_is_bit_identical():
     reg2.load_state_dict(saved["reg"])
     reg2.begin_task(1, opt2)
     got, diag2 = rest(trunk2, heads2, opt2, reg2)
-    for p, q in zip(got, expected):
+    for p, q in zip(got, expected, strict=True):
         assert torch.equal(p, q)
     assert json.dumps(diag) == json.dumps(diag2)
 

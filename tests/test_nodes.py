@@ -10,7 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clrl.layers.nodes import NodeActivity, fresh_incoming, get_incoming, node_view, set_incoming, zero_outgoing
+from clrl.layers.nodes import (
+    NodeActivity,
+    fresh_incoming,
+    get_incoming,
+    node_view,
+    set_incoming,
+    zero_outgoing,
+)
 from clrl.nets import MultiHead, atari_trunk, digits_trunk
 
 
@@ -102,7 +109,7 @@ def test_linear_to_linear_and_heads_boundaries():
     heads.add_head(0, 3)
     heads.add_head(5, 2)
     layers = node_view(trunk)
-    assert [l.out_kind for l in layers] == ["linear", "heads"]
+    assert [lay.out_kind for lay in layers] == ["linear", "heads"]
     x = torch.rand(7, 64)
     _check_independent(trunk, heads, 0, [3], x, task=0)
     _check_independent(trunk, heads, 1, [4, 7], x, task=5)
@@ -116,7 +123,7 @@ def test_linear_to_linear_and_heads_boundaries():
 def test_maxout_k_to_one():
     trunk = _small_cnn("maxout:block=2")
     layers = node_view(trunk)
-    assert [l.block for l in layers] == [2, 2, 2, 2] and [l.post_width for l in layers] == [2, 3, 2, 4]
+    assert [lay.block for lay in layers] == [2, 2, 2, 2] and [lay.post_width for lay in layers] == [2, 3, 2, 4]
     x = torch.rand(3, 4, 84, 84)
     _check_independent(trunk, None, 1, [2, 3], x)  # nodes 2, 3 form post unit 1 (conv -> conv)
     _check_independent(trunk, None, 2, [0, 1], x)  # conv -> flatten -> linear
@@ -135,7 +142,7 @@ def test_maxout_k_to_one():
 
 def test_linear_maxout_boundary():
     trunk = digits_trunk(hidden=(12, 6), activation="maxout:block=3")
-    assert [l.post_width for l in node_view(trunk)] == [4, 2]
+    assert [lay.post_width for lay in node_view(trunk)] == [4, 2]
     _check_independent(trunk, None, 0, [3, 4, 5], torch.rand(5, 64))
 
 
@@ -227,7 +234,7 @@ def test_plain_sequential_with_pools_dropout_nested():
         nn.Linear(7, 3),
     )
     layers = node_view(net)
-    assert [(l.name, l.out_kind, l.spatial) for l in layers] == [
+    assert [(lay.name, lay.out_kind, lay.spatial) for lay in layers] == [
         ("0.0", "conv", 1),
         ("1", "flatten", 4),
         ("5", "linear", 1),

@@ -42,7 +42,7 @@ def _per_sample_loop(trunk, heads, task, x, fn):
     for i in range(x.shape[0]):
         out = heads(trunk(x[i : i + 1]), task)[0]
         grads = torch.autograd.grad(fn(out, i), list(params.values()))
-        for k, g in zip(params, grads):
+        for k, g in zip(params, grads, strict=True):
             acc[k] += g
     return {k: v / x.shape[0] for k, v in acc.items()}
 
@@ -53,7 +53,7 @@ def _fisher_loop(trunk, heads, task, x, labels):
     for i in range(x.shape[0]):
         logp = torch.log_softmax(heads(trunk(x[i : i + 1]), task)[0], dim=-1)
         grads = torch.autograd.grad(logp[labels[i]], list(params.values()))
-        for k, g in zip(params, grads):
+        for k, g in zip(params, grads, strict=True):
             acc[k] += g**2
     return {k: v / x.shape[0] for k, v in acc.items()}
 
@@ -107,7 +107,7 @@ def test_true_fisher_converges_to_the_expectation_over_the_predictive_distributi
     exact = {k: torch.zeros_like(p) for k, p in params.items()}
     for c in range(3):
         grads = torch.autograd.grad(logp[c], list(params.values()), retain_graph=True)
-        for k, g in zip(params, grads):
+        for k, g in zip(params, grads, strict=True):
             exact[k] += logp[c].exp().detach() * g**2
     got = torch.cat([reg.terms[0]["importance"][k].flatten() for k in params])
     ref = torch.cat([exact[k].flatten() for k in params])
@@ -127,7 +127,7 @@ def test_mas_importance_matches_hand_autograd(norm):
     for i in range(len(x)):
         out = heads(trunk(x[i : i + 1]), 0)[0]
         target = (out**2).sum() if norm == "squared" else out.norm()
-        for k, g in zip(params, torch.autograd.grad(target, list(params.values()))):
+        for k, g in zip(params, torch.autograd.grad(target, list(params.values())), strict=True):
             acc[k] += g.abs()
     for k in params:
         torch.testing.assert_close(reg.terms[0]["importance"][k], acc[k] / len(x), rtol=1e-5, atol=1e-8)
@@ -224,7 +224,7 @@ def test_hooked_step_equals_penalty_in_the_loss(name, kwargs, opt_kind):
             loss = loss + lamb / 2 * sum((imp[k] * (params[k] - anchor[k]) ** 2).sum() for k in imp)
         loss.backward()
         ref_opt.step()
-        for p, q in zip(list(trunk.parameters()) + list(heads.parameters()), list(ref_trunk.parameters()) + list(ref_heads.parameters())):
+        for p, q in zip(list(trunk.parameters()) + list(heads.parameters()), list(ref_trunk.parameters()) + list(ref_heads.parameters()), strict=True):
             torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
     assert reg.steps == 4
     # the penalty actually mattered: a plain step differs
@@ -302,7 +302,7 @@ def test_state_dict_round_trip_mid_task_is_bit_identical(name, kwargs):
     reg2.begin_task(1, opt2)  # re-attaches to the running task
     _train(trunk2, heads2, opt2, 4, xb, yb, offset=3)
     _consolidate(reg2, trunk2, heads2, 1, xb, yb)
-    for p, q in zip(trunk2.parameters(), expected):
+    for p, q in zip(trunk2.parameters(), expected, strict=True):
         assert torch.equal(p, q)
     assert json.dumps(reg2.diagnostics()) == json.dumps(build_and_diag(reg, expected_sd))
 

@@ -114,7 +114,7 @@ def run_hooks_bench(
         n_params = sum(p.numel() for p in trunk.parameters())
         results: dict[str, Any] = {}
         for name in names:
-            ratios = [t / p for t, p in zip(times[name], times["adam"])]
+            ratios = [t / p for t, p in zip(times[name], times["adam"], strict=True)]
             reg = setups[name].reg
             results[name] = {
                 "step_ms": 1000 * statistics.median(times[name]),

@@ -348,7 +348,7 @@ class NodeActivity:
 
     def __init__(self, layers: Sequence[NodeLayer]) -> None:
         self.layers = list(layers)
-        self._sums = [torch.zeros(l.n_nodes, dtype=torch.float64) for l in self.layers]
+        self._sums = [torch.zeros(lay.n_nodes, dtype=torch.float64) for lay in self.layers]
         self._counts = [0 for _ in self.layers]
         self._winners: list[Tensor | None] = [None for _ in self.layers]
         self._handles: list = []
@@ -403,4 +403,4 @@ class NodeActivity:
 
     def mean(self) -> list[Tensor]:
         """Per layer, float32 ``(n_nodes,)`` means (zeros if nothing was recorded)."""
-        return [(s / max(c, 1)).to(torch.float32) for s, c in zip(self._sums, self._counts)]
+        return [(s / max(c, 1)).to(torch.float32) for s, c in zip(self._sums, self._counts, strict=True)]

@@ -98,7 +98,7 @@ def _conv_stack(
     after the last activation and the spatial size."""
     modules: list[nn.Module] = []
     width = in_channels
-    for i, ((out_ch, k, s, p), spec) in enumerate(zip(convs, specs)):
+    for i, ((out_ch, k, s, p), spec) in enumerate(zip(convs, specs, strict=True)):
         modules.append(nn.Conv2d(width, out_ch, kernel_size=k, stride=s, padding=p))
         act = build_activation(spec)
         modules.append(act)
@@ -115,7 +115,7 @@ def _conv_stack(
 def _linear_stack(in_features: int, hidden: Sequence[int], specs: list[str], dropout: float = 0.0) -> tuple[list[nn.Module], int]:
     modules: list[nn.Module] = []
     width = in_features
-    for h, spec in zip(hidden, specs):
+    for h, spec in zip(hidden, specs, strict=True):
         modules.append(nn.Linear(width, int(h)))
         act = build_activation(spec)
         modules.append(act)

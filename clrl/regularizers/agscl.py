@@ -106,8 +106,8 @@ class AGSCL(Regularizer):
     def __init__(self, trunk: nn.Module, heads: nn.Module | None = None, **hparams: Any) -> None:
         super().__init__(trunk, heads, **hparams)
         assert self.nodes is not None
-        self.omega: list[Tensor] = [torch.zeros(l.n_nodes) for l in self.nodes]
-        self.born: list[Tensor] = [torch.full((l.n_nodes,), _NEVER, dtype=torch.int64) for l in self.nodes]
+        self.omega: list[Tensor] = [torch.zeros(lay.n_nodes) for lay in self.nodes]
+        self.born: list[Tensor] = [torch.full((lay.n_nodes,), _NEVER, dtype=torch.int64) for lay in self.nodes]
         self.head_born: dict[int, int] = {}
         self.anchor: list[Tensor] | None = None
         self.n_consolidated = 0
@@ -163,7 +163,7 @@ class AGSCL(Regularizer):
     def apply_masks(self) -> None:
         """Re-apply I.1 to the live weights (trunk and past heads)."""
         with torch.no_grad():
-            for layer, keep in zip(self.nodes, self._keep):
+            for layer, keep in zip(self.nodes, self._keep, strict=True):
                 if keep is not None:
                     w = layer.next_module.weight
                     w.view(w.shape[0], layer.post_width, -1).mul_(keep)
@@ -208,8 +208,8 @@ class AGSCL(Regularizer):
 
     def _snapshot_groups(self) -> list[Tensor] | None:
         """Share the anchor as the used-capacity snapshot when the weights still equal it."""
-        current = [get_incoming(l) for l in self.nodes]
-        if self.anchor is not None and all(torch.equal(c, a.to(c.device)) for c, a in zip(current, self.anchor)):
+        current = [get_incoming(lay) for lay in self.nodes]
+        if self.anchor is not None and all(torch.equal(c, a.to(c.device)) for c, a in zip(current, self.anchor, strict=True)):
             return self.anchor
         return current
 
@@ -217,7 +217,7 @@ class AGSCL(Regularizer):
         eta = float(self.hparams["eta"])
         c = self.n_consolidated
         # eq. (8)
-        self.omega = [eta * o + a for o, a in zip(self.omega, self._last_activity)]
+        self.omega = [eta * o + a for o, a in zip(self.omega, self._last_activity, strict=True)]
         g0 = self.unimportant()
         for i in range(len(self.nodes)):
             self.born[i] = torch.where(~g0[i] & (self.born[i] == _NEVER), torch.full_like(self.born[i], c), self.born[i])
@@ -237,7 +237,7 @@ class AGSCL(Regularizer):
             if rows.numel():
                 set_incoming(layer, fresh[rows.to(fresh.device)], rows=rows.to(fresh.device))
         self.apply_masks()  # I.2 re-draws only G0 rows, which no mask touches; kept for safety
-        self.anchor = [get_incoming(l) for l in self.nodes]
+        self.anchor = [get_incoming(lay) for lay in self.nodes]
         self.n_consolidated += 1
 
     # ------------------------------------------------------------------ state, memory, diagnostics
@@ -275,7 +275,7 @@ class AGSCL(Regularizer):
         """Omega (one float per node) plus the births (one int per node) that define the I.1
         masks; the anchor (one copy of the trunk's Conv/Linear parameters). The cached float
         masks are derived from the births and not counted."""
-        imp = sum(o.numel() * o.element_size() + b.numel() * b.element_size() for o, b in zip(self.omega, self.born))
+        imp = sum(o.numel() * o.element_size() + b.numel() * b.element_size() for o, b in zip(self.omega, self.born, strict=True))
         anchor = sum(a.numel() * a.element_size() for a in self.anchor) if self.anchor is not None else 0
         return imp, anchor
 

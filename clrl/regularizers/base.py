@@ -215,7 +215,7 @@ class Regularizer:
                 warnings.warn(f"{self.name}: end_task got no batches; node activity is zero", stacklevel=3)
             new = recorder.mean()
             self._last_activity = new
-            self._activity = new if self._activity is None else [a + n for a, n in zip(self._activity, new)]
+            self._activity = new if self._activity is None else [a + n for a, n in zip(self._activity, new, strict=True)]
 
     # ------------------------------------------------------------------ subclass hooks
 
@@ -252,7 +252,7 @@ class Regularizer:
         if self.nodes is None:
             return None
         if self._activity is None:
-            return [torch.ones(l.n_nodes, dtype=torch.bool) for l in self.nodes]
+            return [torch.ones(lay.n_nodes, dtype=torch.bool) for lay in self.nodes]
         return [a == 0 for a in self._activity]
 
     # ------------------------------------------------------------------ diagnostics
@@ -260,13 +260,13 @@ class Regularizer:
     def _snapshot_groups(self) -> list[Tensor] | None:
         if self.nodes is None:
             return None
-        return [get_incoming(l) for l in self.nodes]
+        return [get_incoming(lay) for lay in self.nodes]
 
     def _used_capacity_layers(self) -> list[float] | None:
         if self.nodes is None or self._start is None:
             return None
         out = []
-        for layer, start in zip(self.nodes, self._start):
+        for layer, start in zip(self.nodes, self._start, strict=True):
             same = (get_incoming(layer) == start).all(dim=1)
             out.append(float(same.float().mean()))
         return out
@@ -299,7 +299,7 @@ class Regularizer:
                 if self._activity is not None:
                     entry["activity_mean"] = float(self._activity[i].mean())
                 layers.append(entry)
-            total = sum(l.n_nodes for l in self.nodes)
+            total = sum(lay.n_nodes for lay in self.nodes)
 
             def weighted(key: str) -> float | None:
                 if any(e[key] is None for e in layers):

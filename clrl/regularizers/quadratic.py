@@ -86,7 +86,7 @@ def per_sample_grad_sum(
             out = container(_slice(x, i, i + 1))
             loss = loss_fn(out[0], y[i] if y is not None else None)
             grads = torch.autograd.grad(loss, plist, allow_unused=True)
-            for k, g in zip(names, grads):
+            for k, g in zip(names, grads, strict=True):
                 if g is not None:
                     sums[k] += op(g.detach()).to(torch.float32)
     return sums
