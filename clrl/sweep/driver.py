@@ -127,7 +127,11 @@ def build_manifest(plan: SweepPlan, states: dict[str, str], backend: str) -> Man
 
 
 def make_backend(name: str, plan: SweepPlan, to_run: int, workers: int | None, address: str | None):
-    """The backend and the torch threads each trial should use."""
+    """The backend and the torch threads of each trial: ``resources.cpu`` on every backend.
+
+    Small nets run fastest single-threaded, and on a shared machine extra threads mostly spin;
+    a trial that should use more cores says so in ``resources.cpu``.
+    """
     res = plan.spec.resources
     per_trial = max(1, math.ceil(res.cpu))
     if name == "ray":
@@ -137,8 +141,8 @@ def make_backend(name: str, plan: SweepPlan, to_run: int, workers: int | None, a
     if workers is None:
         workers = max(1, min(to_run, cpus // per_trial))
     if workers <= 1:
-        return InlineBackend(), 0
-    return PoolBackend(workers), max(1, cpus // workers)
+        return InlineBackend(), per_trial
+    return PoolBackend(workers), per_trial
 
 
 def job_for(plan: SweepPlan, name: str, threads: int, parallel: bool) -> dict[str, Any]:
