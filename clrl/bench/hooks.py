@@ -4,9 +4,9 @@ One run times forward + backward + ``optimizer.step()`` of a PPO-sized minibatch
 :func:`~clrl.nets.atari_trunk` with an actor head and a value head, for plain Adam (no hooks)
 and for each regularizer attached to its own copy of the same model, after a consolidated
 first task (so EWC/MAS have a penalty and AGS-CL has Omega, masks and an anchor). Methods are
-interleaved in rotating order over several rounds of ``steps`` optimizer steps each; the ratio
-to plain Adam is taken within each round and the median over rounds is reported, so load from
-other processes mostly cancels. AGS-CL's proximal step runs every ``prox_every`` steps, so with
+interleaved step by step in rotating order over several rounds of ``steps`` steps each; the
+ratio of mean step times to plain Adam is taken within each round and the median over rounds
+is reported, so load from other processes mostly cancels. AGS-CL's proximal step runs every ``prox_every`` steps, so with
 ``steps == prox_every`` every timed block contains exactly one prox step: its cost is averaged
 over a PPO epoch as in the RL runner. Also reports each method's ``memory_bytes()``.
 """
@@ -61,9 +61,9 @@ class _Setup:
 
 
 def run_hooks_bench(
-    batch: int = 256,
+    batch: int = 128,
     steps: int = 64,
-    rounds: int = 3,
+    rounds: int = 2,
     prox_every: int = 64,
     channels: Sequence[int] = (32, 64, 64),
     hidden: int = 512,
@@ -101,15 +101,19 @@ def run_hooks_bench(
             for _ in range(warmup):
                 s.step(x, actions, returns)
 
+        # step-level interleaving: every tick runs one step of each method (rotating order),
+        # so load from other processes hits all methods alike; a round is `steps` ticks
         times: dict[str, list[float]] = {n: [] for n in names}
         for r in range(rounds):
-            order = names[r % len(names):] + names[: r % len(names)]
-            for name in order:
-                s = setups[name]
-                t0 = time.perf_counter()
-                for _ in range(steps):
-                    s.step(x, actions, returns)
-                times[name].append((time.perf_counter() - t0) / steps)
+            acc = dict.fromkeys(names, 0.0)
+            for k in range(steps):
+                shift = (r * steps + k) % len(names)
+                for name in names[shift:] + names[:shift]:
+                    t0 = time.perf_counter()
+                    setups[name].step(x, actions, returns)
+                    acc[name] += time.perf_counter() - t0
+            for name in names:
+                times[name].append(acc[name] / steps)
 
         n_params = sum(p.numel() for p in trunk.parameters())
         results: dict[str, Any] = {}
@@ -164,12 +168,18 @@ def _human(n: int) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batch", type=int, default=256, help="minibatch size (default 256)")
+    parser.add_argument(
+        "--batch", type=int, default=128,
+        help="minibatch size (default 128: the AGS-CL code's PPO minibatch, 128 envs x 64 steps / 64)",
+    )
     parser.add_argument("--steps", type=int, default=64, help="optimizer steps per timed block (default 64)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (default 2)")
     parser.add_argument("--prox-every", type=int, default=None, help="AGS-CL prox cadence (default: --steps)")
     parser.add_argument("--channels", type=int, nargs=3, default=(32, 64, 64), metavar="C", help="conv widths")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="torch threads (default 1: ratios are steadier on a shared machine; 0 = torch's default)",
+    )
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--quick", action="store_true", help="batch 32, 16 steps, 2 rounds: a smoke run in seconds")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the numbers as JSON")
@@ -181,7 +191,8 @@ def main(args: argparse.Namespace) -> int:
         batch, steps, rounds = 32, 16, 2
     prox_every = args.prox_every if args.prox_every is not None else steps
     report = run_hooks_bench(batch=batch, steps=steps, rounds=rounds, prox_every=prox_every,
-                             channels=tuple(args.channels), methods=args.methods, threads=args.threads)
+                             channels=tuple(args.channels), methods=args.methods,
+                             threads=args.threads or None)
     print(format_table(report))
     if args.json:
         with open(args.json, "w") as fh:

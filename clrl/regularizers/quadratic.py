@@ -149,7 +149,7 @@ class QuadraticRegularizer(Regularizer):
                 for term in self.terms:
                     imp = term["importance"].get(name)
                     if imp is not None:
-                        p.grad.add_((p - term["anchor"][name]).mul_(imp), alpha=lamb)
+                        p.grad.addcmul_(imp, p - term["anchor"][name], value=lamb)
 
     def penalty(self) -> float:
         """Current value of ``lamb / 2 * sum Omega (theta - theta*)^2`` (for logging/tests)."""
