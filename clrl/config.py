@@ -205,6 +205,9 @@ class RLEval(Strict):
     n_envs: int = Field(10, ge=1)
     deterministic: bool = Field(True, description="argmax actions")
     max_frames: int = Field(27_000, ge=1, description="frame cap per evaluation game")
+    baseline: bool = Field(
+        False, description="before training, score every game with the untrained network (results.baseline)"
+    )
 
 
 class RLConfig(Strict):

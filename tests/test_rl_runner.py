@@ -70,7 +70,7 @@ def _restore_threads():
 def finetune(tmp_path_factory):
     """One tiny fine-tuning run shared by the tests that only read it."""
     before = torch.get_num_threads()
-    res, rd = run(tiny(), tmp_path_factory.mktemp("rl") / "finetune")
+    res, rd = run(tiny(**{"eval.baseline": True}), tmp_path_factory.mktemp("rl") / "finetune")
     torch.set_num_threads(before)
     return res, rd
 
@@ -96,6 +96,7 @@ def test_end_to_end_results_json(finetune):
     assert len(t["seconds_per_task"]) == 2 and t["eval_seconds"] > 0
     assert disk.metrics["acc"] == pytest.approx(np.mean(R[1]))
     assert disk.config["tasks"]["games"] == GAMES
+    assert len(disk.baseline) == 2 and all(isinstance(b, float) for b in disk.baseline)
 
 
 def test_finished_task_heads_are_bit_identical_after_the_next_task(finetune):
@@ -234,3 +235,29 @@ def test_updates_round_up_to_whole_rollouts():
     assert updates_per_task(config_from_dict(tiny(**{"tasks.steps_per_task": 33}))) == 2
     assert updates_per_task(config_from_dict(tiny(**{"tasks.steps_per_task": 32}))) == 1
     assert updates_per_task(config_from_dict(tiny(**{"tasks.steps_per_task": 1}))) == 1
+
+
+def test_baseline_scores_every_game_without_touching_the_run_rng(tmp_path, monkeypatch):
+    """The untrained-network scores come from a copy under a forked RNG: the run draws the same."""
+    from clrl.rl import runner as runner_mod
+    from clrl.rl.evaluation import EvalResult
+    from clrl.rl.runner import SequentialRun
+
+    seen = []
+
+    def fake_evaluate(act, game, env, **kw):
+        obs = np.zeros((kw["n_envs"], 4, 84, 84), dtype=np.uint8)
+        seen.append((game, act(obs).shape))
+        return EvalResult(mean=float(len(seen)), scores=[float(len(seen))], episodes=1, frames=0, seconds=0.0)
+
+    monkeypatch.setattr(runner_mod, "evaluate", fake_evaluate)
+    cfg = config_from_dict(tiny(**{"eval.baseline": True}))
+    sr = SequentialRun(cfg, prepare_run_dir(cfg, out=tmp_path / "b"))
+    sr._build()
+    sr.results = sr._fresh_results()
+    state = torch.get_rng_state()
+    sr._baseline()
+    assert torch.equal(torch.get_rng_state(), state)
+    assert sr.results.baseline == [1.0, 2.0]
+    assert seen == [("DemonAttack", (2,)), ("Asterix", (2,))]
+    assert sr.net.tasks == []  # the run's own network got no heads

@@ -55,7 +55,8 @@ def pack(
     rng: dict[str, Any],
     torch_threads: int,
 ) -> dict[str, Any]:
-    """The checkpoint dict (every tensor moved to the CPU so it loads on any machine)."""
+    """The checkpoint dict. Network and optimizer tensors are moved to the CPU (they are copied
+    into the live modules on resume); the regularizer's stay where it keeps them."""
     return {
         "format": "clrl.checkpoint",
         "kind": "rl",
@@ -63,7 +64,8 @@ def pack(
         "heads": {int(t): net.n_actions(t) for t in net.tasks},
         "net": {k: v.detach().cpu() for k, v in net.state_dict().items()},
         "optimizer": _to_cpu(optimizer.state_dict()) if optimizer is not None else None,
-        "regularizer": _to_cpu(regularizer_state),
+        # as the regularizer keeps it: its tensors return to the same devices on resume
+        "regularizer": regularizer_state,
         "counters": asdict(counters),
         "results": dumps(results),
         "rng": rng,
@@ -75,9 +77,12 @@ def write(path: str | os.PathLike, state: dict[str, Any]) -> None:
     save_checkpoint(path, state)
 
 
-def read(path: str | os.PathLike) -> dict[str, Any]:
-    """Load and check a sequential-Atari checkpoint; errors name the file."""
-    state = load_checkpoint(path)
+def read(path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> dict[str, Any]:
+    """Load and check a sequential-Atari checkpoint; errors name the file.
+
+    ``map_location=None`` keeps every tensor on the device it was saved from (a CUDA run
+    resumed on a CUDA machine); ``"cpu"`` moves everything to the CPU."""
+    state = load_checkpoint(path, map_location=map_location)
     if state.get("kind") != "rl" or state.get("version") != CHECKPOINT_VERSION:
         raise CheckpointError(
             f"{path}: not a sequential-Atari checkpoint of version {CHECKPOINT_VERSION} "

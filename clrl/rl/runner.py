@@ -32,6 +32,7 @@ marks results.json failed with reason "interrupted" and raises KeyboardInterrupt
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import signal
@@ -191,7 +192,7 @@ class SequentialRun:
         path = self.rd.latest_checkpoint
         if not path.is_file():
             return False
-        state = ckpt.read(path)
+        state = ckpt.read(path, map_location=None if self.device.type == "cuda" else "cpu")
         if self.deterministic and state.get("torch_threads"):
             self.torch_threads = int(state["torch_threads"])
             torch.set_num_threads(self.torch_threads)
@@ -226,6 +227,8 @@ class SequentialRun:
             if resume:
                 self.logger.info("no checkpoint in %s: starting from the beginning", self.rd.root)
             self.results = self._fresh_results()
+            if self.cfg.eval.baseline:
+                self._baseline()
             self._checkpoint()  # the initial state: a run killed early resumes from here
         self._open_writer()
         started = time.monotonic()
@@ -400,6 +403,29 @@ class SequentialRun:
             curve = self.results.metrics.get("accumulated_normalized_reward") or []
             if curve and curve[-1] is not None:
                 self.writer.add_scalar("eval/accumulated_normalized_reward", curve[-1], c.global_steps)
+
+    def _baseline(self) -> None:
+        """Scores of the untrained network on every game (fresh heads), before any training.
+
+        Run on a copy under a forked RNG, so the run itself draws exactly the same numbers with
+        or without it."""
+        tick = time.monotonic()
+        ev = self.cfg.eval
+        scores: list[float] = []
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(self.cfg.seed, "baseline"))
+            untrained = copy.deepcopy(self.net)
+            for j, game in enumerate(self.games):
+                untrained.add_task(j, self.n_actions[j])
+                gen = torch.Generator().manual_seed(derive_seed(self.cfg.seed, "eval-act", j, "baseline"))
+                act = untrained.actor_fn(j, deterministic=ev.deterministic, generator=gen)
+                result = evaluate(act, game, self.cfg.env, episodes=ev.episodes, n_envs=ev.n_envs,
+                                  seed=derive_seed(self.cfg.seed, "eval-env", j, "baseline"), max_frames=ev.max_frames)
+                scores.append(float(result.mean))
+        del untrained
+        self.results.baseline = scores
+        self._add_time("eval_seconds", time.monotonic() - tick)
+        self.logger.info("untrained network: %s", ", ".join(f"{g} {s:.1f}" for g, s in zip(self.games, scores, strict=True)))
 
     # ================================================================== NaN guard
 
