@@ -94,6 +94,7 @@ def test_end_to_end_results_json(finetune):
     t = disk.timings
     assert t["env_steps_per_task"] == [64, 64] and t["env_steps_per_s"] > 0
     assert len(t["seconds_per_task"]) == 2 and t["eval_seconds"] > 0
+    assert t["wall_seconds"] >= sum(t["seconds_per_task"]) > t["train_seconds"] > 0
     assert disk.metrics["acc"] == pytest.approx(np.mean(R[1]))
     assert disk.config["tasks"]["games"] == GAMES
     assert len(disk.baseline) == 2 and all(isinstance(b, float) for b in disk.baseline)
@@ -261,3 +262,30 @@ def test_baseline_scores_every_game_without_touching_the_run_rng(tmp_path, monke
     assert sr.results.baseline == [1.0, 2.0]
     assert seen == [("DemonAttack", (2,)), ("Asterix", (2,))]
     assert sr.net.tasks == []  # the run's own network got no heads
+
+
+def test_bench_ppo_table_ratios_and_compute_bound(tmp_path):
+    import json
+
+    from clrl.bench.ppo import format_markdown, run_ppo_bench
+
+    before = torch.get_num_threads()
+    res = run_ppo_bench(game="Boxing", n_envs=2, n_steps=8, n_epochs=1, n_minibatches=1, updates=1, rounds=2,
+                        methods=("none", "agscl"), threads=1, consolidation_samples=8, bound_seconds=0.2,
+                        log=lambda *a: None)
+    assert torch.get_num_threads() == before
+    rows = {r["variant"]: r for r in res["rows"]}
+    assert list(rows) == ["sb3 stock", "clrl none", "clrl agscl"]
+    rounds = res["per_round"]
+    assert len(rounds) == 2
+    assert rows["clrl none"]["ratio"] == pytest.approx(np.median([r["clrl none"] / r["sb3 stock"] for r in rounds]))
+    assert rows["clrl agscl"]["ratio"] == pytest.approx(np.median([r["clrl none"] / r["clrl agscl"] for r in rounds]))
+    assert rows["clrl none"]["meets_target"] == (rows["clrl none"]["ratio"] >= 1.5)
+    assert rows["clrl agscl"]["meets_target"] == (rows["clrl agscl"]["ratio"] <= 1.05)
+    for name, row in rows.items():
+        assert row["env_steps_per_s"] == pytest.approx(np.median([r[name] for r in rounds]))
+    b = res["compute_bound"]
+    assert b["env_steps_per_s"] == pytest.approx(1 / (1 / b["train_samples_per_s"] + 1 / b["inference_samples_per_s"]))
+    md = format_markdown(res)
+    assert all(f"| {name} |" in md for name in rows) and "| compute bound |" in md
+    json.dumps(res)  # plain data

@@ -138,7 +138,8 @@ class SequentialRun:
         self.progress = None
         self._last_ckpt_time = time.monotonic()
         self._last_eval_text = "-"
-        self._tb_step_offset = 0
+        self._started: float | None = None
+        self._wall_base = 0.0
         self.torch_threads = torch.get_num_threads()
 
     # ================================================================== setup
@@ -231,16 +232,17 @@ class SequentialRun:
                 self._baseline()
             self._checkpoint()  # the initial state: a run killed early resumes from here
         self._open_writer()
-        started = time.monotonic()
+        self._wall_base = float(self.results.timings.get("wall_seconds", 0.0))
+        self._started = time.monotonic()
         try:
             with self.interrupt.installed(), self._progress_display():
-                save_results(self.rd.results_path, self.results)
+                self._save_results()
                 while self.counters.task < self.T:
                     self._run_task(self.counters.task)
             self.results.status = "complete"
             self.results.reason = None
             self.results.metrics = compute_metrics(self.results)
-            save_results(self.rd.results_path, self.results)
+            self._save_results()
             self.logger.info("run complete: %d tasks, %d env steps", self.T, self.counters.global_steps)
         except TrainingDiverged as exc:
             self._fail(str(exc))
@@ -254,11 +256,14 @@ class SequentialRun:
             self._fail(f"{type(exc).__name__}: {exc}")
             raise
         finally:
-            self.results.timings["wall_seconds"] = float(self.results.timings.get("wall_seconds", 0.0)) + (
-                time.monotonic() - started
-            )
             self._close()
         return self.results
+
+    def _save_results(self) -> None:
+        """Atomic rewrite of results.json, with the wall time of this run and earlier sessions."""
+        if self._started is not None:
+            self.results.timings["wall_seconds"] = self._wall_base + (time.monotonic() - self._started)
+        save_results(self.rd.results_path, self.results)
 
     def _fail(self, reason: str) -> None:
         self.results.status = "failed"
@@ -268,7 +273,7 @@ class SequentialRun:
             self.results.metrics = compute_metrics(self.results)
         except Exception:  # noqa: BLE001 - metrics of a broken run are a nicety
             pass
-        save_results(self.rd.results_path, self.results)
+        self._save_results()
 
     def _close(self) -> None:
         if self.model is not None:
@@ -394,7 +399,7 @@ class SequentialRun:
         while c.next_eval <= c.global_steps:
             c.next_eval += ev.every_steps
         self.results.metrics = compute_metrics(self.results)
-        save_results(self.rd.results_path, self.results)
+        self._save_results()
         text = ", ".join(f"{self.games[j]} {s:.1f}" for j, s in enumerate(scores))
         self._last_eval_text = text
         self.logger.info("eval at step %d (task %d%s, %.1fs): %s", c.global_steps, t,
