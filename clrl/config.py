@@ -354,7 +354,12 @@ def config_from_dict(
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Return a copy of ``data`` with ``dotted.key=value`` overrides applied (values parsed as YAML)."""
+    """Return a copy of ``data`` with ``dotted.key=value`` overrides applied (values parsed as YAML).
+
+    Switching ``regularizer.name`` to another method starts that section afresh (its defaults),
+    so ``--set regularizer.name=none`` works on an AGS-CL config; later ``--set
+    regularizer.lamb=...`` items still apply to the new method.
+    """
     import copy
 
     data = copy.deepcopy(data)
@@ -378,6 +383,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
                 where = ".".join(parts[: i + 1])
                 raise ConfigError(f"--set {item}: {where} is a value, not a section")
             node = child
+        if parts == ["regularizer", "name"] and node.get("name") != value:
+            node.clear()  # another method: the old method's hyperparameters do not apply
         node[parts[-1]] = value
     return data
 

@@ -122,3 +122,12 @@ def test_shipped_configs_validate():
         if path.name.startswith("sweep_"):
             continue
         load_config(path)
+
+
+def test_switching_regularizer_by_set_drops_the_old_methods_keys():
+    cfg = config_from_dict(BASE, overrides=["regularizer.name=none"])
+    assert cfg.regularizer.name == "none"
+    cfg = config_from_dict(BASE, overrides=["regularizer.name=ewc", "regularizer.lamb=7"])
+    assert cfg.regularizer.name == "ewc" and cfg.regularizer.lamb == 7
+    cfg = config_from_dict(BASE, overrides=["regularizer.name=agscl"])  # same method: keys kept
+    assert cfg.regularizer.mu == 0.1
