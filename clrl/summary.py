@@ -24,7 +24,9 @@ METRIC_LABELS = {
 def _fmt(value: float | None, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    return f"{value:.{digits}g}" if abs(value) >= 1000 else f"{value:.{digits}f}"
+    if abs(value) >= 100:
+        return f"{value:,.1f}"  # game scores: 1,690.0 rather than 1.69e+03
+    return f"{value:.{digits}f}"
 
 
 def r_table(results: Results, title: str | None = None) -> Table:
