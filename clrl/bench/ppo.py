@@ -17,6 +17,11 @@ The variants are timed in interleaved rounds (every variant once per round, in r
 and the ratios are taken within each round, then the median over rounds, so load from other
 processes on a shared machine mostly cancels out of the ratios (absolute numbers do not).
 Targets: clrl fine-tuning >= 1.5x SB3 stock; every regularizer within 1.05x of fine-tuning.
+
+Threads matter on a small machine: with torch's default (one thread per core) SB3's
+Python-side env stepping competes with torch's threads and clrl's C++ vector env does not,
+which is most of the gap; with ``--threads 1`` both become compute-bound and the gap shrinks
+to what the env costs SB3 on top of the compute bound.
 """
 
 from __future__ import annotations
@@ -182,6 +187,7 @@ def run_ppo_bench(
     seed: int = 0,
     consolidation_samples: int = 256,
     stock: bool = True,
+    bound_seconds: float = 3.0,
     log=print,
 ) -> dict[str, Any]:
     """Time every variant for ``updates`` PPO updates per round, ``rounds`` interleaved rounds."""
@@ -211,7 +217,7 @@ def run_ppo_bench(
             per_round.append(sps)
             log(f"round {r + 1}/{rounds}: " + ", ".join(f"{k} {s:.0f}" for k, s in sps.items()))
         log("measuring the compute bound ...")
-        bound = compute_bound(n_envs, n_epochs, n_envs * n_steps // n_minibatches, device)
+        bound = compute_bound(n_envs, n_epochs, n_envs * n_steps // n_minibatches, device, seconds=bound_seconds)
     finally:
         for v in variants:
             v.close()
@@ -324,7 +330,7 @@ def main(args: argparse.Namespace) -> int:
             raise UserError(f"--{key} must be >= 1")
     kw: dict[str, Any] = {"updates": args.updates, "rounds": args.rounds}
     if args.quick:
-        kw = {"n_envs": 2, "n_steps": 32, "updates": 1, "rounds": 1, "consolidation_samples": 32}
+        kw = {"n_envs": 2, "n_steps": 32, "updates": 1, "rounds": 1, "consolidation_samples": 32, "bound_seconds": 1.0}
     result = run_ppo_bench(game=game, methods=tuple(args.methods), device=device, threads=args.threads,
                            stock=not args.no_stock, **kw)
     _print_table(result)
