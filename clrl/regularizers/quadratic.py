@@ -218,7 +218,13 @@ class QuadraticRegularizer(Regularizer):
         }
 
     def _load_method_state(self, state: dict[str, Any]) -> None:
-        self.terms = [{k: {n: v.clone() for n, v in d.items()} for k, d in term.items()} for term in state["terms"]]
+        # on the device of the parameter each tensor belongs to, so a CPU checkpoint resumes on CUDA
+        params = self._named_trainables(self.hparams["include_heads"])
+
+        def place(name: str, value: torch.Tensor) -> torch.Tensor:
+            return value.clone().to(params[name].device) if name in params else value.clone()
+
+        self.terms = [{k: {n: place(n, v) for n, v in d.items()} for k, d in term.items()} for term in state["terms"]]
         self.n_consolidated = int(state["n_consolidated"])
         self._method = str(state["per_sample_method"])
 
