@@ -20,7 +20,7 @@ import difflib
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_origin
+from typing import Annotated, Any, Literal, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -80,7 +80,7 @@ class AGSCLConfig(Strict):
 
 
 RegularizerConfig = Annotated[
-    Union[NoRegularizer, EWCConfig, MASConfig, AGSCLConfig], Field(discriminator="name")
+    NoRegularizer | EWCConfig | MASConfig | AGSCLConfig, Field(discriminator="name")
 ]
 
 # --------------------------------------------------------------------------- shared pieces
@@ -310,7 +310,7 @@ class SupervisedConfig(Strict):
     _name = field_validator("name")(lambda cls, v: _check_name(v))
 
 
-Config = Annotated[Union[RLConfig, SupervisedConfig], Field(discriminator="kind")]
+Config = Annotated[RLConfig | SupervisedConfig, Field(discriminator="kind")]
 CONFIG_CLASSES: dict[str, type[Strict]] = {"rl": RLConfig, "supervised": SupervisedConfig}
 REGULARIZER_CLASSES: dict[str, type[Strict]] = {
     "none": NoRegularizer,
@@ -329,16 +329,23 @@ def _check_name(name: str) -> str:
 # --------------------------------------------------------------------------- loading
 
 
-def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> RLConfig | SupervisedConfig:
-    """Read a YAML config, apply ``--set`` overrides, validate; errors name the file and key."""
+def read_yaml_mapping(path: str | os.PathLike, what: str = "config file") -> dict:
+    """A YAML file's top-level mapping, read with ``safe_load``; errors name the file."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+        raise ConfigError(f"{path}: {what} not found")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {_one_line(exc)}") from exc
-    return config_from_dict(data, source=str(path), overrides=overrides)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> RLConfig | SupervisedConfig:
+    """Read a YAML config, apply ``--set`` overrides, validate; errors name the file and key."""
+    return config_from_dict(read_yaml_mapping(path), source=str(path), overrides=overrides)
 
 
 def config_from_dict(

@@ -9,7 +9,14 @@ import pytest
 
 from clrl import metrics
 from clrl.errors import ResultsError
-from clrl.results import CurvePoint, Reference, compute_metrics, load_results, new_results, save_results
+from clrl.results import (
+    CurvePoint,
+    Reference,
+    compute_metrics,
+    load_results,
+    new_results,
+    save_results,
+)
 
 
 def sample(tasks=("A", "B", "C")):

@@ -21,7 +21,7 @@ def make_trunk() -> nn.Sequential:
 def numpy_vcl(pre_acts: list[np.ndarray], betas: list[np.ndarray], n: int, gamma: float) -> float:
     """Loop over units: (1 - var_unbiased(s1) / (var_unbiased(s2) + beta))^2, mean per layer."""
     total = 0.0
-    for a, b in zip(pre_acts, betas):
+    for a, b in zip(pre_acts, betas, strict=True):
         a = a.reshape(a.shape[0], -1)
         b = b.reshape(-1)
         unit_losses = []

@@ -9,7 +9,7 @@ the forward-hook plumbing to get pre-activations out of a model.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -53,7 +53,7 @@ class Capture:
         self.inputs.append(x)
         self.outputs.append(y)
 
-    def __enter__(self) -> "Capture":
+    def __enter__(self) -> Capture:
         self._handle = self.layer.register_forward_hook(self._hook)
         return self
 

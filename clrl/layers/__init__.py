@@ -1,4 +1,4 @@
-"""The shared layer library: competitive activations, their spec registry, VCL."""
+"""The shared layer library: competitive activations, their spec registry, VCL, the node view."""
 
 from .competitive import (
     GNC,
@@ -10,6 +10,15 @@ from .competitive import (
     Maxout,
     ReLU,
     SparseTransform,
+)
+from .nodes import (
+    NodeActivity,
+    NodeLayer,
+    fresh_incoming,
+    get_incoming,
+    node_view,
+    set_incoming,
+    zero_outgoing,
 )
 from .registry import ACTIVATION_NAMES, ActivationChain, build_activation, parse_spec
 from .vcl import VCL
@@ -29,5 +38,11 @@ __all__ = [
     "VCL",
     "build_activation",
     "parse_spec",
+    "NodeActivity",
+    "NodeLayer",
+    "fresh_incoming",
+    "get_incoming",
+    "node_view",
+    "set_incoming",
+    "zero_outgoing",
 ]
-from .nodes import NodeActivity, NodeLayer, fresh_incoming, get_incoming, node_view, set_incoming, zero_outgoing  # noqa: E402

@@ -8,7 +8,7 @@ integer. A bad spec raises ``ValueError`` naming the bad part.
 from __future__ import annotations
 
 import difflib
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn

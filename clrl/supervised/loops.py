@@ -64,6 +64,22 @@ def make_optimizer(cfg: SupervisedConfig, params: list[torch.nn.Parameter]) -> t
     return torch.optim.SGD(params, lr=tr.learning_rate, momentum=tr.momentum)
 
 
+def _start_task(ctx, t: int):
+    """What both regimes do first: a new optimizer over the trunk and task t's head only (past
+    heads never move, REFERENCE.md bug 3), AGS-CL's prox cadence = one epoch, the regularizer's
+    hooks attached, and a seeded shuffling generator. Returns (task, n, batch size, batches per
+    epoch, optimizer, generator)."""
+    task = ctx.bench.tasks[t]
+    n = len(task.y_train)
+    bs = ctx.cfg.train.batch_size
+    n_batches = max(1, math.ceil(n / bs))
+    opt = make_optimizer(ctx.cfg, ctx.model.parameters_for(t))
+    _set_prox_every(ctx, n_batches)
+    ctx.reg.begin_task(t, opt)
+    gen = torch.Generator().manual_seed(derive_seed(ctx.cfg.seed, "shuffle", t))
+    return task, n, bs, n_batches, opt, gen
+
+
 def _set_prox_every(ctx: TaskContext, n_batches: int) -> None:
     """One proximal step per epoch of this task (AGS-CL only; a configured value is kept)."""
     if ctx.prox_every_auto and "prox_every" in ctx.reg.hparams:
@@ -142,14 +158,7 @@ def train_offline_task(ctx: TaskContext, t: int) -> dict[str, Any]:
     validation set (``tasks.validation: 0``) the last epoch's weights are kept and lr stays fixed.
     """
     cfg, tr = ctx.cfg, ctx.cfg.train
-    task = ctx.bench.tasks[t]
-    n = len(task.y_train)
-    bs = tr.batch_size
-    n_batches = max(1, math.ceil(n / bs))
-    opt = make_optimizer(cfg, ctx.model.parameters_for(t))
-    _set_prox_every(ctx, n_batches)
-    ctx.reg.begin_task(t, opt)
-    gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "shuffle", t))
+    task, n, bs, n_batches, opt, gen = _start_task(ctx, t)
     has_val = len(task.y_val) > 0
     lr = tr.learning_rate
     best_loss, best_epoch, snap = math.inf, -1, None
@@ -209,15 +218,8 @@ def train_single_pass_task(ctx: TaskContext, t: int) -> dict[str, Any]:
     Past heads get gradients from replay but are not in the optimizer (REFERENCE.md bug 3), so
     replay shapes the shared trunk only.
     """
-    cfg, tr = ctx.cfg, ctx.cfg.train
-    task = ctx.bench.tasks[t]
-    n = len(task.y_train)
-    bs = tr.batch_size
-    n_batches = max(1, math.ceil(n / bs))
-    opt = make_optimizer(cfg, ctx.model.parameters_for(t))
-    _set_prox_every(ctx, n_batches)
-    ctx.reg.begin_task(t, opt)
-    gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "shuffle", t))
+    tr = ctx.cfg.train
+    task, n, bs, n_batches, opt, gen = _start_task(ctx, t)
     perm = torch.randperm(n, generator=gen).numpy()
     buf = ctx.buffer
     total, log_every = 0.0, max(1, n_batches // 20)

@@ -38,7 +38,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from clrl.config import (
@@ -48,6 +47,7 @@ from clrl.config import (
     apply_overrides,
     config_to_dict,
     format_validation_error,
+    read_yaml_mapping,
 )
 from clrl.errors import ConfigError
 
@@ -131,14 +131,7 @@ class SweepPlan:
 def load_sweep(path: str | os.PathLike) -> SweepConfig:
     """Read and validate a sweep file; errors name the file and the dotted key."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: sweep file not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    data = read_yaml_mapping(path, "sweep file")
     try:
         spec = SweepConfig.model_validate(data)
     except ValidationError as exc:
@@ -179,12 +172,7 @@ def _base_data(spec: SweepConfig, source: Path) -> dict:
         base = (source.parent / spec.base).resolve() if not Path(spec.base).is_absolute() else Path(spec.base)
         if not base.is_file():
             raise ConfigError(f"{source}: base: {spec.base!r} not found (looked for {base})")
-        try:
-            data = yaml.safe_load(base.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{base}: not valid YAML: {' '.join(str(exc).split())}") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"{base}: expected a mapping of keys at the top level")
+        data = read_yaml_mapping(base)
     return _deep_merge(data, spec.config)
 
 
