@@ -35,6 +35,8 @@ def r_table(results: Results, title: str | None = None) -> Table:
     table.add_column("after \\ on", style="bold")
     for name in results.tasks:
         table.add_column(name, justify="right")
+    if results.baseline is not None:  # the untrained network: what "learned something" means
+        table.add_row("untrained", *[_fmt(v) for v in results.baseline], style="dim")
     for i, row in enumerate(results.R):
         table.add_row(f"{i}: {results.tasks[i]}", *[_fmt(v) for v in row])
     return table

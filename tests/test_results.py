@@ -94,3 +94,19 @@ def test_compute_metrics_uses_reference_and_baseline():
     assert out["normalized_R"][1] == pytest.approx([0.25, 0.5])
     assert out["fwt"] is None  # R[0][1] was not evaluated
     assert not any(isinstance(v, float) and math.isnan(v) for v in out.values())
+
+
+def test_printed_summary_shows_r_baseline_and_metrics():
+    from rich.console import Console
+
+    from clrl.summary import print_summary
+
+    res = sample(("A", "B"))
+    res.R[1] = [0.5, 2000.0]
+    res.baseline = [0.125, 0.25]
+    res.metrics = compute_metrics(res)
+    console = Console(width=200, record=True)
+    print_summary(res, console)
+    text = console.export_text()
+    assert "untrained" in text and "0.125" in text and "2,000.0" in text
+    assert "ACC" in text and "1,000.2" in text  # (0.5 + 2000) / 2
