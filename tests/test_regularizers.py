@@ -423,3 +423,27 @@ def test_hooks_bench_smoke():
     assert res["agscl"]["memory_bytes"]["importance"] == (4 + 8 + 8 + 16) * 12
     assert "x Adam" in format_table(report)
     json.dumps(report)
+
+
+def test_diagnostic_scalars_flatten_numbers_for_tensorboard():
+    from clrl.regularizers.base import diagnostic_scalars
+
+    diag = {
+        "method": "agscl",
+        "overall": {"sparsity": 0.25, "used_capacity": None, "n_nodes": 8},
+        "memory_bytes": {"importance": 64, "anchor": 1024},
+        "omega": {"mean": 0.5, "layers": [{"name": "0"}]},
+        "n_prox": 3,
+        "layers": [{"name": "fc", "sparsity": 0.5, "used_capacity": 1.0, "n_nodes": 8}],
+        "flag": True,
+    }
+    assert diagnostic_scalars(diag) == {
+        "regularizer/overall/sparsity": 0.25,
+        "regularizer/overall/n_nodes": 8.0,
+        "regularizer/memory_bytes/importance": 64.0,
+        "regularizer/memory_bytes/anchor": 1024.0,
+        "regularizer/omega/mean": 0.5,
+        "regularizer/n_prox": 3.0,
+        "regularizer/fc/sparsity": 0.5,
+        "regularizer/fc/used_capacity": 1.0,
+    }

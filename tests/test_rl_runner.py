@@ -122,7 +122,7 @@ def test_tensorboard_has_losses_evaluations_and_regularizer(finetune):
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     assert {"train/policy_loss", "train/value_loss", "train/entropy", "eval/DemonAttack", "eval/Asterix"} <= tags
-    assert "regularizer/sparsity" in tags
+    assert "regularizer/overall/sparsity" in tags
     assert [e.step for e in acc.Scalars("eval/Asterix")] == [96, 128]
 
 

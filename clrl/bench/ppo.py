@@ -318,10 +318,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from clrl.device import resolve_device
     from clrl.errors import UserError
     from clrl.io import atomic_write_text
     from clrl.rl.games import resolve_game
-    from clrl.rl.runner import resolve_device
 
     game = resolve_game(args.game)
     device = str(resolve_device(args.device))

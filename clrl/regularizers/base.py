@@ -31,9 +31,35 @@ from torch import Tensor, nn
 from clrl.errors import TrainingDiverged
 from clrl.layers.nodes import NodeActivity, NodeLayer, get_incoming, node_view
 
-__all__ = ["Regularizer", "split_batch", "check_hparams"]
+__all__ = ["Regularizer", "split_batch", "check_hparams", "diagnostic_scalars"]
 
 Forward = Callable[[Any], Tensor]
+
+
+def diagnostic_scalars(diag: dict[str, Any]) -> dict[str, float]:
+    """TensorBoard tags for a :meth:`Regularizer.diagnostics` dict, the same in both front ends:
+    every number under ``overall``, ``memory_bytes`` and ``omega`` (``regularizer/overall/sparsity``,
+    ...), ``n_prox``, and each layer's sparsity and used capacity (``regularizer/<layer>/...``)."""
+
+    def numbers(prefix: str, value: Any) -> dict[str, float]:
+        if isinstance(value, bool) or value is None:
+            return {}
+        if isinstance(value, (int, float)):
+            return {prefix: float(value)}
+        if isinstance(value, dict):
+            out: dict[str, float] = {}
+            for k, v in value.items():
+                out.update(numbers(f"{prefix}/{k}", v))
+            return out
+        return {}  # lists (per-layer tables) are handled below
+
+    tags: dict[str, float] = {}
+    for key in ("overall", "memory_bytes", "omega", "n_prox"):
+        tags.update(numbers(f"regularizer/{key}", diag.get(key)))
+    for layer in diag.get("layers") or []:
+        for key in ("sparsity", "used_capacity"):
+            tags.update(numbers(f"regularizer/{layer.get('name')}/{key}", layer.get(key)))
+    return tags
 
 
 def split_batch(batch: Any) -> tuple[Any, Tensor | None]:

@@ -47,8 +47,10 @@ import numpy as np
 import torch
 
 from clrl.config import RLConfig, config_to_dict, regularizer_hparams
+from clrl.device import resolve_device
 from clrl.errors import CheckpointError, ConfigError, TrainingDiverged
 from clrl.regularizers import Regularizer, build_regularizer
+from clrl.regularizers.base import diagnostic_scalars
 from clrl.results import (
     CurvePoint,
     Results,
@@ -66,16 +68,7 @@ from clrl.rl.policy import ActorCritic, build_actor_critic
 from clrl.rundir import RunDir, setup_logging
 from clrl.seeding import derive_seed, get_rng_state, seed_everything, set_rng_state
 
-__all__ = ["run_experiment", "resolve_device", "updates_per_task", "SequentialRun"]
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device: cuda was asked for but torch sees no CUDA device (use auto or cpu)")
-    return torch.device(name)
+__all__ = ["run_experiment", "updates_per_task", "SequentialRun"]
 
 
 def updates_per_task(cfg: RLConfig) -> int:
@@ -533,13 +526,8 @@ class SequentialRun:
         self.logger.info("regularizer %s after task %d: %s", diag.get("method"), t, parts)
         if self.writer is None:
             return
-        for key, value in parts.items():
-            if isinstance(value, (int, float)):
-                self.writer.add_scalar(f"regularizer/{key}", value, t)
-        for layer in diag.get("layers") or []:
-            for key in ("sparsity", "used_capacity"):
-                if isinstance(layer.get(key), (int, float)):
-                    self.writer.add_scalar(f"regularizer/{layer['name']}/{key}", layer[key], t)
+        for tag, value in diagnostic_scalars(diag).items():
+            self.writer.add_scalar(tag, value, t)
         self.writer.flush()
 
     # ================================================================== progress display

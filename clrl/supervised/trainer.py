@@ -26,12 +26,12 @@ import time
 from contextlib import nullcontext
 from typing import Any
 
-import torch
-
 from clrl.config import SupervisedConfig, config_to_dict, regularizer_hparams
+from clrl.device import resolve_device
 from clrl.errors import CheckpointError, TrainingDiverged
 from clrl.io import load_checkpoint, save_checkpoint
 from clrl.regularizers import Regularizer, build_regularizer
+from clrl.regularizers.base import diagnostic_scalars
 from clrl.results import (
     CurvePoint,
     Results,
@@ -55,36 +55,13 @@ from clrl.supervised.loops import (
 from clrl.supervised.model import build_model
 from clrl.supervised.reservoir import ReservoirBuffer
 
-__all__ = ["run_experiment", "pick_device"]
+__all__ = ["run_experiment"]
 
 CHECKPOINT_KIND = "clrl.supervised"
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        from clrl.errors import ConfigError
-
-        raise ConfigError("device: 'cuda' was asked for but torch sees no CUDA device; use auto or cpu")
-    return torch.device(name)
-
-
 def _wall(start: float) -> float:
     return round(time.time() - start, 3)
-
-
-def _flat_numbers(prefix: str, d: dict[str, Any]) -> dict[str, float]:
-    """Numeric leaves of a diagnostics dict (not lists) as ``prefix/key/sub`` -> value."""
-    out: dict[str, float] = {}
-    for k, v in d.items():
-        if isinstance(v, bool) or v is None:
-            continue
-        if isinstance(v, (int, float)):
-            out[f"{prefix}/{k}"] = float(v)
-        elif isinstance(v, dict):
-            out.update(_flat_numbers(f"{prefix}/{k}", v))
-    return out
 
 
 def _checkpoint_state(ctx: TaskContext, results: Results, task: int) -> dict[str, Any]:
@@ -152,7 +129,7 @@ def run_experiment(cfg: SupervisedConfig, rd: RunDir, resume: bool = False) -> R
         if previous.status == "complete":
             log.info("resume: %s is already complete", rd.root)
             return previous
-    device = pick_device(cfg.device)
+    device = resolve_device(cfg.device)
     seed_everything(cfg.seed, deterministic=cfg.train.deterministic)
     bench = build_benchmark(cfg.tasks, cfg.seed)
     T = len(bench.tasks)
@@ -254,7 +231,7 @@ def _run_task(ctx: TaskContext, results: Results, rd: RunDir, t: int, train_task
     for j, s in enumerate(row):
         ctx.scalar(f"eval/acc/{bench.tasks[j].name}", s, step)
     ctx.scalar("eval/avg_acc_seen", sum(row[: t + 1]) / (t + 1), t)
-    for tag, value in _flat_numbers("regularizer", {k: diag[k] for k in ("overall", "memory_bytes", "omega", "n_prox") if k in diag}).items():
+    for tag, value in diagnostic_scalars(diag).items():
         ctx.scalar(tag, value, t)
     log.info("task %d %s done in %.1fs (%s): R[%d] = %s", t, bench.tasks[t].name, t3 - t0, info, t,
              " ".join(f"{v:.3f}" for v in row))
