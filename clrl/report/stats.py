@@ -16,9 +16,6 @@ and says so in its ``method`` field. Installing arch >= 8 removes the need for e
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-import types
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -73,24 +70,9 @@ def load_rliable() -> tuple[ModuleType | None, str]:
         _RLIABLE = (library, "rliable")
         return _RLIABLE
     except Exception as exc:  # noqa: BLE001 - any import failure means "not usable here"
-        first = f"{type(exc).__name__}: {exc}"
-    try:
-        spec = importlib.util.find_spec("arch")
-        if spec is None or not spec.submodule_search_locations:
-            raise ImportError("arch is not installed")
-        # Register the package without executing arch/__init__ (which imports arch.univariate,
-        # the part broken under pandas 3); arch.bootstrap imports only what it needs.
-        stub = types.ModuleType("arch")
-        stub.__path__ = list(spec.submodule_search_locations)
-        stub.__spec__ = spec
-        sys.modules["arch"] = stub
-        sys.modules.pop("rliable.library", None)
-        from rliable import library
-
-        _RLIABLE = (library, "rliable (arch.bootstrap loaded without arch/__init__, see clrl.report.stats)")
-    except Exception as exc:  # noqa: BLE001
-        sys.modules.pop("arch", None)
-        _RLIABLE = (None, f"clrl stratified bootstrap (rliable unavailable: {first}; {type(exc).__name__}: {exc})")
+        # pyproject pins pandas<3 so that rliable's arch<8 imports; if an environment breaks that
+        # anyway, say so in the report and use the equivalent bootstrap below (tested to agree).
+        _RLIABLE = (None, f"clrl stratified bootstrap (rliable unavailable: {type(exc).__name__}: {exc})")
     return _RLIABLE
 
 
