@@ -31,8 +31,8 @@ def preprocess(obs: Tensor) -> Tensor:
     """uint8 frames -> float in [0, 1] (the Nature-CNN input scaling), in channels-last layout.
 
     Same values, another memory layout: on CPU the convolutions' forward+backward then run about
-    1.5x faster (measured with `clrl bench ppo`'s compute bound); the weights stay contiguous, so
-    the regularizers' views of them are unaffected.
+    1.2x faster (`clrl bench ppo`'s compute bound: 1,958 -> 2,387 samples/s); the weights stay
+    contiguous, so the regularizers' views of them are unaffected.
     """
     x = obs.float().div_(255.0) if obs.dtype == torch.uint8 else obs.float() / 255.0
     return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
