@@ -75,6 +75,44 @@ def test_preprocess_scales_uint8_and_leaves_input_alone():
     assert preprocess(f).item() == 1.0 and f.item() == 255.0
 
 
+def test_preprocess_frames_are_channels_last_with_the_same_values():
+    frames = torch.randint(0, 256, (3, 4, 6, 5), dtype=torch.uint8)
+    out = preprocess(frames)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert out.dtype == torch.float32 and out.shape == frames.shape
+    assert torch.equal(out, frames.double().div(255.0).float())
+    assert torch.equal(preprocess(frames.float()), out)  # float frames (0..255) give the same input
+
+
+@pytest.mark.parametrize("method", ["ewc", "mas"])
+def test_per_sample_importance_of_the_atari_net_runs_under_vmap_and_matches_the_loop(method):
+    """Frames reach the trunk through ``preprocess``; its layout change must not break vmap."""
+    from clrl.regularizers import build_regularizer
+
+    torch.manual_seed(0)
+    net = build_actor_critic(**SMALL, activation="relu")
+    net.add_task(0, 5)
+    frames = torch.randint(0, 256, (6, 4, 84, 84), dtype=torch.uint8)
+    got = {}
+    for per_sample in ("vmap", "loop"):  # "vmap" raises instead of falling back to the loop
+        seed = {"seed": 3} if method == "ewc" else {}  # EWC's true Fisher draws actions
+        reg = build_regularizer(method, net.trunk, heads=net.actor, per_sample=per_sample, **seed)
+        reg.begin_task(0, torch.optim.SGD(net.task_parameters(0), lr=0.0))
+        reg.end_task(0, [frames[:4], frames[4:]], lambda x: net.logits(x, 0))
+        got[per_sample] = reg.state_dict()
+    imp_vmap, imp_loop = (_importance(got[k]) for k in ("vmap", "loop"))
+    assert imp_vmap.keys() == imp_loop.keys() and imp_vmap
+    for k in imp_vmap:
+        assert imp_vmap[k].abs().sum() > 0
+        torch.testing.assert_close(imp_vmap[k], imp_loop[k], rtol=1e-4, atol=1e-9)
+
+
+def _importance(state) -> dict[str, torch.Tensor]:
+    """The importance tensors of a quadratic regularizer's state_dict, by parameter name."""
+    terms = state["method"]["terms"]
+    return {f"{i}.{k}": v for i, term in enumerate(terms) for k, v in term["importance"].items()}
+
+
 def test_policy_matches_torch_categorical():
     torch.manual_seed(0)
     net = build_actor_critic(**SMALL, activation="relu")

@@ -32,10 +32,12 @@ def preprocess(obs: Tensor) -> Tensor:
 
     Same values, another memory layout: on CPU the convolutions' forward+backward then run about
     1.2x faster (`clrl bench ppo`'s compute bound: 1,958 -> 2,387 samples/s); the weights stay
-    contiguous, so the regularizers' views of them are unaffected.
+    contiguous, so the regularizers' views of them are unaffected. A batch of one keeps its
+    layout: it gains nothing, and the per-sample gradients of EWC and MAS (``torch.func.vmap``
+    over single samples) cannot change memory formats.
     """
     x = obs.float().div_(255.0) if obs.dtype == torch.uint8 else obs.float() / 255.0
-    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 and x.shape[0] > 1 else x
 
 
 class ActorCritic(nn.Module):
