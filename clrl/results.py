@@ -23,6 +23,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from clrl import metrics
+from clrl.allocator import malloc_mode
 from clrl.errors import ResultsError
 from clrl.io import atomic_write_text
 
@@ -103,6 +104,9 @@ def library_versions() -> dict[str, str]:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             pass
+    mode = malloc_mode()
+    if mode is not None:
+        out["malloc"] = mode  # clrl.allocator: "tuned" or "default"
     return out
 
 

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from clrl.allocator import tune_malloc
 from clrl.config import RLConfig, config_to_dict, regularizer_hparams
 from clrl.device import resolve_device
 from clrl.errors import CheckpointError, ConfigError, TrainingDiverged
@@ -79,6 +80,7 @@ def updates_per_task(cfg: RLConfig) -> int:
 
 def run_experiment(cfg: RLConfig, rd: RunDir, resume: bool = False) -> Results:
     """Run (or resume) the sequential Atari experiment ``cfg`` in ``rd``; returns its results."""
+    tune_malloc()  # large activations reuse heap memory instead of faulting in new pages
     return SequentialRun(cfg, rd).run(resume=resume)
 
 

@@ -26,6 +26,7 @@ import time
 from contextlib import nullcontext
 from typing import Any
 
+from clrl.allocator import tune_malloc
 from clrl.config import SupervisedConfig, config_to_dict, regularizer_hparams
 from clrl.device import resolve_device
 from clrl.errors import CheckpointError, TrainingDiverged
@@ -121,6 +122,7 @@ def _tensorboard(cfg: SupervisedConfig, rd: RunDir, log: logging.Logger):
 
 def run_experiment(cfg: SupervisedConfig, rd: RunDir, resume: bool = False) -> Results:
     """Run (or resume) the supervised experiment ``cfg`` in ``rd``; return its results."""
+    tune_malloc()  # large batches reuse heap memory instead of faulting in new pages
     log = setup_logging(rd, "clrl.supervised")
     start = time.time()
     rd.make()
