@@ -275,10 +275,17 @@ def test_bench_ppo_table_ratios_and_compute_bound(tmp_path):
                         log=lambda *a: None)
     assert torch.get_num_threads() == before
     rows = {r["variant"]: r for r in res["rows"]}
-    assert list(rows) == ["sb3 stock", "clrl none", "clrl agscl"]
+    assert list(rows) == ["sb3 stock", "sb3 stock, clrl malloc", "clrl none", "clrl agscl"]
     rounds = res["per_round"]
     assert len(rounds) == 2
     assert rows["clrl none"]["ratio"] == pytest.approx(np.median([r["clrl none"] / r["sb3 stock"] for r in rounds]))
+    tuned = rows["sb3 stock, clrl malloc"]
+    assert tuned["ratio"] == pytest.approx(np.median([r["clrl none"] / r["sb3 stock, clrl malloc"] for r in rounds]))
+    assert "target" not in tuned and "ratio" not in rows["sb3 stock"]
+    # SB3 runs in its own processes: stock keeps glibc's defaults, the other gets clrl's settings
+    from clrl.allocator import malloc_mode
+
+    assert res["settings"]["malloc"] == {"clrl": malloc_mode(), "sb3 stock": "default", "sb3 stock, clrl malloc": malloc_mode()}
     assert rows["clrl agscl"]["ratio"] == pytest.approx(np.median([r["clrl none"] / r["clrl agscl"] for r in rounds]))
     assert rows["clrl none"]["meets_target"] == (rows["clrl none"]["ratio"] >= 1.5)
     assert rows["clrl agscl"]["meets_target"] == (rows["clrl agscl"]["ratio"] <= 1.05)
@@ -288,4 +295,11 @@ def test_bench_ppo_table_ratios_and_compute_bound(tmp_path):
     assert b["env_steps_per_s"] == pytest.approx(1 / (1 / b["train_samples_per_s"] + 1 / b["inference_samples_per_s"]))
     md = format_markdown(res)
     assert all(f"| {name} |" in md for name in rows) and "| compute bound |" in md
+    for name, row in rows.items():  # seconds per update in each phase, medians over rounds
+        for phase in ("rollout", "train"):
+            assert row[f"{phase}_s_per_update"] == pytest.approx(np.median([r[name][phase] for r in res["phases_per_round"]]))
+    for sps, phases in zip(res["per_round"], res["phases_per_round"], strict=True):
+        for name in rows:  # both phases lie inside the timed update (16 env steps)
+            assert 0 < phases[name]["rollout"] and 0 < phases[name]["train"]
+            assert phases[name]["rollout"] + phases[name]["train"] < 16 / sps[name]
     json.dumps(res)  # plain data

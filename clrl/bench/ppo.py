@@ -4,8 +4,12 @@ One run, same game, same network (Nature CNN 32-64-64 / 512, ReLU), same PPO sha
 128 steps, 4 epochs, 4 minibatches):
 
 * ``sb3 stock``: ``make_atari_env`` (DummyVecEnv of Python wrappers) + ``VecFrameStack(4)`` +
-  ``PPO("CnnPolicy")``, timed through ``learn``;
-* ``clrl none``: clrl's :class:`~clrl.rl.agent.TaskPPO` on ale-py's C++ vector env, fine-tuning;
+  ``PPO("CnnPolicy")``, timed through ``learn``, in a process of its own with glibc's default
+  malloc, as SB3's users run it;
+* ``sb3 stock, clrl malloc``: the same with clrl's allocator settings (:mod:`clrl.allocator`),
+  to show how much of clrl's lead those explain (no target);
+* ``clrl none``: clrl's :class:`~clrl.rl.agent.TaskPPO` on ale-py's C++ vector env, fine-tuning,
+  in the bench's own process with the allocator set up as ``clrl run`` sets it;
 * ``clrl ewc|mas|agscl``: the same with the regularizer's hooks attached, on the second task after
   a consolidated first one (so the penalties and AGS-CL's masks, anchor and once-per-epoch
   proximal step are all live);
@@ -13,37 +17,42 @@ One run, same game, same network (Nature CNN 32-64-64 / 512, ReLU), same PPO sha
   inference samples/s at the rollout batch, giving the env steps/s that compute alone allows
   (``1 / (epochs / train_rate + 1 / inference_rate)``).
 
+Every variant also reports where an update's time goes: seconds in SB3's ``collect_rollouts``
+(env stepping and inference) and in ``train`` (the PPO epochs).
+
 The variants are timed in interleaved rounds (every variant once per round, in rotating order)
 and the ratios are taken within each round, then the median over rounds, so load from other
 processes on a shared machine mostly cancels out of the ratios (absolute numbers do not).
 Targets: clrl fine-tuning >= 1.5x SB3 stock; every regularizer within 1.05x of fine-tuning.
-
-Threads matter on a small machine: with torch's default (one thread per core) SB3's
-Python-side env stepping competes with torch's threads and clrl's C++ vector env does not,
-which is most of the gap; with ``--threads 1`` both become compute-bound and the gap shrinks
-to what the env costs SB3 on top of the compute bound.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import statistics
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from clrl.allocator import tune_malloc
+
 __all__ = ["add_arguments", "main", "run_ppo_bench", "format_markdown"]
 
 METHODS = ("none", "ewc", "mas", "agscl")
+SB3_STOCK = "sb3 stock"
+SB3_TUNED = "sb3 stock, clrl malloc"
 TARGET_SPEEDUP = 1.5
 TARGET_OVERHEAD = 1.05
 
 
 class _Variant:
     name: str
+    phases: dict[str, float]  # cumulative seconds in SB3's collect_rollouts ("rollout") and train
 
     def warmup(self) -> None:
         self.run(1)
@@ -54,6 +63,24 @@ class _Variant:
 
     def close(self) -> None:
         pass
+
+
+def _time_phases(model: Any) -> dict[str, float]:
+    """Wrap an SB3 model's ``collect_rollouts`` and ``train`` (instance attributes, which SB3's
+    ``learn`` and clrl's ``update`` call) so that their wall time adds up in the returned dict."""
+    spent = {"rollout": 0.0, "train": 0.0}
+    for attr, key in (("collect_rollouts", "rollout"), ("train", "train")):
+        inner = getattr(model, attr)
+
+        def timed(*args: Any, _inner=inner, _key=key, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return _inner(*args, **kwargs)
+            finally:
+                spent[_key] += time.perf_counter() - start
+
+        setattr(model, attr, timed)
+    return spent
 
 
 class _SB3Stock(_Variant):
@@ -76,6 +103,7 @@ class _SB3Stock(_Variant):
         )
         self.batch = n_envs * n_steps
         self._first = True
+        self.phases = _time_phases(self.model)
 
     def run(self, updates: int) -> int:
         self.model.learn(updates * self.batch, reset_num_timesteps=self._first)
@@ -84,6 +112,74 @@ class _SB3Stock(_Variant):
 
     def close(self) -> None:
         self.env.close()
+
+
+class _SB3Process(_Variant):
+    """SB3's stock PPO built and timed in its own spawned process.
+
+    Why a process: clrl tunes glibc's malloc process-wide (:mod:`clrl.allocator`), which SB3's
+    users do not have; timed in clrl's process, "stock" would not be stock. ``tuned_malloc``
+    gives the same SB3 run clrl's allocator settings, to show how much of the gap they explain.
+    The parent times each ``run`` round trip (a pipe message each way, well under a millisecond).
+    """
+
+    def __init__(self, name: str, tuned_malloc: bool, threads: int, **sb3_kwargs: Any) -> None:
+        ctx = multiprocessing.get_context("spawn")  # no forked torch or env threads
+        self.name = name
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve_sb3, args=(child, sb3_kwargs, tuned_malloc, threads), daemon=True)
+        self._proc.start()
+        child.close()
+        self.phases = {"rollout": 0.0, "train": 0.0}
+        self.malloc = self._reply()
+
+    def _reply(self) -> Any:
+        try:
+            kind, value = self._conn.recv()
+        except EOFError as exc:
+            raise RuntimeError(f"{self.name}: the benchmark process exited (code {self._proc.exitcode})") from exc
+        if kind == "error":
+            raise RuntimeError(f"{self.name} failed in its benchmark process:\n{value}")
+        return value
+
+    def run(self, updates: int) -> int:
+        self._conn.send(("run", updates))
+        steps, self.phases = self._reply()
+        return int(steps)
+
+    def close(self) -> None:
+        try:
+            self._conn.send(("close", None))
+        except (OSError, ValueError):
+            pass
+        self._proc.join(timeout=30)
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join()
+        self._conn.close()
+
+
+def _serve_sb3(conn, sb3_kwargs: dict[str, Any], tuned_malloc: bool, threads: int) -> None:
+    """The child of :class:`_SB3Process`: build, then run updates on request until "close"."""
+    variant = None
+    try:
+        mode = tune_malloc() if tuned_malloc else "default"
+        torch.set_num_threads(threads)
+        variant = _SB3Stock(**sb3_kwargs)
+        conn.send(("ready", mode))
+        while True:
+            cmd, arg = conn.recv()
+            if cmd != "run":
+                break
+            conn.send(("done", (variant.run(arg), dict(variant.phases))))
+    except (EOFError, KeyboardInterrupt):
+        pass
+    except BaseException:  # noqa: BLE001 - reported to the parent, which raises it
+        conn.send(("error", traceback.format_exc()))
+    finally:
+        if variant is not None:
+            variant.close()
+        conn.close()
 
 
 class _Clrl(_Variant):
@@ -118,6 +214,7 @@ class _Clrl(_Variant):
         self.model.reset_envs(seed + 1)
         self.reg.begin_task(1, self.model.policy.optimizer)
         self.batch = n_envs * n_steps
+        self.phases = _time_phases(self.model)
 
     def run(self, updates: int) -> int:
         for _ in range(updates):
@@ -191,30 +288,39 @@ def run_ppo_bench(
     log=print,
 ) -> dict[str, Any]:
     """Time every variant for ``updates`` PPO updates per round, ``rounds`` interleaved rounds."""
+    malloc = tune_malloc()  # clrl's process, as `clrl run` sets it up
     old_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(int(threads))
     variants: list[_Variant] = []
     try:
         if stock:
-            log("building sb3 stock ...")
-            variants.append(_SB3Stock(game, n_envs, n_steps, n_epochs, n_minibatches, device, seed))
+            sb3 = {"game": game, "n_envs": n_envs, "n_steps": n_steps, "n_epochs": n_epochs,
+                   "n_minibatches": n_minibatches, "device": device, "seed": seed}
+            for name, tuned in ((SB3_STOCK, False), (SB3_TUNED, True)):
+                log(f"building {name} (in its own process) ...")
+                variants.append(_SB3Process(name, tuned, torch.get_num_threads(), **sb3))
         for m in methods:
             log(f"building clrl {m} (consolidating a first task) ...")
             variants.append(_Clrl(m, game, n_envs, n_steps, n_epochs, n_minibatches, device, seed, consolidation_samples))
         for v in variants:
             v.warmup()
         per_round: list[dict[str, float]] = []
+        phases_per_round: list[dict[str, dict[str, float]]] = []  # seconds per update
         for r in range(rounds):
             order = variants[r % len(variants):] + variants[: r % len(variants)]
             sps: dict[str, float] = {}
+            phases: dict[str, dict[str, float]] = {}
             for v in order:
+                before = dict(v.phases)
                 _sync(device)
                 start = time.perf_counter()
                 steps = v.run(updates)
                 _sync(device)
                 sps[v.name] = steps / (time.perf_counter() - start)
+                phases[v.name] = {k: (v.phases[k] - before[k]) / updates for k in before}
             per_round.append(sps)
+            phases_per_round.append(phases)
             log(f"round {r + 1}/{rounds}: " + ", ".join(f"{k} {s:.0f}" for k, s in sps.items()))
         log("measuring the compute bound ...")
         bound = compute_bound(n_envs, n_epochs, n_envs * n_steps // n_minibatches, device, seconds=bound_seconds)
@@ -227,11 +333,17 @@ def run_ppo_bench(
     rows = []
     for name in names:
         row: dict[str, Any] = {"variant": name, "env_steps_per_s": statistics.median(r[name] for r in per_round)}
+        for phase in ("rollout", "train"):
+            row[f"{phase}_s_per_update"] = statistics.median(r[name][phase] for r in phases_per_round)
         if name == "clrl none" and stock:
-            row["ratio"] = statistics.median(r[name] / r["sb3 stock"] for r in per_round)
-            row["ratio_of"] = "sb3 stock"
+            row["ratio"] = statistics.median(r[name] / r[SB3_STOCK] for r in per_round)
+            row["ratio_of"] = SB3_STOCK
             row["target"] = f">= {TARGET_SPEEDUP}"
             row["meets_target"] = row["ratio"] >= TARGET_SPEEDUP
+        elif name == SB3_TUNED and "clrl none" in names:
+            # no target: how much of clrl's lead is left when SB3 gets the same allocator
+            row["ratio"] = statistics.median(r["clrl none"] / r[name] for r in per_round)
+            row["ratio_of"] = "clrl none over this"
         elif name.startswith("clrl ") and name != "clrl none" and "clrl none" in names:
             # slowdown: fine-tuning's speed over the regularizer's (1.00 = no cost)
             row["ratio"] = statistics.median(r["clrl none"] / r[name] for r in per_round)
@@ -246,9 +358,11 @@ def run_ppo_bench(
         "game": game,
         "settings": {"n_envs": n_envs, "n_steps": n_steps, "n_epochs": n_epochs, "n_minibatches": n_minibatches,
                      "updates_per_round": updates, "rounds": rounds, "device": str(device),
-                     "torch_threads": int(threads) if threads else old_threads, "network": "Nature CNN 32-64-64/512 relu"},
+                     "torch_threads": int(threads) if threads else old_threads, "network": "Nature CNN 32-64-64/512 relu",
+                     "malloc": {"clrl": malloc, **{v.name: v.malloc for v in variants if isinstance(v, _SB3Process)}}},
         "rows": rows,
         "per_round": per_round,
+        "phases_per_round": phases_per_round,
         "compute_bound": bound,
     }
 
@@ -256,30 +370,45 @@ def run_ppo_bench(
 def _ratio_text(row: dict[str, Any]) -> str:
     if "ratio" not in row:
         return "-"
+    if "target" not in row:
+        return f"{row['ratio']:.2f}x ({row['ratio_of']})"
     mark = "ok" if row["meets_target"] else "MISSED"
     return f"{row['ratio']:.2f}x vs {row['ratio_of']} (target {row['target']}: {mark})"
 
 
-def format_markdown(result: dict[str, Any]) -> str:
-    s = result["settings"]
-    lines = [
-        f"# clrl bench ppo: {result['game']}, {s['network']}",
-        "",
-        f"{s['n_envs']} envs x {s['n_steps']} steps, {s['n_epochs']} epochs, {s['n_minibatches']} minibatches; "
-        f"{s['rounds']} interleaved rounds of {s['updates_per_round']} updates; device {s['device']}, "
-        f"{s['torch_threads']} torch threads. Ratios are medians of within-round ratios.",
-        "",
-        "| variant | env steps/s | ratio |",
-        "|---|---:|---|",
+HEADER = ("variant", "env steps/s", "rollout s/update", "train s/update", "ratio")
+
+
+def _table_rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
+    """One row per variant and one for the compute bound (its phases: compute alone)."""
+    rows = [
+        (r["variant"], f"{r['env_steps_per_s']:.0f}", f"{r['rollout_s_per_update']:.3f}",
+         f"{r['train_s_per_update']:.3f}", _ratio_text(r))
+        for r in result["rows"]
     ]
-    for row in result["rows"]:
-        lines.append(f"| {row['variant']} | {row['env_steps_per_s']:.0f} | {_ratio_text(row)} |")
-    b = result["compute_bound"]
-    share = f"; clrl none reaches {b['clrl_none_share']:.0%} of it" if "clrl_none_share" in b else ""
-    lines.append(
-        f"| compute bound | {b['env_steps_per_s']:.0f} | fwd+bwd {b['train_samples_per_s']:.0f} samples/s, "
-        f"inference {b['inference_samples_per_s']:.0f} samples/s{share} |"
-    )
+    s, b = result["settings"], result["compute_bound"]
+    batch = s["n_envs"] * s["n_steps"]
+    share = f"; clrl none at {b['clrl_none_share']:.0%} of it" if "clrl_none_share" in b else ""
+    rows.append((
+        "compute bound", f"{b['env_steps_per_s']:.0f}", f"{batch / b['inference_samples_per_s']:.3f}",
+        f"{s['n_epochs'] * batch / b['train_samples_per_s']:.3f}",
+        f"fwd+bwd {b['train_samples_per_s']:.0f} samples/s, inference {b['inference_samples_per_s']:.0f}/s{share}",
+    ))
+    return rows
+
+
+def _settings_line(result: dict[str, Any]) -> str:
+    s = result["settings"]
+    malloc = ", ".join(f"{k} {v}" for k, v in s.get("malloc", {}).items())
+    return (f"{s['n_envs']} envs x {s['n_steps']} steps, {s['n_epochs']} epochs, {s['n_minibatches']} minibatches; "
+            f"{s['rounds']} interleaved rounds of {s['updates_per_round']} updates; device {s['device']}, "
+            f"{s['torch_threads']} torch threads; malloc: {malloc}. Ratios are medians of within-round ratios.")
+
+
+def format_markdown(result: dict[str, Any]) -> str:
+    lines = [f"# clrl bench ppo: {result['game']}, {result['settings']['network']}", "", _settings_line(result), "",
+             "| " + " | ".join(HEADER) + " |", "|---|---:|---:|---:|---|"]
+    lines += ["| " + " | ".join(row) + " |" for row in _table_rows(result)]
     return "\n".join(lines) + "\n"
 
 
@@ -287,18 +416,11 @@ def _print_table(result: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    s = result["settings"]
-    table = Table(title=f"clrl bench ppo: {result['game']} ({s['n_envs']}x{s['n_steps']}, {s['n_epochs']} epochs, "
-                        f"{s['n_minibatches']} minibatches, {s['device']}, {s['torch_threads']} threads)")
-    table.add_column("variant")
-    table.add_column("env steps/s", justify="right")
-    table.add_column("ratio")
-    for row in result["rows"]:
-        table.add_row(row["variant"], f"{row['env_steps_per_s']:.0f}", _ratio_text(row))
-    b = result["compute_bound"]
-    share = f"; clrl none at {b['clrl_none_share']:.0%}" if "clrl_none_share" in b else ""
-    table.add_row("compute bound", f"{b['env_steps_per_s']:.0f}",
-                  f"fwd+bwd {b['train_samples_per_s']:.0f}/s, inference {b['inference_samples_per_s']:.0f}/s{share}")
+    table = Table(title=f"clrl bench ppo: {result['game']}, {result['settings']['network']}", caption=_settings_line(result))
+    for i, name in enumerate(HEADER):
+        table.add_column(name, justify="right" if 0 < i < len(HEADER) - 1 else "left")
+    for row in _table_rows(result):
+        table.add_row(*row)
     Console().print(table)
 
 
