@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clrl.allocator import tune_malloc
 from clrl.nets import MultiHead, atari_trunk
 from clrl.regularizers import build_regularizer
 
@@ -76,6 +77,7 @@ def run_hooks_bench(
 ) -> dict[str, Any]:
     """Time one optimizer step per method against plain Adam; returns plain data (see module
     docstring). ``threads`` sets ``torch.set_num_threads`` for the run (restored afterwards)."""
+    malloc = tune_malloc()  # as `clrl run` sets up its process
     old_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(int(threads))
@@ -132,6 +134,7 @@ def run_hooks_bench(
                 "batch": batch, "steps": steps, "rounds": rounds, "prox_every": prox_every,
                 "channels": list(channels), "hidden": hidden, "n_actions": n_actions,
                 "threads": torch.get_num_threads(), "trunk_params": n_params, "torch": torch.__version__,
+                "malloc": malloc,
             },
             "results": results,
         }
@@ -145,7 +148,7 @@ def format_table(report: dict[str, Any]) -> str:
     lines = [
         f"optimizer step, batch {cfg['batch']}x4x84x84, atari_trunk{tuple(cfg['channels'])}+{cfg['hidden']} "
         f"({cfg['trunk_params']:,} params, {param_mb:.2f} MiB), {cfg['rounds']} rounds x {cfg['steps']} steps, "
-        f"AGS-CL prox every {cfg['prox_every']} steps, {cfg['threads']} threads",
+        f"AGS-CL prox every {cfg['prox_every']} steps, {cfg['threads']} threads, malloc {cfg.get('malloc', '?')}",
         f"{'method':<8} {'step ms':>9} {'x Adam':>7} {'min..max':>13} {'importance':>12} {'anchor':>10}",
     ]
     for name, r in report["results"].items():
