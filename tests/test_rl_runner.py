@@ -275,17 +275,17 @@ def test_bench_ppo_table_ratios_and_compute_bound(tmp_path):
                         log=lambda *a: None)
     assert torch.get_num_threads() == before
     rows = {r["variant"]: r for r in res["rows"]}
-    assert list(rows) == ["sb3 stock", "sb3 stock, clrl malloc", "clrl none", "clrl agscl"]
+    assert list(rows) == ["sb3 stock", "sb3 stock + clrl malloc", "clrl none", "clrl agscl"]
     rounds = res["per_round"]
     assert len(rounds) == 2
     assert rows["clrl none"]["ratio"] == pytest.approx(np.median([r["clrl none"] / r["sb3 stock"] for r in rounds]))
-    tuned = rows["sb3 stock, clrl malloc"]
-    assert tuned["ratio"] == pytest.approx(np.median([r["clrl none"] / r["sb3 stock, clrl malloc"] for r in rounds]))
+    tuned = rows["sb3 stock + clrl malloc"]
+    assert tuned["ratio"] == pytest.approx(np.median([r["clrl none"] / r["sb3 stock + clrl malloc"] for r in rounds]))
     assert "target" not in tuned and "ratio" not in rows["sb3 stock"]
     # SB3 runs in its own processes: stock keeps glibc's defaults, the other gets clrl's settings
     from clrl.allocator import malloc_mode
 
-    assert res["settings"]["malloc"] == {"clrl": malloc_mode(), "sb3 stock": "default", "sb3 stock, clrl malloc": malloc_mode()}
+    assert res["settings"]["malloc"] == {"clrl": malloc_mode(), "sb3 stock": "default", "sb3 stock + clrl malloc": malloc_mode()}
     assert rows["clrl agscl"]["ratio"] == pytest.approx(np.median([r["clrl none"] / r["clrl agscl"] for r in rounds]))
     assert rows["clrl none"]["meets_target"] == (rows["clrl none"]["ratio"] >= 1.5)
     assert rows["clrl agscl"]["meets_target"] == (rows["clrl agscl"]["ratio"] <= 1.05)

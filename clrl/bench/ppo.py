@@ -6,7 +6,7 @@ One run, same game, same network (Nature CNN 32-64-64 / 512, ReLU), same PPO sha
 * ``sb3 stock``: ``make_atari_env`` (DummyVecEnv of Python wrappers) + ``VecFrameStack(4)`` +
   ``PPO("CnnPolicy")``, timed through ``learn``, in a process of its own with glibc's default
   malloc, as SB3's users run it;
-* ``sb3 stock, clrl malloc``: the same with clrl's allocator settings (:mod:`clrl.allocator`),
+* ``sb3 stock + clrl malloc``: the same with clrl's allocator settings (:mod:`clrl.allocator`),
   to show how much of clrl's lead those explain (no target);
 * ``clrl none``: clrl's :class:`~clrl.rl.agent.TaskPPO` on ale-py's C++ vector env, fine-tuning,
   in the bench's own process with the allocator set up as ``clrl run`` sets it;
@@ -45,7 +45,7 @@ __all__ = ["add_arguments", "main", "run_ppo_bench", "format_markdown"]
 
 METHODS = ("none", "ewc", "mas", "agscl")
 SB3_STOCK = "sb3 stock"
-SB3_TUNED = "sb3 stock, clrl malloc"
+SB3_TUNED = "sb3 stock + clrl malloc"
 TARGET_SPEEDUP = 1.5
 TARGET_OVERHEAD = 1.05
 
@@ -337,17 +337,17 @@ def run_ppo_bench(
             row[f"{phase}_s_per_update"] = statistics.median(r[name][phase] for r in phases_per_round)
         if name == "clrl none" and stock:
             row["ratio"] = statistics.median(r[name] / r[SB3_STOCK] for r in per_round)
-            row["ratio_of"] = SB3_STOCK
+            row["ratio_of"] = f"{SB3_STOCK}'s speed"
             row["target"] = f">= {TARGET_SPEEDUP}"
             row["meets_target"] = row["ratio"] >= TARGET_SPEEDUP
         elif name == SB3_TUNED and "clrl none" in names:
             # no target: how much of clrl's lead is left when SB3 gets the same allocator
             row["ratio"] = statistics.median(r["clrl none"] / r[name] for r in per_round)
-            row["ratio_of"] = "clrl none over this"
+            row["ratio_of"] = "(clrl none over this)"
         elif name.startswith("clrl ") and name != "clrl none" and "clrl none" in names:
             # slowdown: fine-tuning's speed over the regularizer's (1.00 = no cost)
             row["ratio"] = statistics.median(r["clrl none"] / r[name] for r in per_round)
-            row["ratio_of"] = "clrl none (slowdown)"
+            row["ratio_of"] = "slower than clrl none"
             row["target"] = f"<= {TARGET_OVERHEAD}"
             row["meets_target"] = row["ratio"] <= TARGET_OVERHEAD
         rows.append(row)
@@ -370,10 +370,10 @@ def run_ppo_bench(
 def _ratio_text(row: dict[str, Any]) -> str:
     if "ratio" not in row:
         return "-"
+    text = f"{row['ratio']:.2f}x {row['ratio_of']}"
     if "target" not in row:
-        return f"{row['ratio']:.2f}x ({row['ratio_of']})"
-    mark = "ok" if row["meets_target"] else "MISSED"
-    return f"{row['ratio']:.2f}x vs {row['ratio_of']} (target {row['target']}: {mark})"
+        return text
+    return f"{text} (target {row['target']}: {'ok' if row['meets_target'] else 'MISSED'})"
 
 
 HEADER = ("variant", "env steps/s", "rollout s/update", "train s/update", "ratio")
@@ -388,18 +388,18 @@ def _table_rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
     ]
     s, b = result["settings"], result["compute_bound"]
     batch = s["n_envs"] * s["n_steps"]
-    share = f"; clrl none at {b['clrl_none_share']:.0%} of it" if "clrl_none_share" in b else ""
+    share = f"; clrl none at {b['clrl_none_share']:.0%}" if "clrl_none_share" in b else ""
     rows.append((
         "compute bound", f"{b['env_steps_per_s']:.0f}", f"{batch / b['inference_samples_per_s']:.3f}",
         f"{s['n_epochs'] * batch / b['train_samples_per_s']:.3f}",
-        f"fwd+bwd {b['train_samples_per_s']:.0f} samples/s, inference {b['inference_samples_per_s']:.0f}/s{share}",
+        f"fwd+bwd {b['train_samples_per_s']:.0f}/s, inference {b['inference_samples_per_s']:.0f}/s{share}",
     ))
     return rows
 
 
 def _settings_line(result: dict[str, Any]) -> str:
     s = result["settings"]
-    malloc = ", ".join(f"{k} {v}" for k, v in s.get("malloc", {}).items())
+    malloc = "; ".join(f"{k}: {v}" for k, v in s.get("malloc", {}).items())
     return (f"{s['n_envs']} envs x {s['n_steps']} steps, {s['n_epochs']} epochs, {s['n_minibatches']} minibatches; "
             f"{s['rounds']} interleaved rounds of {s['updates_per_round']} updates; device {s['device']}, "
             f"{s['torch_threads']} torch threads; malloc: {malloc}. Ratios are medians of within-round ratios.")
