@@ -4,12 +4,12 @@ Why: glibc serves an allocation above ``M_MMAP_THRESHOLD`` (128 KiB at start) wi
 ``mmap`` and unmaps it on free, and trims freed memory at the top of the heap back to the kernel.
 A CNN training step on the CPU allocates and frees the same large buffers every step (one
 256 x 32 x 20 x 20 float activation of the Nature CNN is 13 MiB), so each of them comes back as
-new pages that fault in on first touch: a Nature-CNN minibatch step (batch 256) on a 2-core
-machine took 3,500-13,000 page faults and 5-15% longer than with the settings below. End to end
-the gain is smaller for clrl's PPO (610 -> 629 env steps/s, ``CLRL_MALLOC=default clrl bench
-ppo`` against ``clrl bench ppo``) and larger for SB3's stock PPO (387 -> 437 in one ``clrl bench
-ppo``). Raising the mmap threshold to glibc's largest accepted value
-(32 MiB) and the trim threshold to 1 GiB keeps those buffers in the heap to be reused. The cost:
+new pages that fault in on first touch. Raising the mmap threshold to glibc's largest accepted
+value (32 MiB) and the trim threshold to 1 GiB keeps those buffers in the heap to be reused
+(``tests/test_allocator.py`` counts the page faults). What it is worth end to end is measured by
+``clrl bench ppo``: its "sb3 stock" and "sb3 stock + clrl malloc" rows differ only in these
+settings (387 vs 437 env steps/s on a 2-core machine); clrl's own PPO gains less (629 steps/s,
+610 under ``CLRL_MALLOC=default clrl bench ppo``). The cost:
 the process keeps freed memory up to its peak instead of returning it. This is what the
 jemalloc/tcmalloc ``LD_PRELOAD`` of PyTorch's CPU tuning guide is for, with nothing to install.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -41,7 +42,8 @@ CONFIG = {
 
 
 def clrl(*args: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {k: v for k, v in os.environ.items() if k != "CLRL_MALLOC"}  # clrl's default allocator setup
+    env["PYTHONUNBUFFERED"] = "1"
     return subprocess.Popen(
         [sys.executable, "-m", "clrl.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
@@ -104,6 +106,8 @@ def test_sigkill_then_resume_gives_the_same_results(config_file, tmp_path):
     assert a.status == b.status == "complete"
     assert b.timings["resumes"] == 1 and a.timings["resumes"] == 0
     assert a.R == b.R
+    # a fresh `clrl run` process sets up glibc's malloc (clrl.allocator) and records it
+    assert a.versions["malloc"] == b.versions["malloc"] == ("tuned" if platform.libc_ver()[0] == "glibc" else "default")
     assert curve_view(a) == curve_view(b)
     assert [d["overall"] for d in a.diagnostics] == [d["overall"] for d in b.diagnostics]
     wa = load_checkpoint(full_dir / "checkpoints" / "latest.pt")["net"]

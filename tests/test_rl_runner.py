@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from clrl import cli
+from clrl.allocator import malloc_mode
 from clrl.config import config_from_dict
 from clrl.io import load_checkpoint
 from clrl.results import load_results
@@ -89,6 +90,7 @@ def test_end_to_end_results_json(finetune):
     assert [len(p.scores) for p in disk.curves] == [1, 1, 2, 2]
     assert disk.curves[1].scores == R[0][:1] and disk.curves[3].scores == R[1]
     assert {"torch", "stable-baselines3", "ale-py"} <= set(disk.versions)
+    assert disk.versions["malloc"] == malloc_mode() in ("tuned", "default")  # set by run_experiment
     assert [d["method"] for d in disk.diagnostics] == ["none", "none"]
     assert [d["game"] for d in disk.diagnostics] == GAMES
     t = disk.timings

@@ -160,6 +160,7 @@ def _check_run(res, rd, T: int):
     assert [p.task for p in res.curves if p.task == T - 1]
     disk = load_results(rd.root)
     assert disk.R == res.R and disk.status == "complete"
+    assert disk.versions["malloc"] in ("tuned", "default")  # run_experiment set up the allocator
     assert rd.task_checkpoint(T - 1).is_file() and rd.latest_checkpoint.is_file()
     ck = load_checkpoint(rd.latest_checkpoint)
     assert ck["task"] == T - 1 and ck["format"] == "clrl.checkpoint"

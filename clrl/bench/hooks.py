@@ -148,7 +148,7 @@ def format_table(report: dict[str, Any]) -> str:
     lines = [
         f"optimizer step, batch {cfg['batch']}x4x84x84, atari_trunk{tuple(cfg['channels'])}+{cfg['hidden']} "
         f"({cfg['trunk_params']:,} params, {param_mb:.2f} MiB), {cfg['rounds']} rounds x {cfg['steps']} steps, "
-        f"AGS-CL prox every {cfg['prox_every']} steps, {cfg['threads']} threads, malloc {cfg.get('malloc', '?')}",
+        f"AGS-CL prox every {cfg['prox_every']} steps, {cfg['threads']} threads, malloc {cfg['malloc']}",
         f"{'method':<8} {'step ms':>9} {'x Adam':>7} {'min..max':>13} {'importance':>12} {'anchor':>10}",
     ]
     for name, r in report["results"].items():

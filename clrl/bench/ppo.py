@@ -399,7 +399,7 @@ def _table_rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
 
 def _settings_line(result: dict[str, Any]) -> str:
     s = result["settings"]
-    malloc = "; ".join(f"{k}: {v}" for k, v in s.get("malloc", {}).items())
+    malloc = "; ".join(f"{k}: {v}" for k, v in s["malloc"].items())
     return (f"{s['n_envs']} envs x {s['n_steps']} steps, {s['n_epochs']} epochs, {s['n_minibatches']} minibatches; "
             f"{s['rounds']} interleaved rounds of {s['updates_per_round']} updates; device {s['device']}, "
             f"{s['torch_threads']} torch threads; malloc: {malloc}. Ratios are medians of within-round ratios.")
