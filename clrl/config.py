@@ -147,7 +147,9 @@ class EnvConfig(Strict):
     clip_rewards: bool = True
     fire_reset: bool = True
     max_frames_per_episode: int = Field(108_000, ge=1)
-    num_threads: int = Field(0, ge=0, description="ALE worker threads; 0 = one per env up to the cores")
+    num_threads: int = Field(
+        0, ge=0, description="kept for old configs: every env now has its own C++ worker thread (FIRE after a lost life needs per-env stepping)"
+    )
 
 
 class PPOConfig(Strict):

@@ -1,35 +1,42 @@
-"""Atari vector environments for SB3 with the AGS-CL paper's semantics (REFERENCE.md).
+"""Atari vector environments for SB3 with the baselines' wrapper semantics (REFERENCE.md).
 
 ``make_vec_env`` returns an SB3 ``VecEnv`` of ``<Game>NoFrameskip-v4``-style envs: no sticky
-actions, minimal action set, up to 30 no-ops and FIRE on reset, frame skip 4 with max-pool,
-84x84 gray, 4 stacked frames. For training (``train=True``) a lost life ends the *learner's*
-episode and rewards are sign-clipped; for evaluation neither. ``info["episode"]`` always
-carries the raw (unclipped) score of a *full game*, as SB3's Monitor would.
+actions, minimal action set, frame skip 4 with max-pool, 84x84 gray, 4 stacked frames, and the
+life-loss semantics of the baselines' ``EpisodicLifeEnv`` + ``FireResetEnv`` + ``VecFrameStack``
+as SB3's ``AtariWrapper`` and the a2c-ppo-acktr code (the AGS-CL authors') apply them:
 
-Two backends give the same semantics:
+* reset: random no-ops, then FIRE and action 2 in games whose action 1 is FIRE;
+* after every lost life, in training *and* evaluation: one NOOP agent step, then FIRE and
+  action 2 where the game has FIRE (a policy that never presses FIRE does not stall);
+* the frame stack restarts (zeros + the new frame) at every game start and lost life.
 
-* ``ale_vector`` (default, ~7x faster): ``ale_py.vector_env.AtariVectorEnv``, C++ threads with
-  preprocessing in C++. Its own ``episodic_life`` flag is not used: it restarts the *whole
-  game* on a life loss (the C++ ``PreprocessedEnv`` treats a lost life as the episode's end and
-  auto-resets it), so games are never played past the first life and full-game scores do not
-  exist. Its ``reward_clipping`` is not used either, since it would hide the raw score. Here the
-  C++ side runs plain full games (``terminated`` = game over, raw rewards, same-step
-  auto-reset) and the Python side below adds the life-loss terminal (``0 < lives < previous``,
-  the baselines ``EpisodicLifeEnv`` rule) and the clipping, keeping the raw score per game.
-* ``gymnasium``: ``ALE/<Game>-v5`` with ``frameskip=1`` + ``AtariPreprocessing`` + zero-padded
-  ``FrameStackObservation`` stepped in a Python loop; reset does FIRE and no-ops the way the C++
-  env does (see ``_FireNoopReset``). Slower; a fallback and a cross-check.
+For training (``train=True``) a lost life also ends the *learner's* episode and rewards are
+sign-clipped; for evaluation neither. ``info["episode"]`` always carries the raw (unclipped)
+score of a *full game*, as SB3's Monitor would, with its learner steps and emulator frames.
+The shared logic is :class:`_AtariBatch`; two backends give it per-env emulators:
+
+* ``ale_vector`` (default): one ``ale_py.vector_env.AtariVectorEnv`` of a single env per env,
+  C++ preprocessing and one C++ worker thread each, all sent their actions before any result
+  is received (see :class:`_AleEmulators` for why not one vector env of ``n``). Its own
+  ``episodic_life`` would restart the whole game at a lost life, its ``reward_clipping`` would
+  hide the raw score and its FIRE reset comes before the no-ops, so none of them is used.
+* ``gymnasium``: ``ALE/<Game>-v5`` with ``frameskip=1`` + ``AtariPreprocessing``, stepped in a
+  Python loop; slower; a fallback and a cross-check (same frames bit for bit without no-ops).
+
+Known differences from the baselines' wrappers: the no-ops are ``k ~ U{0..noop_max-1}`` single
+frames (the C++ env's rule; ``NoopResetEnv`` draws ``U{1..noop_max}``), and both backends
+max-pool *gray* frames where SB3 max-pools RGB frames and then converts to gray, which changes
+about 0.15% of the pixels (by up to 10-17 gray levels in StarGunner and DemonAttack);
+``tests/test_envs.py`` checks everything else step for step against SB3's wrappers.
 
 Determinism: every env is seeded at reset (``seed + i`` for env ``i``); later auto-resets draw
 from that env's own generator, so the same seed and actions give the same observations and
-rewards. Each C++ env owns its emulator and RNG and the vector interface returns results in env
-order in synchronous mode, so the number of worker threads does not change per-env dynamics
-(``tests/test_envs.py`` checks 1 thread against the default).
+rewards. Each C++ env owns its emulator, RNG and worker thread, and results are gathered in
+env order, so threads do not change per-env dynamics.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -54,19 +61,25 @@ def action_count(game: str, env: EnvConfig) -> int:
     return FULL_ACTION_COUNT if env.full_action_space else minimal_action_count(game)
 
 
-class _Batch(Protocol):
-    """A batch of full-game Atari envs with same-step auto-reset (the backends' common shape)."""
+class _Emulators(Protocol):
+    """``num_envs`` full-game Atari emulators stepped one agent step (frame skip, max-pool, 84x84
+    gray) at a time, any subset at once, with same-step auto-reset (the backends' common shape).
+
+    Frames are single ``(84, 84)`` images: stacking, life-loss restarts and FIRE resets are done
+    by :class:`_AtariBatch` above them, identically for both backends.
+    """
 
     num_envs: int
+    has_fire: bool
 
-    def reset(self, seeds: Sequence[int | None]) -> tuple[np.ndarray, np.ndarray]:
-        """Reset every env; returns (obs, lives)."""
+    def reset(self, idx: np.ndarray, seeds: Sequence[int | None]) -> tuple[np.ndarray, np.ndarray]:
+        """Start new games (random no-ops included) in envs ``idx``; returns (frames, lives)."""
 
-    def step(self, actions: np.ndarray) -> tuple[np.ndarray, ...]:
-        """Returns (obs, raw_reward, game_over, truncated, lives, final_obs or None).
+    def step(self, idx: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Step envs ``idx``; returns (frames, raw_reward, game_over, truncated, lives, final).
 
-        ``obs`` of an env whose game ended is already the first observation of its next game;
-        ``final_obs[i]`` is then its last observation of the finished game.
+        The frame of an env whose game ended is already the first one of its next game;
+        ``final[k]`` is then its last frame of the finished game (zeros elsewhere).
         """
 
     def close(self) -> None: ...
@@ -75,102 +88,116 @@ class _Batch(Protocol):
 # --------------------------------------------------------------------------- ale_vector backend
 
 
-class _AleBatch:
-    """``AtariVectorEnv`` playing full games: raw rewards, terminal only at game over."""
+class _AleEmulators:
+    """One ``AtariVectorEnv(num_envs=1)`` per env, stepped together with ``send``/``recv``.
+
+    Why not one ``AtariVectorEnv`` of ``n`` envs: a synchronous vector env steps every env at
+    once, so it cannot press FIRE in the one env that just lost a life while the others wait
+    for the learner. One single-env instance per env (each with its own C++ worker thread)
+    can: all envs are sent their action before any result is received, so they still step in
+    parallel, and the extra agent steps of a life loss or reset go to just the envs that need
+    them. Preprocessing (frame skip 4 with max-pool of the last two gray frames, resize to 84x84)
+    stays in C++; the frame stack is kept in Python (``stack_num=1``) so that it can restart at
+    a life loss. ``noop_max``: the C++ reset draws ``k ~ U{0..noop_max-1}`` single-frame no-ops
+    (the baselines' ``NoopResetEnv`` draws ``U{1..noop_max}``).
+    """
 
     def __init__(self, game: str, n_envs: int, env: EnvConfig, max_frames: int) -> None:
         from ale_py.vector_env import AtariVectorEnv
 
-        threads = env.num_threads or min(n_envs, os.cpu_count() or 1)
         self.num_envs = n_envs
-        self._venv = AtariVectorEnv(
-            rom_id(game),
-            n_envs,
-            num_threads=threads,
-            max_num_frames_per_episode=max_frames,
-            repeat_action_probability=env.sticky_actions,
-            full_action_space=env.full_action_space,
-            autoreset_mode="SameStep",
-            img_height=OBS_SIZE,
-            img_width=OBS_SIZE,
-            grayscale=True,
-            stack_num=env.frame_stack,
-            frameskip=env.frame_skip,
-            maxpool=True,
-            noop_max=env.noop_max,
-            episodic_life=False,  # see the module docstring: it would restart the whole game
-            life_loss_info=False,
-            reward_clipping=False,
-            use_fire_reset=env.fire_reset,
-        )
+        self._envs: list[Any] = []
+        try:
+            for _ in range(n_envs):
+                self._envs.append(
+                    AtariVectorEnv(
+                        rom_id(game),
+                        1,
+                        num_threads=1,
+                        max_num_frames_per_episode=max_frames,
+                        repeat_action_probability=env.sticky_actions,
+                        full_action_space=env.full_action_space,
+                        autoreset_mode="SameStep",
+                        img_height=OBS_SIZE,
+                        img_width=OBS_SIZE,
+                        grayscale=True,
+                        stack_num=1,
+                        frameskip=env.frame_skip,
+                        maxpool=True,
+                        noop_max=env.noop_max,
+                        episodic_life=False,  # it would restart the whole game at a lost life
+                        life_loss_info=False,
+                        reward_clipping=False,  # it would hide the raw score
+                        use_fire_reset=False,  # FIRE comes after the no-ops, from _AtariBatch
+                    )
+                )
+        except BaseException:
+            self.close()
+            raise
+        self.has_fire = _has_fire(list(self._envs[0].ale.get_action_set()))
 
-    def reset(self, seeds: Sequence[int | None]) -> tuple[np.ndarray, np.ndarray]:
-        seed_arr = np.array([-1 if s is None else s for s in seeds], dtype=np.int64)
-        obs, info = self._venv.reset(seed=seed_arr)
-        order = self._order(info)
-        return obs[order], np.asarray(info["lives"])[order]
+    def reset(self, idx: np.ndarray, seeds: Sequence[int | None]) -> tuple[np.ndarray, np.ndarray]:
+        frames = np.zeros((len(idx), OBS_SIZE, OBS_SIZE), dtype=np.uint8)
+        lives = np.zeros(len(idx), dtype=np.int64)
+        for k, (i, s) in enumerate(zip(idx, seeds, strict=True)):
+            obs, info = self._envs[i].reset(seed=np.array([-1 if s is None else s], dtype=np.int64))
+            frames[k] = obs[0, -1]
+            lives[k] = int(info["lives"][0])
+        return frames, lives
 
-    def step(self, actions: np.ndarray) -> tuple[np.ndarray, ...]:
-        obs, rew, term, trunc, info = self._venv.step(actions)
-        order = self._order(info)
-        final = info.get("final_obs")
-        return (
-            obs[order],
-            np.asarray(rew, dtype=np.float64)[order],
-            np.asarray(term, dtype=bool)[order],
-            np.asarray(trunc, dtype=bool)[order],
-            np.asarray(info["lives"])[order],
-            None if final is None else final[order],
-        )
-
-    def _order(self, info: dict) -> slice | np.ndarray:
-        """Rows sorted by env id (already so in synchronous mode; checked, not assumed)."""
-        ids = np.asarray(info["env_id"])
-        if np.array_equal(ids, np.arange(self.num_envs)):
-            return slice(None)
-        return np.argsort(ids, kind="stable")
+    def step(self, idx: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, ...]:
+        k = len(idx)
+        for i, a in zip(idx, actions, strict=True):
+            self._envs[i].send(np.array([a], dtype=np.int64))
+        frames = np.zeros((k, OBS_SIZE, OBS_SIZE), dtype=np.uint8)
+        final = np.zeros((k, OBS_SIZE, OBS_SIZE), dtype=np.uint8)
+        raw = np.zeros(k, dtype=np.float64)
+        over = np.zeros(k, dtype=bool)
+        trunc = np.zeros(k, dtype=bool)
+        lives = np.zeros(k, dtype=np.int64)
+        for n, i in enumerate(idx):
+            obs, rew, term, tr, info = self._envs[i].recv()
+            frames[n] = obs[0, -1]
+            raw[n], over[n], trunc[n] = rew[0], term[0], tr[0] and not term[0]
+            lives[n] = int(info["lives"][0])
+            if over[n] or trunc[n]:
+                final[n] = info["final_obs"][0, -1]
+        return frames, raw, over, trunc, lives, final
 
     def close(self) -> None:
-        venv, self._venv = self._venv, None
-        if venv is not None:
+        envs, self._envs = self._envs, []
+        for venv in envs:
             venv.close()
-            del venv.ale  # joins the C++ worker threads now, not at garbage collection
+            del venv.ale  # joins the C++ worker thread now, not at garbage collection
 
 
 # --------------------------------------------------------------------------- gymnasium backend
 
 
-class _FireNoopReset(gym.Wrapper):
-    """Reset like ale-py's C++ vector env: one FIRE frame (if enabled and the game has FIRE),
-    then ``k ~ U{0..noop_max-1}`` no-op frames (``k - 1`` after a FIRE), restarting the game
-    if it ends meanwhile. The baselines ``NoopResetEnv`` draws ``U{1..noop_max}`` instead."""
+class _NoopReset(gym.Wrapper):
+    """Reset with ``k ~ U{0..noop_max-1}`` single-frame no-ops, as the C++ env draws them,
+    restarting the game if it ends meanwhile (FIRE follows from :class:`_AtariBatch`)."""
 
-    def __init__(self, env: gym.Env, noop_max: int, fire: bool) -> None:
+    def __init__(self, env: gym.Env, noop_max: int) -> None:
         super().__init__(env)
         import ale_py
 
         self._noop_max = noop_max
-        self._fire = fire and ale_py.Action.FIRE in list(env.unwrapped._action_set)
-        self._actions = ale_py.Action
+        self._noop = ale_py.Action.NOOP
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[Any, dict]:
         obs, info = self.env.reset(seed=seed, options=options)
         ale = self.env.unwrapped.ale
-        if self._fire:
-            ale.act(self._actions.FIRE)
         rng = self.env.unwrapped.np_random
-        noops = (int(rng.integers(0, self._noop_max)) if self._noop_max > 0 else 0) - int(
-            self._fire
-        )
-        for _ in range(noops):
-            ale.act(self._actions.NOOP)
+        for _ in range(int(rng.integers(0, self._noop_max)) if self._noop_max > 0 else 0):
+            ale.act(self._noop)
             if ale.game_over():
                 ale.reset_game()
         return obs, info
 
 
-class _GymBatch:
-    """``ALE/<Game>-v5`` + ``AtariPreprocessing`` + frame stack, stepped in a Python loop."""
+class _GymEmulators:
+    """``ALE/<Game>-v5`` (frameskip 1) + ``AtariPreprocessing``, stepped in a Python loop."""
 
     def __init__(self, game: str, n_envs: int, env: EnvConfig, max_frames: int) -> None:
         import ale_py
@@ -190,9 +217,8 @@ class _GymBatch:
                 # do not count); ALE's own cap only has to stay out of the way
                 max_num_frames_per_episode=max_frames + env.noop_max + 2 * env.frame_skip,
             )
-            wrapped = _FireNoopReset(base, env.noop_max, env.fire_reset)
             wrapped = gym.wrappers.AtariPreprocessing(
-                wrapped,
+                _NoopReset(base, env.noop_max),
                 noop_max=0,
                 frame_skip=env.frame_skip,
                 screen_size=OBS_SIZE,
@@ -200,48 +226,196 @@ class _GymBatch:
                 grayscale_obs=True,
                 scale_obs=False,
             )
-            wrapped = gym.wrappers.FrameStackObservation(
-                wrapped, env.frame_stack, padding_type="zero"
-            )
             self._envs.append(wrapped)
+        self.has_fire = _has_fire(list(self._envs[0].unwrapped._action_set))
         self._steps = np.zeros(n_envs, dtype=np.int64)
 
     def _lives(self, i: int) -> int:
         return int(self._envs[i].unwrapped.ale.lives())
 
-    def reset(self, seeds: Sequence[int | None]) -> tuple[np.ndarray, np.ndarray]:
-        obs = np.stack(
-            [np.asarray(e.reset(seed=s)[0]) for e, s in zip(self._envs, seeds, strict=True)]
+    def reset(self, idx: np.ndarray, seeds: Sequence[int | None]) -> tuple[np.ndarray, np.ndarray]:
+        frames = np.stack(
+            [np.asarray(self._envs[i].reset(seed=s)[0]) for i, s in zip(idx, seeds, strict=True)]
         )
-        self._steps[:] = 0
-        return obs, np.array([self._lives(i) for i in range(self.num_envs)])
+        self._steps[idx] = 0
+        return frames, np.array([self._lives(i) for i in idx], dtype=np.int64)
 
-    def step(self, actions: np.ndarray) -> tuple[np.ndarray, ...]:
-        n = self.num_envs
-        obs_list, final = [], None
-        rew = np.zeros(n)
-        term = np.zeros(n, dtype=bool)
-        trunc = np.zeros(n, dtype=bool)
-        lives = np.zeros(n, dtype=np.int64)
-        for i, e in enumerate(self._envs):
-            o, r, te, tr, _ = e.step(int(actions[i]))
+    def step(self, idx: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, ...]:
+        k = len(idx)
+        frames = np.zeros((k, OBS_SIZE, OBS_SIZE), dtype=np.uint8)
+        final = np.zeros((k, OBS_SIZE, OBS_SIZE), dtype=np.uint8)
+        raw = np.zeros(k, dtype=np.float64)
+        over = np.zeros(k, dtype=bool)
+        trunc = np.zeros(k, dtype=bool)
+        lives = np.zeros(k, dtype=np.int64)
+        for n, (i, a) in enumerate(zip(idx, actions, strict=True)):
+            e = self._envs[i]
+            o, r, te, tr, _ = e.step(int(a))
             self._steps[i] += 1
             tr = bool(tr) or self._steps[i] * self._frame_skip >= self._max_frames
-            rew[i], term[i], trunc[i] = r, te, tr and not te
+            raw[n], over[n], trunc[n] = r, te, tr and not te
             if te or tr:
-                if final is None:
-                    final = np.zeros((n, *np.shape(o)), dtype=np.uint8)
-                final[i] = o
+                final[n] = o
                 o, _ = e.reset()
                 self._steps[i] = 0
-            obs_list.append(np.asarray(o))
-            lives[i] = self._lives(i)
-        return np.stack(obs_list), rew, term, trunc, lives, final
+            frames[n] = o
+            lives[n] = self._lives(i)
+        return frames, raw, over, trunc, lives, final
 
     def close(self) -> None:
         for e in self._envs:
             e.close()
         self._envs = []
+
+
+# --------------------------------------------------------------------------- life loss, FIRE, stack
+
+_NOOP, _FIRE, _AFTER_FIRE = 0, 1, 2  # minimal-set indices; FireResetEnv presses 1 then 2
+
+
+def _has_fire(action_set: Sequence[Any]) -> bool:
+    """The baselines' ``FireResetEnv`` condition: action 1 is FIRE (and there is an action 2)."""
+    import ale_py
+
+    return len(action_set) >= 3 and action_set[_FIRE] == ale_py.Action.FIRE
+
+
+class _AtariBatch:
+    """The baselines' wrapper semantics over per-env emulators, the same for both backends.
+
+    Following a2c-ppo-acktr (the AGS-CL authors' code, which evaluates with its training
+    wrappers) and SB3's ``AtariWrapper``, in training and evaluation alike:
+
+    * reset: the emulator's random no-ops, then, in games whose action 1 is FIRE,
+      ``FireResetEnv``'s FIRE and action 2 (one agent step each);
+    * after a lost life (``0 < lives < previous``, ``EpisodicLifeEnv``'s rule): its one NOOP
+      agent step, then FIRE and action 2 where the game has FIRE, so that games waiting for FIRE
+      go on (an argmax policy that never presses FIRE would otherwise stall to the frame cap);
+    * the frame stack restarts (zeros, then the new frame) at every game start and lost life,
+      as ``VecFrameStack`` does at a done.
+
+    These scripted agent steps are invisible to the learner (no transition, no reward), but
+    their raw rewards count in the game's score, as SB3's ``Monitor`` (innermost wrapper)
+    counts them, and they count towards the frame cap. A game that ends during them ends at
+    the learner's step. Per game the batch keeps its raw score (``r``), learner steps (``l``)
+    and emulator frames of all its agent steps (``f`` = agent steps x frame skip; the reset
+    no-ops are not counted).
+    """
+
+    def __init__(self, emu: _Emulators, frame_stack: int, fire_reset: bool, frame_skip: int) -> None:
+        self.emu = emu
+        self.num_envs = n = emu.num_envs
+        self.fire = bool(fire_reset and emu.has_fire)
+        self.frame_skip = int(frame_skip)
+        self.stack = np.zeros((n, frame_stack, OBS_SIZE, OBS_SIZE), dtype=np.uint8)
+        self.lives = np.zeros(n, dtype=np.int64)
+        self.ep_return = np.zeros(n, dtype=np.float64)
+        self.ep_steps = np.zeros(n, dtype=np.int64)  # learner steps
+        self.ep_agent_steps = np.zeros(n, dtype=np.int64)  # learner + scripted steps
+        self.scripted_steps = 0  # scripted agent steps so far, all envs together
+
+    def _fire_seq(self) -> list[int]:
+        return [_FIRE, _AFTER_FIRE] if self.fire else []
+
+    def _script(
+        self, idx: np.ndarray, seq: list[int], frames: np.ndarray, lives: np.ndarray
+    ) -> tuple[np.ndarray, ...]:
+        """Play the agent steps ``seq`` in envs ``idx`` (an env whose game ends drops out).
+
+        Returns (raw reward gained, frames, lives, game_over, truncated, steps), per env of
+        ``idx``; ``frames``/``lives`` start as the given ones and end as the last seen."""
+        k = len(idx)
+        frames, lives = frames.copy(), lives.copy()
+        gained = np.zeros(k)
+        over = np.zeros(k, dtype=bool)
+        trunc = np.zeros(k, dtype=bool)
+        steps = np.zeros(k, dtype=np.int64)
+        active = np.arange(k)
+        for action in seq:
+            if not len(active):
+                break
+            f, r, o, t, lv, _ = self.emu.step(idx[active], np.full(len(active), action))
+            gained[active] += r
+            steps[active] += 1
+            frames[active], lives[active] = f, lv
+            over[active] |= o
+            trunc[active] |= t
+            active = active[~(o | t)]
+        self.scripted_steps += int(steps.sum())
+        return gained, frames, lives, over, trunc, steps
+
+    def _start_games(self, idx: np.ndarray, frames: np.ndarray, lives: np.ndarray) -> None:
+        """New games in ``idx`` (emulators already reset): FIRE reset, counters, fresh stack."""
+        gained, frames, lives, *_, steps = self._script(idx, self._fire_seq(), frames, lives)
+        self.ep_return[idx] = gained
+        self.ep_steps[idx] = 0
+        self.ep_agent_steps[idx] = steps
+        self.lives[idx] = lives
+        self.stack[idx] = 0
+        self.stack[idx, -1] = frames
+
+    def reset(self, seeds: Sequence[int | None]) -> tuple[np.ndarray, np.ndarray]:
+        idx = np.arange(self.num_envs)
+        frames, lives = self.emu.reset(idx, seeds)
+        self._start_games(idx, frames, lives)
+        return self.stack.copy(), self.lives.copy()
+
+    def step(self, actions: np.ndarray) -> dict[str, Any]:
+        """One learner step of every env; see the class docstring. Returns a dict of arrays:
+        ``obs``, ``reward`` (raw, this learner step), ``game_over``, ``truncated``,
+        ``life_lost``, ``lives``, ``final_obs`` (the learner's terminal observations, or None
+        when no env ended a game or lost a life) and ``episode`` (``r``, ``l``, ``f`` of the
+        games that ended, valid where ``game_over | truncated``)."""
+        idx = np.arange(self.num_envs)
+        frames, raw, over, trunc, lives, final = self.emu.step(idx, np.asarray(actions))
+        self.ep_return += raw
+        self.ep_steps += 1
+        self.ep_agent_steps += 1
+        ended = over | trunc
+        self.stack[:, :-1] = self.stack[:, 1:]
+        self.stack[:, -1] = np.where(ended[:, None, None], final, frames)
+        life_lost = (lives > 0) & (lives < self.lives) & ~ended
+        final_obs = self.stack.copy() if (ended | life_lost).any() else None
+        lost = np.flatnonzero(life_lost)
+        if len(lost):
+            seq = [_NOOP, *self._fire_seq()]
+            gained, f, lv, o, t, steps = self._script(lost, seq, frames[lost], lives[lost])
+            self.ep_return[lost] += gained
+            self.ep_agent_steps[lost] += steps
+            frames[lost], lives[lost] = f, lv
+            over[lost] |= o
+            trunc[lost] |= t & ~o
+            ended = over | trunc
+            life_lost &= ~ended
+        episode = None
+        new = np.flatnonzero(ended)
+        if len(new):
+            episode = {
+                "r": self.ep_return.copy(),
+                "l": self.ep_steps.copy(),
+                "f": self.ep_agent_steps * self.frame_skip,
+            }
+            self._start_games(new, frames[new], lives[new])
+        if len(lost):
+            restart = np.flatnonzero(life_lost)
+            self.stack[restart] = 0
+            self.stack[restart, -1] = frames[restart]
+            self.lives[restart] = lives[restart]
+        keep = ~(ended | life_lost)
+        self.lives[keep] = lives[keep]
+        return {
+            "obs": self.stack.copy(),
+            "reward": raw,
+            "game_over": over,
+            "truncated": trunc,
+            "life_lost": life_lost,
+            "lives": self.lives.copy(),
+            "final_obs": final_obs,
+            "episode": episode,
+        }
+
+    def close(self) -> None:
+        self.emu.close()
 
 
 # --------------------------------------------------------------------------- SB3 VecEnv
@@ -252,14 +426,15 @@ class AtariVecEnv(VecEnv):
 
     Per step and env ``i``: the learner's ``done`` is game over, frame-cap truncation, or (with
     ``episodic_life``) a lost life while the game goes on; ``infos[i]`` has ``lives``,
-    ``raw_reward``, ``game_over``, ``TimeLimit.truncated``, and on done ``terminal_observation``
-    (the pre-reset observation; after a life loss the game continues, so it equals the returned
-    one); at the end of a full game ``episode = {"r": raw score, "l": agent steps, "t": s}``.
+    ``raw_reward``, ``game_over``, ``life_lost``, ``TimeLimit.truncated``, and on done
+    ``terminal_observation`` (the learner's last observation before the frame stack restarts);
+    at the end of a full game ``episode = {"r": raw score, "l": learner steps, "f": emulator
+    frames, "t": s}``. FIRE after a lost life and the stack restarts: see ``_AtariBatch``.
     """
 
     def __init__(
         self,
-        batch: _Batch,
+        batch: _AtariBatch,
         game: str,
         n_actions: int,
         frame_stack: int,
@@ -269,7 +444,7 @@ class AtariVecEnv(VecEnv):
         clip_rewards: bool,
         max_frames: int,
     ) -> None:
-        self._batch: _Batch | None = batch
+        self._batch: _AtariBatch | None = batch
         self.game = game
         self.episodic_life = episodic_life
         self.clip_rewards = clip_rewards
@@ -278,13 +453,9 @@ class AtariVecEnv(VecEnv):
         obs_space = spaces.Box(0, 255, (frame_stack, OBS_SIZE, OBS_SIZE), dtype=np.uint8)
         super().__init__(batch.num_envs, obs_space, spaces.Discrete(n_actions))
         self.seed(seed)
-        n = batch.num_envs
         self._actions: np.ndarray | None = None
-        self._lives = np.zeros(n, dtype=np.int64)
-        self._ep_return = np.zeros(n, dtype=np.float64)
-        self._ep_len = np.zeros(n, dtype=np.int64)
         self._t0 = time.time()
-        self.raw_rewards = np.zeros(n, dtype=np.float64)  # raw rewards of the last step
+        self.raw_rewards = np.zeros(batch.num_envs, dtype=np.float64)  # raw rewards of the last step
 
     # -- core
     def seed(self, seed: int | None = None) -> list[int | None]:
@@ -297,9 +468,6 @@ class AtariVecEnv(VecEnv):
         """Start new games in every env (seeded if ``seed`` was called since the last reset)."""
         obs, lives = self._live_batch().reset(self._seeds)
         self._reset_seeds()
-        self._lives[:] = lives
-        self._ep_return[:] = 0.0
-        self._ep_len[:] = 0
         self.reset_infos = [{"lives": int(x)} for x in lives]
         return obs
 
@@ -321,19 +489,15 @@ class AtariVecEnv(VecEnv):
     def step_wait(self) -> VecEnvStepReturn:
         if self._actions is None:
             raise RuntimeError("step_wait() without step_async()")
-        obs, raw, game_over, truncated, lives, final = self._live_batch().step(self._actions)
+        out = self._live_batch().step(self._actions)
         self._actions = None
+        raw = out["reward"]
+        game_over, truncated, life_lost = out["game_over"], out["truncated"], out["life_lost"]
         game_end = game_over | truncated
-        if game_end.any() and final is None:
-            raise RuntimeError(
-                f"{self!r}: a game ended but the backend returned no final observation"
-            )
         self.raw_rewards = raw
-        self._ep_return += raw
-        self._ep_len += 1
-        life_lost = (lives > 0) & (lives < self._lives) & ~game_end
         dones = game_end | life_lost if self.episodic_life else game_end
         rewards = (np.sign(raw) if self.clip_rewards else raw).astype(np.float32)
+        lives, final, episode = out["lives"], out["final_obs"], out["episode"]
         infos: list[dict[str, Any]] = []
         now = time.time()
         for i in range(self.num_envs):
@@ -341,21 +505,20 @@ class AtariVecEnv(VecEnv):
                 "lives": int(lives[i]),
                 "raw_reward": float(raw[i]),
                 "game_over": bool(game_over[i]),
+                "life_lost": bool(life_lost[i]),
                 "TimeLimit.truncated": bool(truncated[i] and not game_over[i]),
             }
             if dones[i]:
-                info["terminal_observation"] = final[i] if game_end[i] else obs[i].copy()
+                info["terminal_observation"] = final[i]
             if game_end[i]:
                 info["episode"] = {
-                    "r": float(self._ep_return[i]),
-                    "l": int(self._ep_len[i]),
+                    "r": float(episode["r"][i]),
+                    "l": int(episode["l"][i]),
+                    "f": int(episode["f"][i]),
                     "t": round(now - self._t0, 6),
                 }
-                self._ep_return[i] = 0.0
-                self._ep_len[i] = 0
             infos.append(info)
-        self._lives[:] = lives  # after a game over: the new game's lives
-        return obs, rewards, dones.copy(), infos
+        return out["obs"], rewards, dones.copy(), infos
 
     def close(self) -> None:
         """Stop the emulators (and the C++ worker threads); safe to call twice."""
@@ -363,7 +526,7 @@ class AtariVecEnv(VecEnv):
         if batch is not None:
             batch.close()
 
-    def _live_batch(self) -> _Batch:
+    def _live_batch(self) -> _AtariBatch:
         if self._batch is None:
             raise RuntimeError("this vector env is closed")
         return self._batch
@@ -426,8 +589,8 @@ def make_vec_env(
     cap = int(env.max_frames_per_episode if max_frames is None else max_frames)
     if cap < 1:
         raise ValueError(f"max_frames must be >= 1, got {max_frames}")
-    batch_cls = {"ale_vector": _AleBatch, "gymnasium": _GymBatch}[env.backend]
-    batch = batch_cls(name, n_envs, env, cap)
+    emu_cls = {"ale_vector": _AleEmulators, "gymnasium": _GymEmulators}[env.backend]
+    batch = _AtariBatch(emu_cls(name, n_envs, env, cap), env.frame_stack, env.fire_reset, env.frame_skip)
     try:
         return AtariVecEnv(
             batch,
