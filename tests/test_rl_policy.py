@@ -12,7 +12,13 @@ from gymnasium import spaces
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from clrl.config import PPOConfig, VCLConfig
-from clrl.rl.agent import TaskPPO, collect_states, learning_rate_schedule, normalize_rollout_advantages, value_loss
+from clrl.rl.agent import (
+    TaskPPO,
+    collect_states,
+    learning_rate_schedule,
+    normalize_rollout_advantages,
+    value_loss,
+)
 from clrl.rl.policy import TaskPolicy, build_actor_critic, preprocess
 
 SMALL = dict(channels=(4, 8, 8), hidden=16)
