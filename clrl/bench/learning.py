@@ -164,11 +164,14 @@ def train_clrl(cfg: Any, ev: dict[str, Any], log: Log, label: str) -> dict[str, 
             model.update(progress_remaining=1.0 - j / J)
             train_s += time.perf_counter() - tick
             steps = (j + 1) * batch
+            rate = f"{steps / max(train_s, 1e-9):.0f} steps/s"
             if schedule.due(steps):
                 point = _eval_point(lambda g: net.actor_fn(0, deterministic=False, generator=g), game, seed,
                                     len(curve), steps, ev)
                 curve.append(point)
-                log(f"{label}: {steps:,} steps, eval {point['mean']:.1f} ({steps / max(train_s, 1e-9):.0f} steps/s)")
+                log(f"{label}: {steps:,} steps, eval {point['mean']:.1f} ({rate})")
+            elif (j + 1) % max(1, J // 10) == 0:
+                log(f"{label}: {steps:,}/{J * batch:,} steps ({rate})")
     finally:
         env.close()
     return {"curve": curve, "train_seconds": round(train_s, 2), "steps": J * batch}
@@ -240,8 +243,13 @@ def train_sb3(job: dict[str, Any], log: Log) -> dict[str, Any]:
         """Between updates (at the start of the next rollout), as clrl's runs evaluate."""
 
         def _on_rollout_start(self) -> None:
-            if self.num_timesteps > 0 and self.num_timesteps < J * batch and schedule.due(self.num_timesteps):
-                point(self.num_timesteps)
+            steps = self.num_timesteps
+            if steps <= 0 or steps >= J * batch:
+                return
+            if schedule.due(steps):
+                point(steps)
+            elif (steps // batch) % max(1, J // 10) == 0:
+                log(f"{label}: {steps:,}/{J * batch:,} steps")
 
         def _on_step(self) -> bool:
             return True
