@@ -24,6 +24,7 @@ examples:
   clrl report runs/*                                 tables and figures over runs
   clrl sweep configs/sweep_digits.yaml               a grid of runs (local or --backend ray)
   clrl bench ppo                                     throughput vs stock SB3 PPO
+  clrl bench learning                                score at the same budget vs stock SB3 PPO
 """
 
 
@@ -162,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     bsub = bench.add_subparsers(dest="bench", metavar="WHICH", required=True)
     _delegated(bsub.add_parser("hooks", help="optimizer step time and memory per regularizer"), "clrl.bench.hooks")
     _delegated(bsub.add_parser("ppo", help="env steps/s: SB3 stock PPO vs clrl per regularizer"), "clrl.bench.ppo")
+    _delegated(bsub.add_parser("learning", help="score at the same budget: SB3 stock PPO vs clrl's PPO"),
+               "clrl.bench.learning")
     return parser
 
 

@@ -130,6 +130,11 @@ class RLModel(Strict):
     channels: list[int] = Field([32, 64, 64], min_length=3, max_length=3)
     hidden: int = Field(512, ge=1)
     activation: str | list[str] = "relu"
+    init: Literal["orthogonal", "default"] = Field(
+        "orthogonal",
+        description="orthogonal: PPO's init (SB3, CleanRL, openai baselines): gain sqrt(2) trunk, 0.01 policy "
+        "heads, 1 value heads, zero biases, also for later tasks' heads; default: PyTorch's (the AGS-CL code's)",
+    )
 
     _activation = field_validator("activation")(lambda cls, v: _check_activation(v))
 
@@ -169,7 +174,21 @@ class PPOConfig(Strict):
     gamma: float = Field(0.99, ge=0, le=1)
     gae_lambda: float = Field(0.95, ge=0, le=1)
     max_grad_norm: float = Field(0.5, gt=0)
-    normalize_advantage: bool = True
+    value_loss: Literal["sb3", "baselines"] = Field(
+        "sb3",
+        description="sb3: vf_coef * mean((V' - R)^2), V' the clipped value when clip_range_vf is set; "
+        "baselines (openai baselines / a2c-ppo-acktr, the AGS-CL code): vf_coef * 0.5 * mean(max((V - R)^2, "
+        "(V' - R)^2)), i.e. half the weight",
+    )
+    advantage_norm: Literal["minibatch", "rollout", "none"] = Field(
+        "minibatch",
+        description="standardize advantages per minibatch (SB3, eps 1e-8), once over the whole rollout "
+        "(a2c-ppo-acktr, eps 1e-5) or not at all",
+    )
+    normalize_advantage: bool | None = Field(
+        None, description="older spelling, still read: false = advantage_norm none; merged into advantage_norm "
+        "when a config is read (then null)"
+    )
     consolidation_samples: int = Field(2560, ge=1, description="states of the trained policy used by end_task")
     vcl: VCLConfig = VCLConfig()
     deterministic: bool = Field(
@@ -185,6 +204,30 @@ class PPOConfig(Strict):
         0, ge=0, description="torch intra-op CPU threads; 0 = torch's default (one per core). 1 is often "
         "faster on a busy or small machine, where torch's threads and the emulator threads compete"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _advantage_keys(cls, data: Any) -> Any:
+        """Reconcile ``normalize_advantage`` (older key) with ``advantage_norm``.
+
+        Only ``normalize_advantage`` given (an older config): ``true`` is ``minibatch`` (what
+        it meant), ``false`` is ``none``; both given and contradicting: an error. The older key
+        is then cleared, so ``advantage_norm`` alone says what happens and a dumped config (or
+        an assignment to ``advantage_norm``) never contradicts it.
+        """
+        if not isinstance(data, dict):
+            return data
+        flag, scope = data.get("normalize_advantage"), data.get("advantage_norm")
+        if (flag is not None and not isinstance(flag, bool)) or scope not in (None, "minibatch", "rollout", "none"):
+            return data  # wrong types and values are reported by the field validation
+        if scope is None:
+            scope = "minibatch" if flag in (None, True) else "none"
+        elif flag is not None and flag != (scope != "none"):
+            raise ValueError(
+                f"normalize_advantage: {str(flag).lower()} contradicts advantage_norm: {scope}; "
+                "give advantage_norm only (normalize_advantage is the older spelling)"
+            )
+        return {**data, "advantage_norm": scope, "normalize_advantage": None}
 
     @model_validator(mode="after")
     def _minibatches_divide(self) -> PPOConfig:
@@ -348,6 +391,27 @@ def read_yaml_mapping(path: str | os.PathLike, what: str = "config file") -> dic
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> RLConfig | SupervisedConfig:
     """Read a YAML config, apply ``--set`` overrides, validate; errors name the file and key."""
     return config_from_dict(read_yaml_mapping(path), source=str(path), overrides=overrides)
+
+
+# Keys added after run directories were written, with the behaviour runs had before each key
+# existed (where the new default differs). A run's saved config.yaml is the fully resolved
+# config, so one that lacks such a key was written by an older clrl: resuming it keeps the old
+# behaviour instead of switching the loss or the later tasks' head init in mid-run.
+LEGACY_DEFAULTS: dict[str, dict[tuple[str, str], Any]] = {
+    "rl": {("model", "init"): "default", ("train", "value_loss"): "baselines"},
+}
+
+
+def load_saved_config(path: str | os.PathLike) -> RLConfig | SupervisedConfig:
+    """A run directory's saved config (for resume): :data:`LEGACY_DEFAULTS` fill missing keys."""
+    data = read_yaml_mapping(path, "saved config")
+    for (section, key), value in LEGACY_DEFAULTS.get(str(data.get("kind")), {}).items():
+        node = data.get(section)
+        if node is None:
+            node = data[section] = {}
+        if isinstance(node, dict) and key not in node:
+            node[key] = value
+    return config_from_dict(data, source=str(path))
 
 
 def config_from_dict(

@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from clrl.config import RLConfig, SupervisedConfig, dump_config, load_config
+from clrl.config import RLConfig, SupervisedConfig, dump_config, load_saved_config
 from clrl.errors import UserError
 from clrl.io import atomic_write_text
 
@@ -104,7 +104,7 @@ def open_run_dir(path: str | os.PathLike) -> tuple[RunDir, RLConfig | Supervised
     rd = RunDir(Path(path))
     if not rd.config_path.is_file():
         raise UserError(f"{rd.root} is not a run directory (no config.yaml); nothing to resume")
-    return rd, load_config(rd.config_path)
+    return rd, load_saved_config(rd.config_path)
 
 
 def setup_logging(rd: RunDir, name: str = "clrl") -> logging.Logger:

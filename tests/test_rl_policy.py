@@ -12,7 +12,13 @@ from gymnasium import spaces
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from clrl.config import PPOConfig, VCLConfig
-from clrl.rl.agent import TaskPPO, collect_states, learning_rate_schedule
+from clrl.rl.agent import (
+    TaskPPO,
+    collect_states,
+    learning_rate_schedule,
+    normalize_rollout_advantages,
+    value_loss,
+)
 from clrl.rl.policy import TaskPolicy, build_actor_critic, preprocess
 
 SMALL = dict(channels=(4, 8, 8), hidden=16)
@@ -182,36 +188,62 @@ def test_learning_rate_decays_linearly_within_a_task():
     assert seen == pytest.approx([3e-4, 2.25e-4])
 
 
-def _manual_ppo_loss(model: TaskPPO, net, clip: float, clip_vf: float | None, ent: float, vf: float) -> torch.Tensor:
-    """The PPO loss written out from the buffer's numpy arrays (independent of TaskPPO.train)."""
+def _manual_ppo_loss(
+    model: TaskPPO, net, clip: float, clip_vf: float | None, ent: float, vf: float,
+    value_loss: str = "baselines", advantage_norm: str = "minibatch", idx: np.ndarray | None = None,
+) -> torch.Tensor:
+    """The PPO loss written out from the buffer's numpy arrays (independent of TaskPPO.train),
+    on the minibatch ``idx`` of the flattened rollout (default: all of it)."""
     buf = model.rollout_buffer
-    obs = torch.as_tensor(buf.observations.reshape(-1, 4, 84, 84))
-    actions = torch.as_tensor(buf.actions.reshape(-1)).long()
-    old_logp = torch.as_tensor(buf.log_probs.reshape(-1))
-    old_v = torch.as_tensor(buf.values.reshape(-1))
-    returns = torch.as_tensor(buf.returns.reshape(-1))
-    adv = torch.as_tensor(buf.advantages.reshape(-1))
-    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    idx = np.arange(buf.advantages.size) if idx is None else idx
+    a_all = buf.advantages.swapaxes(0, 1).reshape(-1).astype(np.float64)  # SB3's env-major flattening
+
+    def flat(x: np.ndarray, *shape: int) -> torch.Tensor:
+        return torch.as_tensor(x.swapaxes(0, 1).reshape(-1, *shape)[idx])
+
+    obs = flat(buf.observations, 4, 84, 84)
+    actions = flat(buf.actions).long().flatten()
+    old_logp, old_v, returns = flat(buf.log_probs).flatten(), flat(buf.values).flatten(), flat(buf.returns).flatten()
+
+    def standardize(x: np.ndarray, eps: float) -> np.ndarray:  # torch's unbiased std
+        return (x - x.mean()) / (np.sqrt(((x - x.mean()) ** 2).sum() / (x.size - 1)) + eps)
+
+    if advantage_norm == "minibatch":  # SB3: over the minibatch, eps 1e-8
+        a = standardize(a_all[idx], 1e-8)
+    elif advantage_norm == "rollout":  # a2c-ppo-acktr: once over the rollout, eps 1e-5
+        a = standardize(a_all, 1e-5)[idx]
+    else:
+        a = a_all[idx]
+    adv = torch.as_tensor(a, dtype=torch.float32)
     feats = net.trunk(obs.float() / 255)
     logits = net.actor.heads[0](feats)
     v = net.critic.heads[0](feats).flatten()
     dist = torch.distributions.Categorical(logits=logits)
     ratio = torch.exp(dist.log_prob(actions) - old_logp)
     pg = -torch.minimum(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv).mean()
-    vl = (v - returns) ** 2
-    if clip_vf is not None:
-        vl = torch.maximum(vl, (old_v + (v - old_v).clamp(-clip_vf, clip_vf) - returns) ** 2)
-    return pg + vf * 0.5 * vl.mean() - ent * dist.entropy().mean()
+    unclipped = (v - returns) ** 2
+    clipped = (old_v + (v - old_v).clamp(-clip_vf, clip_vf) - returns) ** 2 if clip_vf is not None else unclipped
+    if value_loss == "baselines":  # openai baselines ppo2 / a2c-ppo-acktr: .5 * max(unclipped, clipped)
+        vterm = 0.5 * torch.maximum(unclipped, clipped).mean()
+    else:  # SB3: F.mse_loss(returns, clipped-or-plain values)
+        vterm = clipped.mean()
+    return pg + vf * vterm - ent * dist.entropy().mean()
 
 
-@pytest.mark.parametrize("clip_vf", [None, 0.2])
-def test_ppo_step_equals_adam_on_the_written_out_loss(clip_vf):
+@pytest.mark.parametrize(
+    ("clip_vf", "value_loss", "advantage_norm"),
+    [(None, "baselines", "minibatch"), (0.2, "baselines", "minibatch"), (None, "sb3", "minibatch"),
+     (0.2, "sb3", "rollout"), (None, "baselines", "rollout"), (0.2, "sb3", "none")],
+)
+def test_ppo_step_equals_adam_on_the_written_out_loss(clip_vf, value_loss, advantage_norm):
     torch.manual_seed(2)
     net = build_actor_critic(**SMALL, activation="relu")
-    model = make_model(net, 0, 3, n_minibatches=1, n_epochs=1, clip_range_vf=clip_vf, max_grad_norm=0.05)
+    model = make_model(net, 0, 3, n_minibatches=1, n_epochs=1, clip_range_vf=clip_vf, max_grad_norm=0.05,
+                       value_loss=value_loss, advantage_norm=advantage_norm)
     model.collect_rollouts(model.env, model._callback, model.rollout_buffer, n_rollout_steps=model.n_steps)
     twin = copy.deepcopy(net)
-    loss = _manual_ppo_loss(model, twin, clip=0.1, clip_vf=clip_vf, ent=0.01, vf=0.5)
+    loss = _manual_ppo_loss(model, twin, clip=0.1, clip_vf=clip_vf, ent=0.01, vf=0.5,
+                            value_loss=value_loss, advantage_norm=advantage_norm)
     params = twin.task_parameters(0)
     opt = torch.optim.Adam(params, lr=1e-3 * 0.5, eps=1e-5)
     loss.backward()
@@ -222,6 +254,52 @@ def test_ppo_step_equals_adam_on_the_written_out_loss(clip_vf):
     assert model.last_stats["loss"] == pytest.approx(loss.item(), rel=1e-4, abs=1e-6)
     for (name, a), b in zip(net.named_parameters(), twin.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6), name
+
+
+@pytest.mark.parametrize("advantage_norm", ["minibatch", "rollout", "none"])
+def test_advantage_scope_over_two_minibatches_matches_two_written_out_steps(advantage_norm):
+    """Per-minibatch and per-rollout standardization differ once there are two minibatches."""
+    torch.manual_seed(4)
+    net = build_actor_critic(**SMALL, activation="relu")
+    model = make_model(net, 0, 3, n_minibatches=2, n_epochs=1, clip_range_vf=None, max_grad_norm=100.0,
+                       value_loss="sb3", advantage_norm=advantage_norm)
+    model.collect_rollouts(model.env, model._callback, model.rollout_buffer, n_rollout_steps=model.n_steps)
+    twin = copy.deepcopy(net)
+    params = twin.task_parameters(0)
+    opt = torch.optim.Adam(params, lr=1e-3, eps=1e-5)
+    np.random.seed(11)
+    perm = np.random.permutation(model.rollout_buffer.advantages.size)  # SB3's minibatch order
+    for idx in np.split(perm, 2):
+        loss = _manual_ppo_loss(model, twin, clip=0.1, clip_vf=None, ent=0.01, vf=0.5, value_loss="sb3",
+                                advantage_norm=advantage_norm, idx=idx)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    np.random.seed(11)
+    model._current_progress_remaining = 1.0
+    model.train()
+    for (name, a), b in zip(net.named_parameters(), twin.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_value_loss_conventions_weigh_the_squared_error_as_documented():
+    v, r, old = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([0.0, 1.0, 0.5]), torch.tensor([0.8, -1.0, 0.0])
+    mse = (1.0 + 9.0 + 0.0) / 3  # by hand
+    assert value_loss(v, r, old, None, "sb3").item() == pytest.approx(mse)
+    assert value_loss(v, r, old, None, "baselines").item() == pytest.approx(0.5 * mse)
+    # clipped at 0.1 around old: V' = [0.9, -1.1, 0.1]; (V' - R)^2 = [0.81, 4.41, 0.16]
+    assert value_loss(v, r, old, 0.1, "sb3").item() == pytest.approx((0.81 + 4.41 + 0.16) / 3)
+    # baselines: max with the unclipped [1, 9, 0] -> [1, 9, 0.16], times 0.5
+    assert value_loss(v, r, old, 0.1, "baselines").item() == pytest.approx(0.5 * (1 + 9 + 0.16) / 3)
+    with pytest.raises(ValueError, match="unknown value-loss convention"):
+        value_loss(v, r, old, None, "mse")
+
+
+def test_rollout_advantage_normalization_by_hand():
+    a = np.array([[1.0, 3.0], [5.0, 7.0]])  # mean 4, unbiased std sqrt(20/3)
+    out = normalize_rollout_advantages(a)
+    assert out.dtype == np.float32 and out.shape == (2, 2)
+    assert np.allclose(out, (a - 4.0) / (np.sqrt(20.0 / 3.0) + 1e-5))
 
 
 def test_vcl_loss_trains_the_betas_and_enters_the_loss():
@@ -275,3 +353,94 @@ def test_every_activation_spec_trains_one_update(spec):
     assert np.isfinite(stats["loss"])
     assert all(torch.isfinite(p).all() for p in net.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(before, net.trunk.parameters(), strict=True))
+
+
+def _gram_is(weight: torch.Tensor, gain: float) -> bool:
+    """``W W^T = gain^2 I`` (rows orthogonal) if W has no more rows than columns, else ``W^T W``."""
+    w = weight.detach().reshape(weight.shape[0], -1).double()
+    gram = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
+    return torch.allclose(gram, gain**2 * torch.eye(gram.shape[0], dtype=torch.float64), atol=1e-5 * max(gain**2, 1e-4))
+
+
+def test_orthogonal_init_gives_ppo_gains_in_trunk_and_every_tasks_heads():
+    from torch import nn
+
+    torch.manual_seed(0)
+    net = build_actor_critic(**SMALL, activation="relu", init="orthogonal")
+    net.add_task(0, 3)
+    net.add_task(1, 5)  # a later task's heads get the same scheme
+    layers = [m for m in net.trunk.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    assert len(layers) == 4
+    for m in layers:
+        assert _gram_is(m.weight, 2**0.5) and not m.bias.any()
+    for t in (0, 1):
+        actor, critic = net.actor.heads[t], net.critic.heads[t]
+        assert _gram_is(actor.weight, 0.01) and not actor.bias.any()
+        assert _gram_is(critic.weight, 1.0) and not critic.bias.any()  # one row: |w| = 1
+        assert not _gram_is(actor.weight, 1.0)
+    # a tall weight (more rows than columns): the columns are orthogonal instead
+    from clrl.nets.init import orthogonal_init_
+
+    tall = orthogonal_init_(nn.Linear(3, 10), 2.0)
+    assert _gram_is(tall.weight, 2.0) and tall.weight.shape == (10, 3)
+
+
+def test_default_init_is_pytorchs_and_unknown_schemes_are_refused():
+    torch.manual_seed(5)
+    a = build_actor_critic(**SMALL, activation="relu")
+    torch.manual_seed(5)
+    b = build_actor_critic(**SMALL, activation="relu", init="default")
+    from clrl.nets import atari_trunk
+
+    torch.manual_seed(5)
+    plain = atari_trunk(channels=SMALL["channels"], hidden=SMALL["hidden"])
+    for x, y, z in zip(a.parameters(), b.parameters(), plain.parameters(), strict=True):
+        assert torch.equal(x, y) and torch.equal(x, z)
+    b.add_task(0, 3)
+    assert b.actor.heads[0].bias.abs().sum() > 0 and not _gram_is(b.actor.heads[0].weight, 0.01)
+    with pytest.raises(ValueError, match="unknown init scheme"):
+        build_actor_critic(**SMALL, activation="relu", init="xavier")
+
+
+def test_agscl_reinitialization_draws_from_the_orthogonal_scheme():
+    from clrl.layers.nodes import fresh_incoming, node_view
+
+    net = build_actor_critic(**SMALL, activation="relu", init="orthogonal")
+    layer = node_view(net.trunk)[0]
+    fresh = fresh_incoming(layer, torch.Generator().manual_seed(0))
+    assert torch.equal(fresh[:, -1], torch.zeros(fresh.shape[0]))  # zero biases
+    assert _gram_is(fresh[:, :-1], 2**0.5)
+
+
+def test_model_init_config_default_and_legacy_resume_default(tmp_path):
+    from clrl.config import RLConfig, load_saved_config
+
+    cfg = RLConfig(name="x", kind="rl", tasks={"games": ["Pong"], "steps_per_task": 8})
+    assert (cfg.model.init, cfg.train.value_loss, cfg.train.advantage_norm) == ("orthogonal", "sb3", "minibatch")
+    # a config.yaml saved before these keys existed resumes with the behaviour it had
+    old = tmp_path / "config.yaml"
+    old.write_text("name: x\nkind: rl\ntasks: {games: [Pong], steps_per_task: 8}\nmodel: {hidden: 16}\n"
+                   "train: {normalize_advantage: true}\n")
+    saved = load_saved_config(old)
+    assert (saved.model.init, saved.train.value_loss, saved.train.advantage_norm) == ("default", "baselines", "minibatch")
+    new = tmp_path / "new.yaml"
+    new.write_text("name: x\nkind: rl\ntasks: {games: [Pong], steps_per_task: 8}\nmodel: {init: orthogonal}\n"
+                   "train: {value_loss: sb3, normalize_advantage: false}\n")
+    saved = load_saved_config(new)
+    assert (saved.model.init, saved.train.value_loss, saved.train.advantage_norm) == ("orthogonal", "sb3", "none")
+
+
+def test_advantage_keys_old_spelling_and_contradictions():
+    from clrl.config import config_from_dict
+    from clrl.errors import ConfigError
+
+    assert PPOConfig(normalize_advantage=False).advantage_norm == "none"
+    assert PPOConfig(normalize_advantage=True).advantage_norm == "minibatch"
+    assert PPOConfig(normalize_advantage=True, advantage_norm="rollout").advantage_norm == "rollout"
+    c = PPOConfig(advantage_norm="rollout")
+    assert c.normalize_advantage is None  # merged: a dumped config never contradicts itself
+    assert PPOConfig(**c.model_dump()).advantage_norm == "rollout"
+    data = {"name": "x", "kind": "rl", "tasks": {"games": ["Pong"], "steps_per_task": 8},
+            "train": {"normalize_advantage": False, "advantage_norm": "rollout"}}
+    with pytest.raises(ConfigError, match="contradicts advantage_norm"):
+        config_from_dict(data)

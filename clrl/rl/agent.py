@@ -8,8 +8,12 @@ task's heads, and a fresh Adam over the trunk and those heads only (REFERENCE.md
 Why ``train`` is overridden: the paper's PPO (the a2c-ppo-acktr code the AGS-CL authors used)
 differs from SB3's in ways the runs depend on, and clrl needs hooks into the loss:
 
-* clipped value loss is the pessimistic ``0.5 * max((V - R)^2, (V_clip - R)^2)`` of OpenAI
-  baselines / a2c-ppo-acktr (SB3 uses only the clipped term and no 0.5);
+* the value loss follows ``train.value_loss`` (:func:`value_loss`): SB3's ``mean((V' - R)^2)``
+  (``V'`` the clipped value when ``clip_range_vf`` is set) or the pessimistic
+  ``0.5 * mean(max((V - R)^2, (V' - R)^2))`` of OpenAI baselines / a2c-ppo-acktr, which gives
+  the value function half SB3's weight at the same ``vf_coef``;
+* advantages are standardized per minibatch (SB3), once over the rollout (a2c-ppo-acktr) or
+  not at all, as ``train.advantage_norm`` says (:func:`normalize_rollout_advantages`);
 * the VCL loss (Littwin & Wolf 2018, eq. 17) of the minibatch's own forward pass is added to
   the PPO loss, so its gradient flows through the same ``backward`` and clipping;
 * gradients are clipped over the parameters this task trains (past heads hold no gradient);
@@ -35,7 +39,45 @@ from torch import Tensor
 from clrl.config import PPOConfig
 from clrl.rl.policy import ActorCritic, TaskPolicy
 
-__all__ = ["TaskPPO", "learning_rate_schedule", "collect_states"]
+__all__ = [
+    "TaskPPO", "learning_rate_schedule", "collect_states", "value_loss", "normalize_rollout_advantages",
+    "VALUE_LOSS_WEIGHT", "MINIBATCH_ADV_EPS", "ROLLOUT_ADV_EPS",
+]
+
+# weight of mean((V - R)^2) in the loss per vf_coef, without value clipping
+VALUE_LOSS_WEIGHT = {"sb3": 1.0, "baselines": 0.5}
+MINIBATCH_ADV_EPS = 1e-8  # SB3's PPO.train
+ROLLOUT_ADV_EPS = 1e-5  # a2c-ppo-acktr's PPO.update
+
+
+def value_loss(
+    values: Tensor, returns: Tensor, old_values: Tensor, clip_vf: float | None, convention: str
+) -> Tensor:
+    """The value term that ``vf_coef`` multiplies, in SB3's or openai baselines' convention.
+
+    ``sb3`` (``stable_baselines3.PPO.train``): ``mean((V' - R)^2)`` with ``V' = V_old +
+    clip(V - V_old, -c, c)`` when ``clip_vf`` is set, else ``V' = V``. ``baselines`` (ppo2,
+    a2c-ppo-acktr): ``0.5 * mean(max((V - R)^2, (V' - R)^2))``, i.e. ``0.5 * mean((V - R)^2)``
+    unclipped.
+    """
+    if convention not in VALUE_LOSS_WEIGHT:
+        raise ValueError(f"unknown value-loss convention {convention!r}; allowed: {', '.join(VALUE_LOSS_WEIGHT)}")
+    if clip_vf is None:
+        err = (values - returns) ** 2
+    else:
+        clipped = old_values + torch.clamp(values - old_values, -clip_vf, clip_vf)
+        clipped_err = (clipped - returns) ** 2
+        err = clipped_err if convention == "sb3" else torch.max((values - returns) ** 2, clipped_err)
+    return VALUE_LOSS_WEIGHT[convention] * err.mean()
+
+
+def normalize_rollout_advantages(advantages: np.ndarray) -> np.ndarray:
+    """``(A - mean A) / (std A + 1e-5)`` over the whole rollout, std with Bessel's correction,
+    as a2c-ppo-acktr does once before its epochs (torch's ``std`` is unbiased)."""
+    a = np.asarray(advantages, dtype=np.float64)
+    if a.size < 2:
+        return a.astype(np.float32)
+    return ((a - a.mean()) / (a.std(ddof=1) + ROLLOUT_ADV_EPS)).astype(np.float32)
 
 
 def learning_rate_schedule(ppo: PPOConfig) -> Callable[[float], float]:
@@ -80,7 +122,7 @@ class TaskPPO(PPO):
             gae_lambda=ppo.gae_lambda,
             clip_range=ppo.clip_range,
             clip_range_vf=ppo.clip_range_vf,
-            normalize_advantage=ppo.normalize_advantage,
+            normalize_advantage=ppo.advantage_norm == "minibatch",
             ent_coef=ppo.ent_coef,
             vf_coef=ppo.vf_coef,
             max_grad_norm=ppo.max_grad_norm,
@@ -90,6 +132,8 @@ class TaskPPO(PPO):
         )
         self.net = net
         self.task = int(task)
+        self.value_loss_convention = ppo.value_loss
+        self.advantage_norm = ppo.advantage_norm
         self.aux_loss: Callable[[], Tensor] | None = net.vcl.loss if net.vcl is not None and net.vcl.gamma > 0 else None
         self.optimizer_steps = 0
         self.last_stats: dict[str, float] = {}
@@ -158,24 +202,23 @@ class TaskPPO(PPO):
             value = value.detach()
             sums[key] = sums[key] + value if key in sums else value.clone()
 
+        if self.advantage_norm == "rollout":
+            # once, before the epochs; the returns were computed before and are unchanged
+            self.rollout_buffer.advantages = normalize_rollout_advantages(self.rollout_buffer.advantages)
         for _epoch in range(self.n_epochs):
             for data in self.rollout_buffer.get(self.batch_size):
                 actions = data.actions.long().flatten()
                 values, log_prob, entropy = self.policy.evaluate_actions(data.observations, actions)
                 values = values.flatten()
                 adv = data.advantages
-                if self.normalize_advantage and adv.numel() > 1:
-                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+                if self.advantage_norm == "minibatch" and adv.numel() > 1:
+                    adv = (adv - adv.mean()) / (adv.std() + MINIBATCH_ADV_EPS)
                 log_ratio = log_prob - data.old_log_prob
                 ratio = torch.exp(log_ratio)
                 policy_loss = -torch.min(adv * ratio, adv * torch.clamp(ratio, 1 - clip, 1 + clip)).mean()
-                value_err = (values - data.returns) ** 2
-                if clip_vf is not None:
-                    clipped = data.old_values + torch.clamp(values - data.old_values, -clip_vf, clip_vf)
-                    value_err = torch.max(value_err, (clipped - data.returns) ** 2)
-                value_loss = 0.5 * value_err.mean()
+                v_loss = value_loss(values, data.returns, data.old_values, clip_vf, self.value_loss_convention)
                 entropy_mean = entropy.mean()
-                loss = policy_loss - self.ent_coef * entropy_mean + self.vf_coef * value_loss
+                loss = policy_loss - self.ent_coef * entropy_mean + self.vf_coef * v_loss
                 if self.aux_loss is not None:
                     aux = self.aux_loss()
                     loss = loss + aux
@@ -188,7 +231,7 @@ class TaskPPO(PPO):
                 self.optimizer_steps += 1
 
                 add("policy_loss", policy_loss)
-                add("value_loss", value_loss)
+                add("value_loss", v_loss)
                 add("entropy", entropy_mean)
                 add("loss", loss)
                 add("grad_norm", grad_norm)

@@ -23,6 +23,7 @@ from torch.nn import functional as F
 
 from clrl.layers import VCL
 from clrl.nets import MultiHead, atari_trunk
+from clrl.nets.init import POLICY_GAIN, TRUNK_GAIN, VALUE_GAIN, check_scheme, orthogonal_init_
 
 __all__ = ["ActorCritic", "TaskPolicy", "build_actor_critic", "preprocess"]
 
@@ -45,10 +46,17 @@ class ActorCritic(nn.Module):
 
     ``vcl`` (when enabled) holds the variance-constancy betas; its loss is added to the PPO
     loss by :class:`clrl.rl.agent.TaskPPO`.
+
+    ``init`` (config ``model.init``, :mod:`clrl.nets.init`): ``"orthogonal"`` re-initializes the
+    trunk here (gain sqrt(2)) and every head :meth:`add_task` creates, also for later tasks
+    (actor 0.01, critic 1, zero biases); ``"default"`` keeps PyTorch's init everywhere.
     """
 
-    def __init__(self, trunk: nn.Module) -> None:
+    def __init__(self, trunk: nn.Module, init: str = "default") -> None:
         super().__init__()
+        self.init = check_scheme(init)
+        if self.init == "orthogonal":
+            orthogonal_init_(trunk, TRUNK_GAIN)
         self.trunk = trunk
         width = int(trunk.out_features)
         self.actor = MultiHead(width)
@@ -60,8 +68,13 @@ class ActorCritic(nn.Module):
     def add_task(self, task: int, n_actions: int) -> None:
         """Create the actor head (``n_actions`` logits) and critic head of ``task``."""
         device = next(self.trunk.parameters()).device
-        self.actor.add_head(task, n_actions).to(device)
-        self.critic.add_head(task, 1).to(device)
+        actor = self.actor.add_head(task, n_actions)
+        critic = self.critic.add_head(task, 1)
+        if self.init == "orthogonal":
+            orthogonal_init_(actor, POLICY_GAIN)
+            orthogonal_init_(critic, VALUE_GAIN)
+        actor.to(device)
+        critic.to(device)
 
     @property
     def tasks(self) -> list[int]:
@@ -120,10 +133,11 @@ class ActorCritic(nn.Module):
 
 
 def build_actor_critic(
-    channels: Sequence[int], hidden: int, activation: str | Sequence[str], in_channels: int = 4
+    channels: Sequence[int], hidden: int, activation: str | Sequence[str], in_channels: int = 4, init: str = "default"
 ) -> ActorCritic:
-    """The Nature/AGS-CL CNN trunk with the given activation spec(s), no heads yet."""
-    return ActorCritic(atari_trunk(channels=channels, hidden=hidden, activation=activation, in_channels=in_channels))
+    """The Nature/AGS-CL CNN trunk with the given activation spec(s) and init scheme, no heads yet."""
+    trunk = atari_trunk(channels=channels, hidden=hidden, activation=activation, in_channels=in_channels)
+    return ActorCritic(trunk, init=init)
 
 
 class TaskPolicy(BasePolicy):

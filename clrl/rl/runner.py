@@ -148,7 +148,8 @@ class SequentialRun:
         self.torch_threads = torch.get_num_threads()
         seed_everything(cfg.seed, deterministic=self.deterministic)
         self.net: ActorCritic = build_actor_critic(
-            cfg.model.channels, cfg.model.hidden, cfg.model.activation, in_channels=cfg.env.frame_stack
+            cfg.model.channels, cfg.model.hidden, cfg.model.activation, in_channels=cfg.env.frame_stack,
+            init=cfg.model.init,
         ).to(self.device)
         if cfg.train.vcl.gamma > 0:
             self.net.enable_vcl(cfg.train.vcl.gamma, cfg.train.vcl.n)

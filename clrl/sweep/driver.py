@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from clrl.config import config_from_dict, config_to_dict
+from clrl.config import config_to_dict, load_saved_config
 from clrl.errors import ConfigError, UserError
 from clrl.results import load_results, now
 from clrl.sweep.backends import InlineBackend, PoolBackend, RayBackend, available_cpus
@@ -76,7 +76,7 @@ def check_existing(plan: SweepPlan) -> dict[str, str]:
         saved = root / "config.yaml"
         if saved.is_file():
             try:
-                old = config_to_dict(config_from_dict(yaml.safe_load(saved.read_text()), source=str(saved)))
+                old = config_to_dict(load_saved_config(saved))  # old keys read as the run had them
             except (ConfigError, yaml.YAMLError):
                 old = None
             diff = _differences(old, trial.config) if old is not None else ["config.yaml unreadable"]
