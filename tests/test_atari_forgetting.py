@@ -446,3 +446,11 @@ def test_render_of_hand_made_results_states_the_right_conclusion(tiny_experiment
         [95 / 100 + 1, 108 / 110 + 1, 119 / 120 + 1]))  # reference maxima: its R[0][0] and 50
     steps, ivs = agscl.norm_curve
     assert steps.tolist() == [32, 64, 96, 128] and len(ivs) == 4
+
+
+def test_readme_names_the_experiment_commands_and_files():
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("### Forgetting on Atari")[1].split("\n### ")[0]
+    assert "python scripts/atari_forgetting.py " in section and "python scripts/atari_forgetting.py --render" in section
+    for path in ("configs/sweep_atari_forgetting.yaml", "configs/atari_forgetting.yaml", "scripts/atari_forgetting.py"):
+        assert (REPO / path).is_file() and (path in section or path.startswith("scripts/"))
