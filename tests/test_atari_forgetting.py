@@ -454,3 +454,27 @@ def test_readme_names_the_experiment_commands_and_files():
     assert "python scripts/atari_forgetting.py " in section and "python scripts/atari_forgetting.py --render" in section
     for path in ("configs/sweep_atari_forgetting.yaml", "configs/atari_forgetting.yaml", "scripts/atari_forgetting.py"):
         assert (REPO / path).is_file() and (path in section or path.startswith("scripts/"))
+
+
+def test_a_killed_invocation_gets_its_time_from_the_sweep_log(tmp_path):
+    log = tmp_path / "sweep_log.txt"
+    log.write_text("2026-01-01T10:00:05+00:00 6 trials to run\n"
+                   "2026-01-01T10:20:00+00:00 finetune-seed=0: complete in 1195.0 s\n"
+                   "2026-01-01T11:00:10+00:00 6 trials to run (2 resume from a checkpoint)\n")
+    record = fd.new_record("configs/x.yaml")
+    record["invocations"] = [{"started": "2026-01-01T10:00:00+00:00", "seconds": None},  # killed at ~10:20
+                             {"started": "2026-01-01T11:00:00+00:00", "seconds": 300.0}]
+    assert fd.close_killed_invocations(record, log) == 1
+    assert record["invocations"][0] == {"started": "2026-01-01T10:00:00+00:00", "seconds": 1200.0, "killed": True}
+    fd.save_record(tmp_path / "e.json", record)
+    assert fd.load_record(tmp_path / "e.json")["wall_seconds"] == 1500.0
+    assert fd.close_killed_invocations(record, log) == 0
+
+
+def test_one_driver_per_sweep_folder(tmp_path):
+    with af.experiment_lock(tmp_path):
+        with pytest.raises(UserError, match="in use by another"):
+            with af.experiment_lock(tmp_path):
+                pass
+    with af.experiment_lock(tmp_path):  # released
+        pass

@@ -16,12 +16,15 @@
 from __future__ import annotations
 
 import argparse
+import fcntl
 import math
 import os
 import shlex
 import shutil
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from clrl.errors import UserError
@@ -63,7 +66,7 @@ def run_experiment(args: argparse.Namespace, argv: list[str]) -> int:
     """Run or resume the sweep, copy its results into docs/data, render the page when complete."""
     from clrl.sweep import expand, run_sweep
     from clrl.sweep.backends import available_cpus
-    from clrl.sweep.driver import SweepLog
+    from clrl.sweep.driver import LOG_FILE, SweepLog
 
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
@@ -77,18 +80,22 @@ def run_experiment(args: argparse.Namespace, argv: list[str]) -> int:
     # as clrl.sweep.driver.make_backend chooses it: cores // resources.cpu unless --workers says
     per_trial = max(1, math.ceil(plan.spec.resources.cpu))
     workers = args.workers or max(1, min(len(plan.trials), available_cpus() // per_trial))
-    invocation = {"command": _command(argv), "started": now(), "seconds": 0.0, "workers": workers,
+    invocation = {"command": _command(argv), "started": now(), "seconds": None, "workers": workers,
                   "cpus": available_cpus(), "finished": False}
     plan.out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    manifest = None
-    try:
-        manifest = run_sweep(plan, backend="local", workers=args.workers, log=SweepLog(plan.out))
-    finally:
-        invocation["seconds"] = time.perf_counter() - start
-        invocation["finished"] = manifest is not None and all(t.status == "complete" for t in manifest.trials)
+    with experiment_lock(plan.out):
+        # an invocation that never recorded its time was killed (SIGKILL, a lost machine)
+        fd.close_killed_invocations(record, plan.out / LOG_FILE)
         record.setdefault("invocations", []).append(invocation)
-        fd.save_record(record_path, record)
+        fd.save_record(record_path, record)  # seconds None until it ends: a kill leaves that mark
+        start = time.perf_counter()
+        manifest = None
+        try:
+            manifest = run_sweep(plan, backend="local", workers=args.workers, log=SweepLog(plan.out))
+        finally:
+            invocation["seconds"] = time.perf_counter() - start
+            invocation["finished"] = manifest is not None and all(t.status == "complete" for t in manifest.trials)
+            fd.save_record(record_path, record)
     data_dir = args.docs / fd.DATA_SUBDIR
     copied = copy_results(plan, data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -101,6 +108,24 @@ def run_experiment(args: argparse.Namespace, argv: list[str]) -> int:
         return 1
     render(args.docs, reps=args.reps)
     return 0
+
+
+@contextmanager
+def experiment_lock(folder: Path) -> Iterator[None]:
+    """One experiment driver per sweep folder (a second would double-count the wall time).
+
+    Held around clrl.sweep's own lock of the same folder; ``flock`` is released by the kernel
+    when the process ends, even on SIGKILL.
+    """
+    with open(folder / ".atari_forgetting.lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{folder} is in use by another scripts/atari_forgetting.py; wait for it or stop it") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def copy_results(plan, data_dir: Path) -> int:  # noqa: ANN001 - a clrl.sweep.SweepPlan
@@ -137,6 +162,10 @@ def render(docs: Path, reps: int = 2000, seed: int = 0) -> list[Path]:
     skipped: list[str] = []
     figure_dir = docs / "figures"
     paths = forgetting_figures.make_figures(summary, figure_dir, skipped)
+    for stem in forgetting_figures.STEMS:  # a figure not drawn this time must not linger from an earlier one
+        old = figure_dir / f"{forgetting_figures.PREFIX}{stem}.png"
+        if old not in paths and old.exists():
+            old.unlink()
     rel = [p.relative_to(docs).as_posix() for p in paths]
     doc = docs / DOC_NAME
     atomic_write_text(doc, forgetting_doc.markdown(summary, record, pilots, rel, skipped, notes))

@@ -13,6 +13,7 @@ records, intervals) read the same.
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import os
 from dataclasses import dataclass
@@ -210,6 +211,39 @@ def load_record(path: str | os.PathLike) -> dict[str, Any] | None:
 def save_record(path: str | os.PathLike, record: dict[str, Any]) -> None:
     record["wall_seconds"] = float(sum(float(i.get("seconds") or 0.0) for i in record.get("invocations", [])))
     atomic_write_text(path, json.dumps(record, indent=1) + "\n")
+
+
+def _stamp(text: str) -> float | None:
+    try:
+        return _dt.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
+
+
+def close_killed_invocations(record: dict[str, Any], sweep_log: Path) -> int:
+    """Give every invocation that never recorded its time (it was killed) an estimate; return how many.
+
+    The estimate is from its start to the last line of the sweep log written before the next
+    invocation started (a lower bound: the kill came after that line).
+    """
+    invocations = record.get("invocations") or []
+    stamps: list[float] = []
+    if sweep_log.is_file():
+        for line in sweep_log.read_text(errors="replace").splitlines():
+            t = _stamp(line.split(" ", 1)[0])
+            if t is not None:
+                stamps.append(t)
+    closed = 0
+    for k, inv in enumerate(invocations):
+        if inv.get("seconds") is not None:
+            continue
+        start = _stamp(str(inv.get("started")))
+        nxt = _stamp(str(invocations[k + 1].get("started"))) if k + 1 < len(invocations) else None
+        inside = [t for t in stamps if start is not None and t >= start and (nxt is None or t < nxt)]
+        inv["seconds"] = max(inside) - start if inside else 0.0
+        inv["killed"] = True
+        closed += 1
+    return closed
 
 
 def record_trials(record: dict[str, Any] | None) -> list[tuple[str, int]] | None:

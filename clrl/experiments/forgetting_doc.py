@@ -77,9 +77,12 @@ def _command_section(summary: Summary, record: dict | None) -> list[str]:
         lines += ["```bash", *commands, "```", ""]
         total = sum(float(i.get("seconds") or 0) for i in inv)
         first = inv[0]
+        killed = sum(bool(i.get("killed")) for i in inv)
+        killed_text = (f"; {killed} of them killed, their time estimated up to the last line they wrote to the "
+                       "sweep log" if killed else "")
         lines.append(f"- Wall time: {fmt_duration(total)} (h:mm:ss) over {len(inv)} invocation"
                      f"{'s' if len(inv) != 1 else ''} of the command (a killed or interrupted experiment "
-                     "continues where it stopped when the command is run again; the times add up), "
+                     f"continues where it stopped when the command is run again; the times add up{killed_text}), "
                      f"{first.get('workers', '?')} trial(s) at a time on a machine with {first.get('cpus', '?')} "
                      "usable cores.")
     else:
@@ -116,9 +119,11 @@ def _setting_section(summary: Summary) -> list[str]:
         f"{g('train.gamma')}, GAE {g('train.gae_lambda')}, max grad norm {g('train.max_grad_norm')}; "
         f"{g('train.consolidation_samples')} states of the trained policy for each method's end-of-task "
         "consolidation.",
-        f"- Training: deterministic mode {'on' if g('train.deterministic') else 'off'} (checkpoints every "
-        f"{g('train.checkpoint_every_updates')} updates; a resumed run ends bit for bit as an uninterrupted one on "
-        f"CPU), torch threads {g('train.torch_threads')}, device `{cfg.get('device')}`.",
+        "- Training: " + (
+            f"deterministic mode (checkpoints every {g('train.checkpoint_every_updates')} updates; a resumed run "
+            "ends bit for bit as an uninterrupted one on CPU)" if g("train.deterministic") else
+            "not deterministic (time-based checkpoints; a resumed run continues statistically, not bitwise)")
+        + f", torch threads {g('train.torch_threads')}, device `{cfg.get('device')}`.",
         f"- Environment: sticky actions {g('env.sticky_actions')}, {g('env.noop_max')} no-ops, frame skip "
         f"{g('env.frame_skip')}, {g('env.frame_stack')} stacked frames, episodic life "
         f"{'and' if g('env.episodic_life') else 'off,'} reward clipping {'on' if g('env.clip_rewards') else 'off'} "

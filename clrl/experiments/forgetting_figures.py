@@ -15,6 +15,7 @@ from clrl.experiments.forgetting_summary import MethodSummary, Summary
 from clrl.report.style import COLUMN_WIDTH, MARKERS, PAGE_WIDTH, color, paper_style, save
 
 PREFIX = "atari_forgetting_"
+STEMS = ("normalized_reward", "plasticity_stability", "first_game")
 BAND_ALPHA = 0.18
 
 
