@@ -19,7 +19,6 @@ from clrl.errors import ConfigError, ResultsError, UserError
 from clrl.experiments import atari_forgetting as af
 from clrl.experiments import forgetting_data as fd
 from clrl.experiments import forgetting_stats as fs
-from clrl.experiments.forgetting_doc import learned
 from clrl.experiments.forgetting_summary import summarize
 from clrl.sweep import expand
 
@@ -182,9 +181,12 @@ def test_difference_interval_closed_forms(use_rliable):
 
 
 def test_learned_needs_non_overlapping_intervals():
-    assert learned(fs.Interval(10, 8, 12, 3), fs.Interval(1, 0, 2, 3)) == "yes"
-    assert learned(fs.Interval(10, 2, 12, 3), fs.Interval(1, 0, 2, 3)) == "no"  # touching is overlapping
-    assert learned(fs.Interval(10, float("nan"), float("nan"), 2), fs.Interval(1, 0, 2, 3)) == "n/a"
+    assert fs.learning_sentence(["A", "B"], ["yes", "yes"]).startswith("PPO learns every game")
+    text = fs.learning_sentence(["A", "B", "C"], ["no", "yes", "n/a"])
+    assert text.startswith("PPO does not clearly learn A:") and "whether PPO learns C cannot be decided" in text
+    assert fs.learned(fs.Interval(10, 8, 12, 3), fs.Interval(1, 0, 2, 3)) == "yes"
+    assert fs.learned(fs.Interval(10, 2, 12, 3), fs.Interval(1, 0, 2, 3)) == "no"  # touching is overlapping
+    assert fs.learned(fs.Interval(10, float("nan"), float("nan"), 2), fs.Interval(1, 0, 2, 3)) == "n/a"
 
 
 # --------------------------------------------------------------------------- the conclusion
@@ -323,6 +325,7 @@ def test_tiny_experiment_copies_results_and_writes_the_page(tiny_experiment):
         assert heading in doc
     assert "Games, in training order: DemonAttack, Asterix" in doc and "64 env steps per game = 2 PPO updates" in doc
     assert "Whether fine-tuning forgets cannot be decided" in doc  # one seed: no interval
+    assert "Whether PPO learns DemonAttack and Asterix cannot be decided" in doc  # no intervals
     for name in ("normalized_reward", "plasticity_stability", "first_game"):
         png = docs / "figures" / f"atari_forgetting_{name}.png"
         assert png.is_file() and png.stat().st_size > 1000
@@ -420,6 +423,7 @@ def test_render_of_hand_made_results_states_the_right_conclusion(tiny_experiment
     assert run_script(["--render", "--docs", str(docs), "--reps", "200"]) == 0
     doc = (docs / "atari_forgetting.md").read_text()
     conclusion = doc.split("## Conclusion")[1].split("Rule:")[0]
+    assert "PPO learns every game" in conclusion
     assert "Fine-tuning forgets: its forgetting is 100 with a 95% interval" in conclusion
     assert "drops by 100" in conclusion
     assert "AGS-CL forgets significantly less than fine-tuning" in conclusion

@@ -7,6 +7,7 @@ from typing import Any
 
 from clrl.experiments import forgetting_stats as fs
 from clrl.experiments.forgetting_data import Pilots
+from clrl.experiments.forgetting_stats import learned
 from clrl.experiments.forgetting_summary import Summary
 from clrl.report.stats import load_rliable
 
@@ -28,17 +29,9 @@ FIGURE_CAPTIONS = {
 def fmt_duration(seconds: float | None) -> str:
     if seconds is None or not math.isfinite(seconds):
         return "n/a"
-    seconds = int(round(seconds))
-    h, rest = divmod(seconds, 3600)
+    h, rest = divmod(int(round(seconds)), 3600)
     m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
-def learned(diag: fs.Interval, base: fs.Interval) -> str:
-    """``yes`` when the trained score's interval lies above the untrained one's (no overlap)."""
-    if not (diag.defined and base.defined):
-        return "n/a"
-    return "yes" if diag.lo > base.hi else "no"
+    return f"{h}:{m:02d}:{s:02d}"
 
 
 def _cell(text: str) -> str:
@@ -62,8 +55,10 @@ def _get(config: dict, dotted: str, default: Any = None) -> Any:
 
 def _hyper(config: dict) -> str:
     reg = dict(config.get("regularizer") or {})
-    reg.pop("name", None)
-    return ", ".join(f"{k} {v}" for k, v in reg.items()) or "none (plain PPO on each game in turn)"
+    name = reg.pop("name", "none")
+    if name == "none":
+        return "none (plain PPO on each game in turn)"
+    return ", ".join(f"{k} {v}" for k, v in reg.items()) or "clrl's defaults"
 
 
 # --------------------------------------------------------------------------- sections

@@ -224,6 +224,32 @@ def _join(names: list[str]) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
+def learned(diag: Interval, base: Interval) -> str:
+    """``yes`` when the trained score's interval lies above the untrained one's (no overlap), else ``no``;
+    ``n/a`` without both intervals."""
+    if not (diag.defined and base.defined):
+        return "n/a"
+    return "yes" if diag.lo > base.hi else "no"
+
+
+def learning_sentence(games: list[str], verdicts: list[str], label: str = "Fine-tuning") -> str:
+    """Whether PPO learned each game (``verdicts`` from :func:`learned`), as one sentence."""
+    no = [g for g, v in zip(games, verdicts, strict=True) if v == "no"]
+    unknown = [g for g, v in zip(games, verdicts, strict=True) if v == "n/a"]
+    if not no and not unknown:
+        return (f"PPO learns every game: under {label.lower()} each game's score right after training it lies above "
+                "the untrained network's, with non-overlapping 95% intervals.")
+    parts = []
+    if no:
+        parts.append(f"PPO does not clearly learn {_join(no)}: right after training, the score's 95% interval "
+                     "overlaps the untrained network's, so forgetting there means little")
+    if unknown:
+        parts.append(f"whether PPO learns {_join(unknown)} cannot be decided (no interval: fewer than "
+                     f"{MIN_SEEDS} seeds or no untrained score)")
+    text = "; ".join(parts)
+    return text[0].upper() + text[1:] + "."
+
+
 def conclusion(
     ft_forgetting: Interval, ft_drop: Interval, diffs: list[tuple[str, Interval]], baseline_label: str = "Fine-tuning"
 ) -> list[str]:

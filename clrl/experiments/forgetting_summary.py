@@ -52,8 +52,10 @@ class Summary:
         if self.reference is None:
             return ["No fine-tuning runs: there is nothing to compare the methods with."]
         ref = self.reference
+        verdicts = [fs.learned(ref.per_task["diag"][j], self.baseline[j]) for j in range(len(self.tasks))]
         diffs = [(m.label, m.vs_reference or fs.NAN_INTERVAL) for m in self.others]
-        return fs.conclusion(ref.intervals["forgetting"], ref.intervals["first_drop"], diffs, ref.label)
+        return [fs.learning_sentence(self.tasks, verdicts, ref.label),
+                *fs.conclusion(ref.intervals["forgetting"], ref.intervals["first_drop"], diffs, ref.label)]
 
 
 def _reference_method(groups: dict[str, list[RunData]]) -> str | None:
