@@ -11,6 +11,9 @@
    ``docs/data/atari_forgetting/<method>/seed<k>/results.json``, with the experiment record.
 3. Writes ``docs/atari_forgetting.md`` and ``docs/figures/atari_forgetting_*.png`` from those
    copies alone; ``--render`` does only this step, without training.
+
+A pilot run goes into folders of its own (``--out runs/pilot-x --docs /tmp/pilot-x/docs``), so
+the committed data and page stay as they are; ``pilots.yaml`` records what it showed.
 """
 
 from __future__ import annotations
