@@ -50,7 +50,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.config or args.overrides or args.out:
             raise UserError("--resume DIR takes no CONFIG, --set or --out: the run's saved config is used")
         rd, cfg = open_run_dir(args.resume)
-        check_buildable(cfg)
+        check_buildable(cfg, reference=False)
     else:
         if not args.config:
             raise UserError("clrl run needs a CONFIG file (or --resume DIR); see `clrl run --help`")
