@@ -25,9 +25,11 @@ run's, a CPU run killed at any moment and resumed ends with the same R and curve
 as one that was never interrupted. Without it, checkpoints are time based
 (``output.checkpoint_every_minutes``) and a resumed run continues statistically, not bitwise.
 
-SIGINT/SIGTERM: the first one finishes the current update (and evaluation), saves a checkpoint,
-marks results.json failed with reason "interrupted" and raises KeyboardInterrupt (the CLI exits
-130); a second one stops at once, keeping the last checkpoint.
+SIGINT/SIGTERM (:class:`clrl.lifecycle.Interrupt`, shared with the supervised trainer): the first
+one finishes the current update (and evaluation), saves a checkpoint, marks results.json failed
+with reason "interrupted" and raises KeyboardInterrupt (the CLI exits 130); a second one stops at
+once, keeping the last checkpoint. One during start-up (building, the baseline) stops after the
+initial checkpoint; one after the last task's last update lets the run complete.
 """
 
 from __future__ import annotations
