@@ -1,7 +1,8 @@
 """The ``clrl`` command.
 
-Exit codes: 0 success; 2 bad input (one clear line on stderr, no traceback); 1 internal
-error (with a traceback, because it is a bug worth reporting); 130 interrupted.
+Exit codes (:mod:`clrl.lifecycle`): 0 success; 2 bad input (one clear line on stderr, no
+traceback); 1 internal error (with a traceback, because it is a bug worth reporting); 3 the
+training diverged (its cause on stderr); 130 interrupted (SIGINT or SIGTERM).
 """
 
 from __future__ import annotations
@@ -42,16 +43,20 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from clrl.config import load_config
+    from clrl.lifecycle import exit_code
+    from clrl.preflight import check_buildable
     from clrl.rundir import open_run_dir, prepare_run_dir
 
     if args.resume:
         if args.config or args.overrides or args.out:
             raise UserError("--resume DIR takes no CONFIG, --set or --out: the run's saved config is used")
         rd, cfg = open_run_dir(args.resume)
+        check_buildable(cfg, reference=False)
     else:
         if not args.config:
             raise UserError("clrl run needs a CONFIG file (or --resume DIR); see `clrl run --help`")
         cfg = load_config(args.config, args.overrides)
+        check_buildable(cfg)  # what the run builds, before its directory exists
         rd = prepare_run_dir(cfg, out=args.out, overwrite=args.overwrite)
     run_experiment = _runner(cfg.kind)
     results = run_experiment(cfg, rd, resume=bool(args.resume))
@@ -62,7 +67,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cfg.output.figures:
         _single_run_figures(rd)
     print(f"run directory: {rd.root}")
-    return 0 if results.status == "complete" else 1
+    return exit_code(results)
 
 
 def _single_run_figures(rd) -> None:
@@ -85,8 +90,10 @@ def _runner(kind: str) -> Callable:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from clrl.config import dump_config, load_config
+    from clrl.preflight import check_buildable
 
     cfg = load_config(args.config, args.overrides)
+    check_buildable(cfg)
     if args.print:
         print(dump_config(cfg), end="")
     n = len(cfg.tasks.games) if cfg.kind == "rl" else cfg.tasks.dataset

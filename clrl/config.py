@@ -19,19 +19,64 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import types
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from clrl.errors import ConfigError
+from clrl.errors import ConfigError, short_repr
+
+FLOAT32_MAX = 3.4028234663852886e38  # numpy.finfo(numpy.float32).max
+
+
+def _scalar_types(annotation: Any) -> tuple:
+    """The plain types a field annotation allows (``float | None`` -> (float, NoneType))."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        return get_args(annotation)
+    return (annotation,)
 
 
 class Strict(BaseModel):
-    """Base for every config section: unknown keys are errors, assignments re-validate."""
+    """Base for every config section: unknown keys are errors, assignments re-validate.
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    Numbers must be finite (no ``.inf``/``.nan``), within float32's range (the tensors they
+    scale are float32), and numbers, not ``true``/``false`` (YAML booleans would pass as 1/0).
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, data: Any) -> Any:
+        """A YAML true/false given to a number field is handed on as the text 'true'/'false', so
+        that the field's own error names the key (pydantic would take it as 1/0)."""
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for key, value in data.items():
+            field = cls.model_fields.get(key) if isinstance(key, str) else None
+            if isinstance(value, bool) and field is not None:
+                allowed = _scalar_types(field.annotation)
+                if bool not in allowed and (int in allowed or float in allowed):
+                    out[key] = str(value).lower()
+        return out
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _float32_range(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, float) and abs(value) > FLOAT32_MAX:
+            raise ValueError(f"beyond float32's range ({FLOAT32_MAX:.3g}): the float32 tensors it scales would be inf")
+        return value
 
 
 # --------------------------------------------------------------------------- regularizers
@@ -123,11 +168,15 @@ class RLTasks(Strict):
     def _known_games(cls, games: list[str]) -> list[str]:
         from clrl.rl.games import resolve_game
 
-        return [resolve_game(g) for g in games]
+        resolved = [resolve_game(g) for g in games]
+        twice = sorted({g for g in resolved if resolved.count(g) > 1})
+        if twice:
+            raise ValueError(f"{', '.join(twice)} given more than once; tasks are named by their game, so each must differ")
+        return resolved
 
 
 class RLModel(Strict):
-    channels: list[int] = Field([32, 64, 64], min_length=3, max_length=3)
+    channels: list[Annotated[int, Field(ge=1)]] = Field([32, 64, 64], min_length=3, max_length=3)
     hidden: int = Field(512, ge=1)
     activation: str | list[str] = "relu"
     init: Literal["orthogonal", "default"] = Field(
@@ -258,7 +307,7 @@ class RLEval(Strict):
 class RLConfig(Strict):
     name: str
     kind: Literal["rl"]
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32, description="numpy seeds are 32-bit unsigned")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     reference: str | None = Field(None, description="run directory of a fine-tuning run for normalized scores")
     tasks: RLTasks
@@ -294,7 +343,7 @@ class SupervisedTasks(Strict):
 
 class SupervisedModel(Strict):
     net: Literal["auto", "digits", "cifar", "single_pass"] = "auto"
-    hidden: list[int] = Field([128, 128], min_length=1, description="digits MLP widths")
+    hidden: list[Annotated[int, Field(ge=1)]] = Field([128, 128], min_length=1, description="digits MLP widths")
     activation: str | list[str] = "relu"
     dropout: bool = True
 
@@ -342,7 +391,7 @@ class SupervisedEval(Strict):
 class SupervisedConfig(Strict):
     name: str
     kind: Literal["supervised"]
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32, description="numpy seeds are 32-bit unsigned")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     reference: str | None = None
     tasks: SupervisedTasks
@@ -374,13 +423,81 @@ def _check_name(name: str) -> str:
 # --------------------------------------------------------------------------- loading
 
 
+MAX_YAML_NODES = 100_000  # values after alias expansion; a config holds a few hundred
+
+
+class SafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses duplicate keys and bounds alias expansion.
+
+    A duplicate key would silently win over the first; aliases to aliases (a "billion laughs"
+    file of a few hundred bytes) would expand to more values than memory holds downstream.
+    """
+
+    def compose_document(self) -> yaml.Node:
+        node = super().compose_document()
+        _expanded_size(node, {}, set())
+        return node
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, yaml.Node] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        f"duplicate key {short_repr(key)} (first given on line {seen[key].start_mark.line + 1})",
+                        key_node.start_mark,
+                    )
+                seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int], open_: set[int]) -> int:
+    """Values ``node`` stands for with every alias expanded; refuses more than MAX_YAML_NODES."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    if key in open_:
+        raise yaml.YAMLError("an alias refers to a value that contains it (a recursive structure)")
+    open_.add(key)
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(child, memo, open_) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size += sum(_expanded_size(k, memo, open_) + _expanded_size(v, memo, open_) for k, v in node.value)
+    open_.discard(key)
+    if size > MAX_YAML_NODES:
+        raise yaml.YAMLError(
+            f"aliases expand to more than {MAX_YAML_NODES:,} values (an alias bomb?); write the values out"
+        )
+    memo[key] = size
+    return size
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` with :class:`SafeLoader`'s limits (duplicate keys, alias expansion)."""
+    try:
+        return yaml.load(text, Loader=SafeLoader)  # noqa: S506 - SafeLoader subclasses yaml.SafeLoader
+    except RecursionError:
+        raise yaml.YAMLError("values nested too deeply") from None
+
+
 def read_yaml_mapping(path: str | os.PathLike, what: str = "config file") -> dict:
-    """A YAML file's top-level mapping, read with ``safe_load``; errors name the file."""
+    """A YAML file's top-level mapping, read with :func:`load_yaml`; errors name the file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: {what} not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {exc.start}: {exc.reason}); is it a YAML {what}?") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from exc
+    try:
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {_one_line(exc)}") from exc
     if not isinstance(data, dict):
@@ -422,7 +539,7 @@ def config_from_dict(
     _validate(data, source)  # the file alone first: its errors name the file
     if overrides:
         data = apply_overrides(data, overrides)
-        return _validate(data, "--set " + " ".join(overrides))
+        return _validate(data, "--set " + _cut(" ".join(overrides), 200))
     return _validate(data, source)
 
 
@@ -438,15 +555,15 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     data = copy.deepcopy(data)
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"--set {item}: expected dotted.key=value")
+            raise ConfigError(f"--set {_cut(item)}: expected dotted.key=value")
         key, raw = item.split("=", 1)
         parts = key.strip().split(".")
         if not all(parts):
-            raise ConfigError(f"--set {item}: empty part in key {key!r}")
+            raise ConfigError(f"--set {_cut(item)}: empty part in key {key!r}")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = load_yaml(raw) if raw.strip() else ""
         except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {item}: value is not valid YAML: {_one_line(exc)}") from exc
+            raise ConfigError(f"--set {_cut(item)}: value is not valid YAML: {_one_line(exc)}") from exc
         node = data
         for i, part in enumerate(parts[:-1]):
             child = node.get(part)
@@ -454,7 +571,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
                 child = node[part] = {}
             if not isinstance(child, dict):
                 where = ".".join(parts[: i + 1])
-                raise ConfigError(f"--set {item}: {where} is a value, not a section")
+                raise ConfigError(f"--set {_cut(item)}: {where} is a value, not a section")
             node = child
         if parts == ["regularizer", "name"] and node.get("name") != value:
             node.clear()  # another method: the old method's hyperparameters do not apply
@@ -464,9 +581,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 def _validate(data: dict, source: str) -> RLConfig | SupervisedConfig:
     kind = data.get("kind")
-    if kind not in CONFIG_CLASSES:
+    if not isinstance(kind, str) or kind not in CONFIG_CLASSES:
         allowed = ", ".join(CONFIG_CLASSES)
-        given = "missing" if kind is None else f"{kind!r}"
+        given = "missing" if kind is None else short_repr(kind)
         raise ConfigError(f"{source}: kind: given {given}; allowed: {allowed}")
     cls = CONFIG_CLASSES[kind]
     try:
@@ -494,7 +611,7 @@ def format_validation_error(exc: ValidationError, root: type[BaseModel], source:
             dotted += ".name"
             msg = f"given {err['ctx']['tag']!r}; allowed: {err['ctx']['expected_tags']}"
         elif etype == "literal_error":
-            msg = f"given {given!r}; allowed: {err['ctx']['expected']}"
+            msg = f"given {short_repr(given)}; allowed: {err['ctx']['expected']}"
         elif etype == "union_tag_not_found":
             msg = f"needs a 'name' key; allowed: {', '.join(REGULARIZER_CLASSES)}"
         else:
@@ -503,7 +620,7 @@ def format_validation_error(exc: ValidationError, root: type[BaseModel], source:
             text = err["msg"]
             if text.startswith("Value error, "):
                 text = text[len("Value error, ") :]
-            msg = f"{text}; given {given!r}" + (f"; expected {expected}" if expected else "")
+            msg = f"{text}; given {short_repr(given)}" + (f"; expected {expected}" if expected else "")
         lines.append(f"{source}: {dotted}: {msg}")
     return "\n".join(lines)
 
@@ -544,8 +661,13 @@ def _expected_type(model: type[BaseModel] | None, loc: list) -> str:
     return name if name and get_origin(ann) is None else str(ann).replace("typing.", "")
 
 
-def _one_line(exc: Exception) -> str:
-    return " ".join(str(exc).split())
+def _cut(text: str, limit: int = 100) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _one_line(exc: Exception, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # --------------------------------------------------------------------------- saving

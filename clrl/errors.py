@@ -19,3 +19,15 @@ class CheckpointError(UserError):
 
 class TrainingDiverged(RuntimeError):
     """Non-finite loss or parameters; the run stops and keeps its last good checkpoint."""
+
+
+def short_repr(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters, without expanding huge or shared structures
+    (a YAML alias bomb printed in full would take all memory)."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxset = 3, 6, 6, 6, 6
+    r.maxstring, r.maxother, r.maxlong = limit, limit, limit
+    text = r.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -8,12 +8,17 @@
     tb/             TensorBoard event files
     log.txt         the run's log
     figures/        the single-run report
+    .lock           held (flock) while a run uses the directory
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,6 +82,8 @@ def prepare_run_dir(
     """
     if out is not None:
         root = Path(out)
+        if root.exists() and not root.is_dir():
+            raise UserError(f"--out {root}: is a file, not a folder; give a folder for the run")
         if _is_used(root) and not overwrite:
             raise UserError(
                 f"{root} already holds files; continue it with `clrl run --resume {root}`, "
@@ -89,14 +96,51 @@ def prepare_run_dir(
             n += 1
             root = base.with_name(f"{base.name}-{n}")
     rd = RunDir(root)
-    if overwrite and rd.root.exists():
-        for stale in (rd.results_path, rd.latest_checkpoint):
-            stale.unlink(missing_ok=True)
-        for stale in rd.checkpoints.glob("task_*.pt") if rd.checkpoints.exists() else []:
-            stale.unlink()
-    rd.make()
-    atomic_write_text(rd.config_path, dump_config(cfg))
+    try:
+        if overwrite and rd.root.exists():
+            with run_lock(rd.root):  # never delete the files of a run that is still going
+                for stale in (rd.results_path, rd.latest_checkpoint):
+                    stale.unlink(missing_ok=True)
+                for stale in rd.checkpoints.glob("task_*.pt") if rd.checkpoints.exists() else []:
+                    stale.unlink()
+        rd.make()
+        atomic_write_text(rd.config_path, dump_config(cfg))
+    except OSError as exc:
+        raise UserError(f"cannot create the run directory {root}: {exc.strerror or exc} ({exc.filename or root})") from exc
     return rd
+
+
+LOCK_FILE = ".lock"
+
+
+@contextmanager
+def run_lock(root: str | os.PathLike) -> Iterator[None]:
+    """Hold the run directory ``root`` for this process; a second user gets a UserError naming the holder.
+
+    ``flock`` is released by the kernel when the process ends, even on SIGKILL, so a killed run
+    never leaves a stale lock.
+    """
+    root = Path(root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        f = open(root / LOCK_FILE, "a+")  # noqa: SIM115 - closed by the with below
+    except OSError as exc:
+        raise UserError(f"cannot use the run directory {root}: {exc.strerror or exc}") from exc
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise UserError(f"{root} is in use by another clrl run ({holder}); wait for it or stop it") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def open_run_dir(path: str | os.PathLike) -> tuple[RunDir, RLConfig | SupervisedConfig]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clrl import __version__
+from clrl.errors import UserError
 from clrl.io import atomic_write_text
 from clrl.report import figures as figs
 from clrl.report import scores, tables
@@ -64,14 +65,21 @@ def build_report(
     formats: Sequence[str] = ("png", "pdf"),
 ) -> Report:
     """Tables and figures over the runs below ``paths`` (see ``clrl report --help``)."""
-    records = load_runs(paths, reference=reference)
+    unreadable: list[str] = []
+    records = load_runs(paths, reference=reference, unreadable=unreadable)
     out_dir = Path(out) if out is not None else default_out(paths)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir}: is a file, not a folder; give a folder for the report")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the report folder {out_dir}: {exc.strerror or exc}") from exc
     atomic_write_text(out_dir / REPORT_MARKER, "clrl report folder: `clrl report` skips it when searching for runs\n")
     groups = group_runs(records, group_by=group_by, ignore=ignore)
     kind = records[0].res.kind
 
-    warnings = [r.note for r in records if r.note]
+    warnings = [f"skipped, unreadable: {u}" for u in unreadable]
+    warnings += [r.note for r in records if r.note]
     warnings += duplicate_seed_notes(groups)
     for r in records:
         warnings += scores.stored_mismatches(r, scores.run_metrics(r))

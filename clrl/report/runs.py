@@ -151,22 +151,37 @@ def completeness_note(path: Path, res: Results) -> str:
     return ""
 
 
-def load_runs(paths: Sequence[str | os.PathLike], reference: str | os.PathLike | None = None) -> list[RunRecord]:
+def load_runs(
+    paths: Sequence[str | os.PathLike],
+    reference: str | os.PathLike | None = None,
+    unreadable: list[str] | None = None,
+) -> list[RunRecord]:
     """Load every run below ``paths``; all must be of one kind and one results schema version.
 
     ``reference`` (a fine-tuning run directory) replaces each run's stored reference for P and
     the normalized reward. A fine-tuning run without one is its own reference: P and the
     normalized reward are relative to fine-tuning (AGS-CL Sec. 5.2), so it scores P = 1.
+    With ``unreadable`` (a list), a run whose results.json cannot be read (truncated, foreign)
+    is skipped and its problem appended there, unless no run at all can be read; without it,
+    the first such run is an error.
     """
     records = []
     for run in discover_runs(paths):
-        res = load_results(run)
+        try:
+            res = load_results(run)
+        except ResultsError as exc:
+            if unreadable is None:
+                raise
+            unreadable.append(str(exc))
+            continue
         ref = reference_from_run(reference, res.tasks) if reference is not None else res.reference
         rec = RunRecord(run, res, ref, completeness_note(run, res))
         if rec.reference is None and rec.regularizer == "none" and res.curves:
             rec.reference = reference_from_run(run, res.tasks)
             rec.self_reference = True
         records.append(rec)
+    if not records:
+        raise UserError("no readable run: " + "; ".join(unreadable or []))
     _check_consistent(records)
     return records
 

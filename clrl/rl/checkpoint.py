@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from clrl.errors import CheckpointError
-from clrl.io import load_checkpoint, save_checkpoint
+from clrl.io import check_finite_tensors, load_checkpoint, save_checkpoint
 from clrl.results import Results, dumps
 from clrl.rl.policy import ActorCritic
 
@@ -96,6 +96,7 @@ def read(path: str | os.PathLike, map_location: str | torch.device | None = "cpu
 
 def restore_net(net: ActorCritic, state: dict[str, Any], path: str | os.PathLike = "checkpoint") -> None:
     """Create the saved tasks' heads, then load every weight (shapes must match the config)."""
+    check_finite_tensors(state["net"], path)
     for task, n_actions in sorted(state["heads"].items()):
         if int(task) not in net.actor:
             net.add_task(int(task), int(n_actions))

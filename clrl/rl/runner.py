@@ -25,19 +25,18 @@ run's, a CPU run killed at any moment and resumed ends with the same R and curve
 as one that was never interrupted. Without it, checkpoints are time based
 (``output.checkpoint_every_minutes``) and a resumed run continues statistically, not bitwise.
 
-SIGINT/SIGTERM: the first one finishes the current update (and evaluation), saves a checkpoint,
-marks results.json failed with reason "interrupted" and raises KeyboardInterrupt (the CLI exits
-130); a second one stops at once, keeping the last checkpoint.
+SIGINT/SIGTERM (:class:`clrl.lifecycle.Interrupt`, shared with the supervised trainer): the first
+one finishes the current update (and evaluation), saves a checkpoint, marks results.json failed
+with reason "interrupted" and raises KeyboardInterrupt (the CLI exits 130); a second one stops at
+once, keeping the last checkpoint. One during start-up (building, the baseline) stops after the
+initial checkpoint; one after the last task's last update lets the run complete.
 """
 
 from __future__ import annotations
 
 import copy
-import logging
 import math
-import signal
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,9 +46,16 @@ import numpy as np
 import torch
 
 from clrl.allocator import tune_malloc
-from clrl.config import RLConfig, config_to_dict, regularizer_hparams
+from clrl.config import RLConfig, config_to_dict
 from clrl.device import resolve_device
 from clrl.errors import CheckpointError, ConfigError, TrainingDiverged
+from clrl.lifecycle import (
+    Interrupt,
+    check_same_experiment,
+    failure_guard,
+    resume_without_checkpoint,
+)
+from clrl.preflight import rl_regularizer_hparams
 from clrl.regularizers import Regularizer, build_regularizer
 from clrl.regularizers.base import diagnostic_scalars
 from clrl.results import (
@@ -66,7 +72,7 @@ from clrl.rl.checkpoint import Counters
 from clrl.rl.envs import action_count, make_vec_env
 from clrl.rl.evaluation import evaluate
 from clrl.rl.policy import ActorCritic, build_actor_critic
-from clrl.rundir import RunDir, setup_logging
+from clrl.rundir import RunDir, run_lock, setup_logging
 from clrl.seeding import derive_seed, get_rng_state, seed_everything, set_rng_state
 
 __all__ = ["run_experiment", "updates_per_task", "SequentialRun"]
@@ -81,36 +87,11 @@ def updates_per_task(cfg: RLConfig) -> int:
 def run_experiment(cfg: RLConfig, rd: RunDir, resume: bool = False) -> Results:
     """Run (or resume) the sequential Atari experiment ``cfg`` in ``rd``; returns its results."""
     tune_malloc()  # large activations reuse heap memory instead of faulting in new pages
-    return SequentialRun(cfg, rd).run(resume=resume)
+    with run_lock(rd.root):  # one run per directory (a second gets exit 2 naming the holder)
+        return SequentialRun(cfg, rd).run(resume=resume)
 
 
-class _Interrupt:
-    """SIGINT/SIGTERM -> a flag checked between updates; a second signal stops at once."""
-
-    def __init__(self, logger: logging.Logger) -> None:
-        self.requested: str | None = None
-        self.logger = logger
-
-    def handler(self, signum: int, frame: Any) -> None:
-        name = signal.Signals(signum).name
-        if self.requested is not None:
-            raise KeyboardInterrupt(f"{name} (second signal)")
-        self.requested = name
-        msg = f"{name}: saving a checkpoint after the current update (send it again to stop at once)"
-        self.logger.warning(msg)
-        print(f"\nclrl: {msg}", file=sys.stderr, flush=True)
-
-    @contextmanager
-    def installed(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        old = {s: signal.signal(s, self.handler) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
+_Interrupt = Interrupt  # the shared mechanism (clrl.lifecycle); the old name kept for importers
 
 
 class SequentialRun:
@@ -153,11 +134,7 @@ class SequentialRun:
         ).to(self.device)
         if cfg.train.vcl.gamma > 0:
             self.net.enable_vcl(cfg.train.vcl.gamma, cfg.train.vcl.n)
-        name, hparams = regularizer_hparams(cfg)
-        if name == "agscl" and "prox_every" not in hparams:
-            hparams["prox_every"] = cfg.train.n_minibatches  # once per PPO epoch (REFERENCE.md)
-        if name in ("ewc", "mas") and "max_samples" in hparams:
-            hparams["max_samples"] = min(int(hparams["max_samples"]), cfg.train.consolidation_samples)
+        name, hparams = rl_regularizer_hparams(cfg)
         try:
             self.reg: Regularizer = build_regularizer(name, self.net.trunk, heads=self.net.actor, **hparams)
         except ValueError as exc:
@@ -193,9 +170,10 @@ class SequentialRun:
         if self.deterministic and state.get("torch_threads"):
             self.torch_threads = int(state["torch_threads"])
             torch.set_num_threads(self.torch_threads)
+        saved = ckpt.results_of(state)
+        check_same_experiment(saved.config, self.cfg, path)  # an edited config.yaml is refused
         ckpt.restore_net(self.net, state, path)
         self.counters = Counters.from_dict(state["counters"])
-        self.results = ckpt.results_of(state)
         try:
             self.reg.load_state_dict(state["regularizer"])
         except (ValueError, KeyError) as exc:
@@ -207,6 +185,7 @@ class SequentialRun:
                 self.model.policy.optimizer.load_state_dict(state["optimizer"])
             self.reg.begin_task(c.task, self.model.policy.optimizer)  # re-attaches the hooks
         set_rng_state(state["rng"])
+        self.results = saved  # only now: a checkpoint refused above leaves results.json alone
         self.results.timings["resumes"] = int(self.results.timings.get("resumes", 0)) + 1
         self.results.status, self.results.reason = "running", None
         self.logger.info(
@@ -218,42 +197,43 @@ class SequentialRun:
     # ================================================================== main loop
 
     def run(self, resume: bool = False) -> Results:
-        self._build()
-        resumed = self._restore() if resume else False
-        if not resumed:
-            if resume:
-                self.logger.info("no checkpoint in %s: starting from the beginning", self.rd.root)
-            self.results = self._fresh_results()
-            if self.cfg.eval.baseline:
-                self._baseline()
-            self._checkpoint()  # the initial state: a run killed early resumes from here
-        self._open_writer()
-        self._wall_base = float(self.results.timings.get("wall_seconds", 0.0))
-        self._started = time.monotonic()
-        try:
-            with self.interrupt.installed(), self._progress_display():
+        if resume and not self.rd.latest_checkpoint.is_file():
+            kept = resume_without_checkpoint(self.rd)  # a complete run: a no-op; scores on disk: refused
+            if kept is not None:
+                self.logger.info("resume: %s is already complete", self.rd.root)
+                return kept
+        self.results = None  # until restored or created: a failure then leaves results.json alone
+        with self.interrupt.installed(), failure_guard(self._fail, self._running, self.rd.root):
+            try:
+                self._build()
+                resumed = self._restore() if resume else False
+                if not resumed:
+                    if resume:
+                        self.logger.info("no checkpoint in %s: starting from the beginning", self.rd.root)
+                    self.results = self._fresh_results()
+                    self._save_results()  # from the start: a signal during start-up is recorded
+                    if self.cfg.eval.baseline:
+                        self._baseline()
+                    self._checkpoint()  # the initial state: a run killed early resumes from here
+                self._honour_interrupt()  # a signal during start-up stops here, with a checkpoint
+                self._open_writer()
+                self._wall_base = float(self.results.timings.get("wall_seconds", 0.0))
+                self._started = time.monotonic()
+                with self._progress_display():
+                    self._save_results()
+                    while self.counters.task < self.T:
+                        self._run_task(self.counters.task)
+                self.results.status = "complete"
+                self.results.reason = None
+                self.results.metrics = compute_metrics(self.results)
                 self._save_results()
-                while self.counters.task < self.T:
-                    self._run_task(self.counters.task)
-            self.results.status = "complete"
-            self.results.reason = None
-            self.results.metrics = compute_metrics(self.results)
-            self._save_results()
-            self.logger.info("run complete: %d tasks, %d env steps", self.T, self.counters.global_steps)
-        except TrainingDiverged as exc:
-            self._fail(str(exc))
-            print(f"clrl: error: {exc}", file=sys.stderr)
-        except KeyboardInterrupt:
-            if self.results.status == "running":
-                self._fail("interrupted before a checkpoint could be saved; resume from the last one with "
-                           f"`clrl run --resume {self.rd.root}`")
-            raise
-        except BaseException as exc:
-            self._fail(f"{type(exc).__name__}: {exc}")
-            raise
-        finally:
-            self._close()
+                self.logger.info("run complete: %d tasks, %d env steps", self.T, self.counters.global_steps)
+            finally:
+                self._close()
         return self.results
+
+    def _running(self) -> bool:
+        return self.results is not None and self.results.status == "running"
 
     def _save_results(self) -> None:
         """Atomic rewrite of results.json, with the wall time of this run and earlier sessions."""
@@ -262,6 +242,9 @@ class SequentialRun:
         save_results(self.rd.results_path, self.results)
 
     def _fail(self, reason: str) -> None:
+        if self.results is None:  # failed before the run's results existed: results.json is untouched
+            self.logger.error("run stopped before it started: %s", reason)
+            return
         self.results.status = "failed"
         self.results.reason = reason
         self.logger.error("run stopped: %s", reason)
@@ -365,7 +348,8 @@ class SequentialRun:
         self.logger.info("task %d/%d (%s) done: R[%d] = %s", t + 1, self.T, self.games[t], t, self.results.R[t][: t + 1])
         c.task, c.update, c.begun = t + 1, 0, False
         self._checkpoint(task_file=t)
-        self._honour_interrupt()
+        if c.task < self.T:  # after the last task the run is complete: a late signal changes nothing
+            self._honour_interrupt()
 
     # ================================================================== evaluation
 

@@ -96,29 +96,66 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise UnsafePickleError(f"{self.source}: refused a persistent id in the pickle (nothing was run)")
 
 
+MAX_FILE_BYTES = 1 << 30  # the largest original file (cifar-100-python/train) is about 155 MB
+MAX_DEPTH = 8  # the original files nest 2 deep (a dict of arrays and lists)
+MAX_ITEMS = 10_000_000  # values in all containers, counting each shared container once
+
+
 def safe_load_pickle(path: str | os.PathLike) -> Any:
-    """Unpickle one CIFAR file through :class:`RestrictedUnpickler`; refuse object arrays."""
+    """Unpickle one CIFAR file through :class:`RestrictedUnpickler`; refuse object arrays.
+
+    Bounded, so a hostile file is refused at once instead of hanging or overflowing the stack:
+    the file size, then the nesting depth and number of values of what it built."""
     path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    if size > MAX_FILE_BYTES:
+        raise UserError(f"{path}: {size:,} bytes, larger than any CIFAR file ({MAX_FILE_BYTES:,} at most); is it a CIFAR python-version file?")
     try:
         with path.open("rb") as f:
             data = RestrictedUnpickler(f, source=str(path)).load()
     except UserError:
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
-        raise UserError(f"{path}: not a readable CIFAR pickle ({type(exc).__name__}: {exc}); re-extract it from {CIFAR_URL}") from exc
-    _refuse_object_arrays(data, path)
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            RecursionError, MemoryError, OverflowError) as exc:
+        raise UserError(f"{path}: not a readable CIFAR pickle ({type(exc).__name__}: {str(exc)[:200]}); re-extract it from {CIFAR_URL}") from exc
+    _check_structure(data, path)
     return data
 
 
-def _refuse_object_arrays(obj: Any, path: Path) -> None:
-    if isinstance(obj, np.ndarray) and obj.dtype.hasobject:
-        raise UnsafePickleError(f"{path}: holds an object array; CIFAR files hold only numeric arrays")
-    if isinstance(obj, dict):
-        for v in obj.values():
-            _refuse_object_arrays(v, path)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            _refuse_object_arrays(v, path)
+def _check_structure(data: Any, path: Path) -> None:
+    """Walk what the pickle built once (iteratively, each shared container once): refuse object
+    arrays, a container that contains itself, nesting deeper than MAX_DEPTH and more than
+    MAX_ITEMS values."""
+    done: set[int] = set()
+    on_path: set[int] = set()
+    stack: list[tuple[Any, int, bool]] = [(data, 0, False)]
+    items = 0
+    while stack:
+        obj, depth, leaving = stack.pop()
+        if leaving:
+            on_path.discard(id(obj))
+            done.add(id(obj))
+            continue
+        if isinstance(obj, np.ndarray):
+            if obj.dtype.hasobject:
+                raise UnsafePickleError(f"{path}: holds an object array; CIFAR files hold only numeric arrays")
+            continue
+        if not isinstance(obj, (dict, list, tuple)) or id(obj) in done:
+            continue
+        if id(obj) in on_path:
+            raise UnsafePickleError(f"{path}: a container that contains itself; CIFAR files hold plain dicts and lists")
+        if depth >= MAX_DEPTH:
+            raise UnsafePickleError(f"{path}: containers nested more than {MAX_DEPTH} deep; CIFAR files nest 2 deep")
+        children = list(obj.values()) if isinstance(obj, dict) else obj
+        items += len(children)
+        if items > MAX_ITEMS:
+            raise UnsafePickleError(f"{path}: holds more than {MAX_ITEMS:,} values; no CIFAR file does")
+        on_path.add(id(obj))
+        stack.append((obj, depth, True))
+        stack.extend((child, depth + 1, False) for child in children)
 
 
 # --------------------------------------------------------------------------- folders

@@ -10,6 +10,9 @@ scalars and a checkpoint (``checkpoints/task_XX.pt`` and ``latest.pt``).
 With ``eval.fwt_baseline`` the untouched initial model is scored first (``results.baseline``,
 the b of FWT). A non-finite loss raises :class:`~clrl.errors.TrainingDiverged` inside; the run
 is then marked ``failed`` with the reason (the last checkpoint stays valid) and returned.
+SIGINT/SIGTERM stop at once (checkpoints exist only at task ends, and a first one before task 0):
+the run is marked ``failed`` with reason ``interrupted`` and the CLI exits 130; a crash marks it
+``failed`` with the exception. Both through :mod:`clrl.lifecycle`, as in the RL runner.
 
 Resume (``clrl run --resume DIR``): the model, heads, regularizer state, VCL betas, reservoir,
 global RNG states and results are read back from ``latest.pt`` (through
@@ -29,8 +32,14 @@ from typing import Any
 from clrl.allocator import tune_malloc
 from clrl.config import SupervisedConfig, config_to_dict, regularizer_hparams
 from clrl.device import resolve_device
-from clrl.errors import CheckpointError, TrainingDiverged
-from clrl.io import load_checkpoint, save_checkpoint
+from clrl.errors import CheckpointError
+from clrl.io import check_finite_tensors, load_checkpoint, save_checkpoint
+from clrl.lifecycle import (
+    Interrupt,
+    check_same_experiment,
+    failure_guard,
+    resume_without_checkpoint,
+)
 from clrl.regularizers import Regularizer, build_regularizer
 from clrl.regularizers.base import diagnostic_scalars
 from clrl.results import (
@@ -43,7 +52,7 @@ from clrl.results import (
     reference_from_run,
     save_results,
 )
-from clrl.rundir import RunDir, setup_logging
+from clrl.rundir import RunDir, run_lock, setup_logging
 from clrl.seeding import derive_seed, get_rng_state, seed_everything, set_rng_state
 from clrl.supervised.data import build_benchmark
 from clrl.supervised.evaluation import evaluate_tasks
@@ -86,6 +95,10 @@ def _checkpoint_state(ctx: TaskContext, results: Results, task: int) -> dict[str
 def _restore_checkpoint(ctx: TaskContext, state: dict[str, Any], path: Any) -> Results:
     if state.get("kind") != CHECKPOINT_KIND:
         raise CheckpointError(f"{path}: not a supervised-run checkpoint (kind {state.get('kind')!r})")
+    saved = Results.model_validate(json.loads(state["results"]))
+    check_same_experiment(saved.config, ctx.cfg, path)  # an edited config.yaml is refused
+    for part in ("trunk", "heads", "vcl"):
+        check_finite_tensors(state.get(part) or {}, path, part)
     if list(state["tasks"]) != ctx.bench.task_names:
         raise CheckpointError(
             f"{path}: saved for tasks {state['tasks']}, but the config now gives {ctx.bench.task_names}"
@@ -106,7 +119,7 @@ def _restore_checkpoint(ctx: TaskContext, state: dict[str, Any], path: Any) -> R
         raise CheckpointError(f"{path}: does not match this run's model ({exc})") from exc
     set_rng_state(state["rng"])
     ctx.counters.update({k: int(v) for k, v in state["counters"].items()})
-    return Results.model_validate(json.loads(state["results"]))
+    return saved
 
 
 def _tensorboard(cfg: SupervisedConfig, rd: RunDir, log: logging.Logger):
@@ -123,6 +136,11 @@ def _tensorboard(cfg: SupervisedConfig, rd: RunDir, log: logging.Logger):
 def run_experiment(cfg: SupervisedConfig, rd: RunDir, resume: bool = False) -> Results:
     """Run (or resume) the supervised experiment ``cfg`` in ``rd``; return its results."""
     tune_malloc()  # large batches reuse heap memory instead of faulting in new pages
+    with run_lock(rd.root):  # one run per directory (a second gets exit 2 naming the holder)
+        return _run(cfg, rd, resume)
+
+
+def _run(cfg: SupervisedConfig, rd: RunDir, resume: bool) -> Results:
     log = setup_logging(rd, "clrl.supervised")
     start = time.time()
     rd.make()
@@ -131,62 +149,87 @@ def run_experiment(cfg: SupervisedConfig, rd: RunDir, resume: bool = False) -> R
         if previous.status == "complete":
             log.info("resume: %s is already complete", rd.root)
             return previous
-    device = resolve_device(cfg.device)
-    seed_everything(cfg.seed, deterministic=cfg.train.deterministic)
-    bench = build_benchmark(cfg.tasks, cfg.seed)
-    T = len(bench.tasks)
-    model = build_model(cfg, bench).to(device)
-    name, hparams = regularizer_hparams(cfg)
-    reg: Regularizer = build_regularizer(name, model.trunk, heads=model.heads, **hparams)
-    buffer = None
-    if cfg.train.regime == "single_pass" and cfg.train.buffer_size > 0:
-        buffer = ReservoirBuffer(cfg.train.buffer_size, seed=derive_seed(cfg.seed, "reservoir"))
-    ctx = TaskContext(cfg, bench, model, reg, device, log, buffer=buffer,
-                      prox_every_auto=getattr(cfg.regularizer, "prox_every", 1) is None)
+    if resume and not rd.latest_checkpoint.is_file():
+        resume_without_checkpoint(rd)  # refuses when results.json holds scores training again would overwrite
+    results: Results | None = None  # until restored or created: a failure then leaves results.json alone
 
-    results: Results | None = None
-    if resume and rd.latest_checkpoint.is_file():
-        results = _restore_checkpoint(ctx, load_checkpoint(rd.latest_checkpoint, map_location=device), rd.latest_checkpoint)
-        results.status, results.reason = "running", None
-        log.info("resumed from %s after task %d", rd.latest_checkpoint, results.tasks_done() - 1)
-    elif resume:
-        log.warning("resume: no checkpoint in %s; starting from the first task", rd.checkpoints)
-    if results is None:
-        results = new_results("supervised", cfg.name, cfg.seed, config_to_dict(cfg), bench.task_names)
-        if cfg.reference:
-            results.reference = reference_from_run(cfg.reference, bench.task_names)
-        results.timings = {"per_task": []}
-        log.info("run %s: %d tasks %s, device %s, regularizer %s %s", cfg.name, T, bench.task_names, device, name, hparams)
-        if cfg.train.regime == "single_pass" and cfg.tasks.validation > 0:
-            log.warning("single-pass regime: tasks.validation = %s of the training data is held out but unused",
-                        cfg.tasks.validation)
-        for t, task in enumerate(bench.tasks):
-            log.info("task %d %s: classes %s, %d train / %d val / %d test", t, task.name, task.classes,
-                     len(task.y_train), len(task.y_val), len(task.y_test))
-        if cfg.eval.fwt_baseline:
-            t0 = time.time()
-            results.baseline = evaluate_tasks(model, bench.tasks, range(T), cfg.eval.batch_size, device)
-            results.timings["baseline_s"] = _wall(t0)
+    def fail(reason: str) -> None:
+        if results is None:
+            log.error("run stopped before it started: %s", reason)
+            return
+        results.status, results.reason = "failed", reason
+        try:
+            results.metrics = compute_metrics(results)
+        except Exception:  # noqa: BLE001 - metrics of a broken run are a nicety
+            pass
+        log.error("run stopped: %s", reason)
         save_results(rd.results_path, results)
 
-    writer = _tensorboard(cfg, rd, log)
-    ctx.writer = writer
-    first = results.tasks_done()
-    run_start = time.time()
+    def running() -> bool:
+        return results is not None and results.status == "running"
 
-    def on_epoch(t: int, epoch: int, stats: dict[str, float]) -> None:
-        every = cfg.eval.every_epochs
-        if every and (epoch + 1) % every == 0:
-            scores = evaluate_tasks(model, bench.tasks, range(t + 1), cfg.eval.batch_size, device)
-            step = ctx.counters["epochs"]
-            results.curves.append(CurvePoint(step=step, task=t, scores=scores, wall_time=_wall(run_start)))
-            for j, s in enumerate(scores):
-                ctx.scalar(f"eval/acc/{bench.tasks[j].name}", s, step)
+    # checkpoints are written at task ends only: a signal stops at once and keeps the last one
+    interrupt = Interrupt(log, immediate=True)
+    with interrupt.installed(), failure_guard(fail, running, rd.root):
+        device = resolve_device(cfg.device)
+        seed_everything(cfg.seed, deterministic=cfg.train.deterministic)
+        bench = build_benchmark(cfg.tasks, cfg.seed)
+        T = len(bench.tasks)
+        model = build_model(cfg, bench).to(device)
+        name, hparams = regularizer_hparams(cfg)
+        reg: Regularizer = build_regularizer(name, model.trunk, heads=model.heads, **hparams)
+        buffer = None
+        if cfg.train.regime == "single_pass" and cfg.train.buffer_size > 0:
+            buffer = ReservoirBuffer(cfg.train.buffer_size, seed=derive_seed(cfg.seed, "reservoir"))
+        ctx = TaskContext(cfg, bench, model, reg, device, log, buffer=buffer,
+                          prox_every_auto=getattr(cfg.regularizer, "prox_every", 1) is None)
+
+        if resume and rd.latest_checkpoint.is_file():
+            restored = _restore_checkpoint(ctx, load_checkpoint(rd.latest_checkpoint, map_location=device), rd.latest_checkpoint)
+            restored.status, restored.reason = "running", None
+            results = restored
+            log.info("resumed from %s after task %d", rd.latest_checkpoint, results.tasks_done() - 1)
+        elif resume:
+            log.warning("resume: no checkpoint in %s; starting from the first task", rd.checkpoints)
+        if results is None:
+            fresh = new_results("supervised", cfg.name, cfg.seed, config_to_dict(cfg), bench.task_names)
+            if cfg.reference:
+                fresh.reference = reference_from_run(cfg.reference, bench.task_names)
+            fresh.timings = {"per_task": []}
+            results = fresh
+            save_results(rd.results_path, results)  # from the start: a signal during start-up is recorded
+            log.info("run %s: %d tasks %s, device %s, regularizer %s %s", cfg.name, T, bench.task_names, device, name, hparams)
+            if cfg.train.regime == "single_pass" and cfg.tasks.validation > 0:
+                log.warning("single-pass regime: tasks.validation = %s of the training data is held out but unused",
+                            cfg.tasks.validation)
+            for t, task in enumerate(bench.tasks):
+                log.info("task %d %s: classes %s, %d train / %d val / %d test", t, task.name, task.classes,
+                         len(task.y_train), len(task.y_val), len(task.y_test))
+            if cfg.eval.fwt_baseline:
+                t0 = time.time()
+                results.baseline = evaluate_tasks(model, bench.tasks, range(T), cfg.eval.batch_size, device)
+                results.timings["baseline_s"] = _wall(t0)
+            # the initial state (task -1): a run stopped during its first task resumes from here
+            save_checkpoint(rd.latest_checkpoint, _checkpoint_state(ctx, results, -1))
             save_results(rd.results_path, results)
 
-    ctx.on_epoch = on_epoch if cfg.train.regime == "offline" else None
-    train_task = train_offline_task if cfg.train.regime == "offline" else train_single_pass_task
-    try:
+        writer = _tensorboard(cfg, rd, log)
+        ctx.writer = writer
+        first = results.tasks_done()
+        run_start = time.time()
+
+        def on_epoch(t: int, epoch: int, stats: dict[str, float]) -> None:
+            every = cfg.eval.every_epochs
+            if every and (epoch + 1) % every == 0:
+                scores = evaluate_tasks(model, bench.tasks, range(t + 1), cfg.eval.batch_size, device)
+                step = ctx.counters["epochs"]
+                results.curves.append(CurvePoint(step=step, task=t, scores=scores, wall_time=_wall(run_start)))
+                for j, s in enumerate(scores):
+                    ctx.scalar(f"eval/acc/{bench.tasks[j].name}", s, step)
+                save_results(rd.results_path, results)
+
+        ctx.on_epoch = on_epoch if cfg.train.regime == "offline" else None
+        train_task = train_offline_task if cfg.train.regime == "offline" else train_single_pass_task
         with writer if writer is not None else nullcontext():
             for t in range(first, T):
                 _run_task(ctx, results, rd, t, train_task, run_start)
@@ -195,15 +238,6 @@ def run_experiment(cfg: SupervisedConfig, rd: RunDir, resume: bool = False) -> R
         results.timings["total_s"] = round(results.timings.get("total_s", 0.0) + time.time() - start, 3)
         save_results(rd.results_path, results)
         log.info("complete: ACC %.4f", results.metrics.get("acc") or float("nan"))
-    except TrainingDiverged as exc:
-        results.status, results.reason = "failed", f"training diverged: {exc}"
-        results.metrics = compute_metrics(results)
-        save_results(rd.results_path, results)
-        log.error("%s", results.reason)
-    except BaseException:
-        log.exception("run interrupted; resume with `clrl run --resume %s`", rd.root)
-        save_results(rd.results_path, results)
-        raise
     return results
 
 
