@@ -441,7 +441,9 @@ def _write_json(out: Path, result: dict[str, Any]) -> Path:
 def learning_curves(result: dict[str, Any], out: Path) -> list[Path]:
     """Evaluation score vs training steps per game: mean over seeds, min-max band, both methods."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
+    from clrl.report.figures import _steps_label
     from clrl.report.style import COLUMN_WIDTH, PAGE_WIDTH, color, paper_style, save
 
     games = result["games"]
@@ -462,6 +464,8 @@ def learning_curves(result: dict[str, Any], out: Path) -> list[Path]:
                     ax.fill_between(x, y.min(axis=0), y.max(axis=0), color=color(i), alpha=0.18, linewidth=0)
             ax.set_title(game)
             ax.set_xlabel("training steps")
+            ax.set_xlim(left=0)
+            ax.xaxis.set_major_formatter(FuncFormatter(_steps_label))
         axes[0][0].set_ylabel("evaluation score")
         axes[0][-1].legend(loc="best")
         return save(fig, out, "bench_learning", formats=("png",))
