@@ -634,3 +634,109 @@ def test_births_use_the_narrowest_integer_and_old_checkpoints_load():
     reg2.load_state_dict(sd)
     assert all(torch.equal(a, b) for a, b in zip(reg2.born, reg.born, strict=True))
     assert [k is None or torch.equal(k, m) for k, m in zip(reg2._keep, reg._keep, strict=True)] == [True, True]
+
+
+# ----------------------------------------------------------------------------- issue 13: no per-step transfers
+
+
+class _Watch:
+    """Counts, while active, Python-level ``Tensor.to/cuda/cpu`` calls (each is a potential
+    host/device copy), device synchronizations (``aten._local_scalar_dense``: ``.item()``,
+    ``bool(t)``) and copies whose source and result sit on different devices."""
+
+    def __init__(self, monkeypatch):
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_leaves
+
+        watch = self
+        self.calls, self.syncs, self.cross = [], 0, 0
+        for name in ("to", "cuda", "cpu"):
+            real = getattr(torch.Tensor, name)
+
+            def spy(t, *a, _real=real, _name=name, **k):
+                if watch.active:
+                    watch.calls.append(_name)
+                return _real(t, *a, **k)
+
+            monkeypatch.setattr(torch.Tensor, name, spy)
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                if func is torch.ops.aten._local_scalar_dense.default:
+                    watch.syncs += 1
+                if func in (torch.ops.aten._to_copy.default, torch.ops.aten.copy_.default):
+                    devs = {t.device for t in tree_leaves((args, out)) if isinstance(t, torch.Tensor) and t.dim() > 0}
+                    watch.cross += len(devs) > 1
+                return out
+
+        self.mode = Mode()
+        self.active = False
+
+    def __enter__(self):
+        self.active = True
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.mode.__exit__(*exc)
+        self.active = False
+
+
+_DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", _DEVICES)
+def test_agscl_step_hook_makes_no_host_device_copies_or_syncs(device, monkeypatch):
+    """The post-step hook (I.1 masks on trunk and past head, then the prox step) only touches
+    tensors that already live on the parameters' device: no ``.to``/``.cuda``/``.cpu`` call, no
+    synchronization, no cross-device copy per optimizer step (issue 13). On a CUDA machine the
+    same test also runs on the GPU.
+
+    Mutations caught: ``cols.to(w.device)`` in ``apply_masks`` (the old per-step copy of the head
+    column indices); Omega/anchor moved with ``.to(v.device)`` in ``prox_now``; the
+    ``threshold >= 0`` check (a sync) left on in ``prox_now``."""
+    trunk, heads = _model()
+    x, y = _data(21)
+    _kill(trunk, 0, [0, 1])
+    _kill(trunk, 1, [2])
+    reg = build_regularizer("agscl", trunk, heads, mu=0.5, lamb=2.0, prox_every=1, seed=0)
+    _end(reg, trunk, heads, 0, x)
+    trunk.to(device)
+    heads.to(device)
+    x, y = x.to(device), y.to(device)
+    opt = torch.optim.Adam(list(trunk.parameters()) + list(heads.parameters_of(1)), lr=0.01)
+    reg.begin_task(1, opt)  # moves Omega, births, anchor and masks once
+    assert reg._keep[0] is not None and reg._head_cols  # both kinds of mask are exercised
+    assert all(t.device.type == device for t in reg.omega + reg.anchor + [k for k in reg._keep if k is not None])
+    watch = _Watch(monkeypatch)
+    for step in range(3):
+        _train(trunk, heads, opt, 1, x, y, 1, offset=step)  # the hooked step works on the device
+        with watch:
+            reg._post_step(opt)  # the hook again, watched: masks, then a prox step
+    assert reg.n_prox == 6
+    assert watch.calls == [] and watch.syncs == 0 and watch.cross == 0
+
+
+@pytest.mark.parametrize("device", _DEVICES)
+@pytest.mark.parametrize("clipped", [False, True])
+def test_quadratic_penalty_makes_no_host_device_copies_or_syncs(device, clipped, monkeypatch):
+    """EWC's penalty gradient (pre-step hook, or the gradient hooks of ``penalty_clipped``) adds
+    device tensors to device tensors: nothing moved, nothing synchronized."""
+    trunk, heads = _model()
+    x, y = _data(22)
+    reg = build_regularizer("ewc", trunk, heads, fisher="empirical", penalty_clipped=clipped)
+    reg.end_task(0, [(x, y)], lambda b: heads(trunk(b), 0))
+    trunk.to(device)
+    heads.to(device)
+    reg.load_state_dict(reg.state_dict())  # importance and anchors follow the parameters' device
+    x, y = x.to(device), y.to(device)
+    opt = torch.optim.SGD(list(trunk.parameters()) + list(heads.parameters_of(1)), lr=0.01)
+    reg.begin_task(1, opt)
+    watch = _Watch(monkeypatch)
+    loss = F.cross_entropy(heads(trunk(x), 1), y)
+    opt.zero_grad(set_to_none=True)
+    with watch:
+        loss.backward()
+        reg._pre_step(opt)
+    assert watch.calls == [] and watch.syncs == 0 and watch.cross == 0

@@ -268,7 +268,7 @@ class AGSCL(Regularizer):
                 else:
                     continue
                 v = get_incoming(layer)
-                omega = self.omega[i].to(dtype=v.dtype)  # the same tensor when the dtypes agree
+                omega = self.omega[i] if self.omega[i].dtype == v.dtype else self.omega[i].to(v.dtype)
                 # eq. (7): alpha * mu around 0 on G0, alpha * lamb * Omega around the anchor elsewhere
                 thr = torch.where(self._g0[i], alpha * mu, alpha * lamb * omega)
                 center = None if self.anchor is None else self.anchor[i].masked_fill(self._g0[i].unsqueeze(1), 0.0)

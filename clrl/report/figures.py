@@ -424,7 +424,7 @@ def sparsity_capacity(groups: list[Group], out_dir: Path, prefix: str = "", form
                 ax.plot(x, mean, label=f"{g.label} (n={int(n.max())})", color=color(gi),
                         marker=MARKERS[gi % len(MARKERS)], markersize=3.5)
                 _band(ax, x, mean, std, color(gi))
-            for gi, g, mean, std, n in (data["important_unmoved"] if key == "used_capacity" else []):
+            for gi, _g, mean, _std, _n in (data["important_unmoved"] if key == "used_capacity" else []):
                 x = np.arange(1, len(mean) + 1)
                 ax.plot(x, mean, color=color(gi), linestyle="--", marker=MARKERS[gi % len(MARKERS)], markersize=3.5)
             if not data[key]:
