@@ -532,26 +532,30 @@ def test_mask_before_prox_lands_a_row_within_its_threshold_exactly_on_the_anchor
 @pytest.mark.parametrize("model", ["mlp", "conv"])
 def test_old_task_outputs_are_unchanged_under_a_freezing_lambda(model):
     """With lamb = 1e9 every important node is frozen, I.1 cuts what they read from G0 nodes and
-    the finished head reads no G0 unit, so task 0's outputs do not move while task 1 trains
-    (re-drawn G0 nodes and all).
+    the finished head reads no G0 unit, so task 0's outputs on its consolidation inputs stay what
+    training made them, through consolidation (G0 nodes were silent on them) and task 1's
+    training (re-drawn G0 nodes and all).
 
-    Mutations caught: I.2 re-drawing important nodes; no I.1 zeroing at consolidation."""
+    Mutations caught: I.2 re-drawing important nodes; the finished head's columns of G0 units
+    not zeroed and held (no ``head_born``)."""
     if model == "mlp":
         trunk, heads = _model()
         (xa, ya), (xb, yb) = _data(16), _data(17)
         _kill(trunk, 0, [0, 1])
+        _kill(trunk, 1, [3])  # a G0 node in the layer the finished head reads
     else:
         trunk, heads = _conv_model()
         (xa, ya), (xb, yb) = _conv_data(16), _conv_data(17)
         _kill_conv(trunk[0], [1])
+        _kill_conv(trunk[5], [2])  # works on Linear rows too
     reg = build_regularizer("agscl", trunk, heads, mu=0.5, lamb=1e9, rho=1.0, prox_every=1, seed=0)
     opt = torch.optim.Adam(list(trunk.parameters()) + list(heads.parameters_of(0)), lr=0.02)
     reg.begin_task(0, opt)
     _train(trunk, heads, opt, 0, xa, ya, 4)
+    with torch.no_grad():
+        old = heads(trunk(xa), 0)  # as trained: consolidation (I.1, I.2) must not change it either
     _end(reg, trunk, heads, 0, xa)
     assert any(g.any() for g in reg.unimportant()) and not all(g.all() for g in reg.unimportant())
-    with torch.no_grad():
-        old = heads(trunk(xa), 0)
     opt = torch.optim.Adam(list(trunk.parameters()) + list(heads.parameters_of(1)), lr=0.05)
     reg.begin_task(1, opt)
     _train(trunk, heads, opt, 1, xb, yb, 8)
@@ -580,7 +584,7 @@ def test_used_capacity_and_important_unmoved_against_a_hand_count():
     unmoved counts (5 + 3) / 14.
 
     Mutations caught: counting important-and-unmoved without the importance filter; counting
-    used capacity among important nodes only; taking the importance after consolidation."""
+    used capacity among important nodes only."""
     trunk, heads = _model()
     xa, ya = _data(18)
     xb, yb = _data(19)
