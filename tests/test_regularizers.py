@@ -483,7 +483,9 @@ def test_hooks_bench_smoke():
     assert res["agscl"]["n_prox"] == 2  # one prox per timed block
     assert res["ewc"]["memory_bytes"]["importance"] == report["config"]["trunk_params"] * 4
     assert res["agscl"]["memory_bytes"]["importance"] == (4 + 8 + 8 + 16) * 5  # float32 Omega + uint8 birth
-    assert "x Adam" in format_table(report)
+    table = format_table(report)
+    n_params, n_nodes = report["config"]["trunk_params"], 4 + 8 + 8 + 16
+    assert "x Adam" in table and f"EWC's is {n_params * 4 / (n_nodes * 5):,.0f}x AGS-CL's" in table
     json.dumps(report)
 
 
