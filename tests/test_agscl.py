@@ -566,14 +566,40 @@ def test_old_task_outputs_are_unchanged_under_a_freezing_lambda(model):
 
 @pytest.mark.parametrize("spec", ["bn>relu", "relu>ln", "gn:groups=2>relu"])
 def test_normalization_layers_are_refused_naming_the_module(spec):
-    """Departure 2: norms hold parameters and statistics outside every node group (bn moved old
-    logits by 3.07 at lamb 1e9), so AGS-CL refuses them; EWC and MAS accept them.
+    """Departure 2: norms hold parameters and statistics outside every node group, so AGS-CL
+    refuses them; EWC and MAS accept them.
 
     Mutation caught: dropping the check in ``AGSCL.__init__``."""
     trunk, heads = _model(activation=spec)
     with pytest.raises(ValueError, match=r"agscl: trunk module '1\.\d' \((BatchNorm|LayerNorm|GroupNorm)\) is a normalization layer"):
         build_regularizer("agscl", trunk, heads)
     build_regularizer("ewc", trunk, heads)
+
+
+def test_why_norms_are_refused_batchnorm_moves_old_outputs_under_a_freezing_lambda(monkeypatch):
+    """The reason for the refusal, shown: with the check bypassed, ``bn>relu`` lets task 0's
+    outputs move under lamb = 1e9 (BatchNorm's affine parameters train freely and its running
+    statistics follow task 1), where the same run with ``relu`` keeps them (test above)."""
+    from clrl.regularizers import agscl as agscl_mod
+
+    monkeypatch.setattr(agscl_mod, "_check_no_norms", lambda trunk: None)
+    trunk, heads = _model(activation="bn>relu")
+    (xa, ya), (xb, yb) = _data(16), _data(17)
+    reg = build_regularizer("agscl", trunk, heads, mu=0.5, lamb=1e9, rho=1.0, prox_every=1, seed=0)
+    opt = torch.optim.Adam(list(trunk.parameters()) + list(heads.parameters_of(0)), lr=0.02)
+    reg.begin_task(0, opt)
+    _train(trunk, heads, opt, 0, xa, ya, 4)
+    _end(reg, trunk, heads, 0, xa)
+    trunk.eval()
+    with torch.no_grad():
+        old = heads(trunk(xa), 0)
+    trunk.train()
+    opt = torch.optim.Adam(list(trunk.parameters()) + list(heads.parameters_of(1)), lr=0.05)
+    reg.begin_task(1, opt)
+    _train(trunk, heads, opt, 1, xb * 3 + 1, yb, 8)
+    trunk.eval()
+    with torch.no_grad():
+        assert (heads(trunk(xa), 0) - old).abs().max() > 1e-2
 
 
 def test_used_capacity_and_important_unmoved_against_a_hand_count():

@@ -29,7 +29,7 @@ are important are *held* at 0 for all later tasks (the paper: "for all future ta
 Since ``G0`` only shrinks and an important node stays important (``eta > 0``), this is the rule
 "node j never reads node i if j became important at an earlier task than i", stored as one
 integer per node (its *birth*, the consolidation at which Omega first became > 0; stored at the
-smallest unsigned/signed width that holds the number of consolidations, uint8 up to 254 tasks,
+narrowest integer dtype that holds the number of consolidations, uint8 up to 254 tasks,
 so the importance state is about 5 bytes per node, Omega's 4 plus 1). The finished
 task's head counts as born at that task: its columns of ``G0`` units are zeroed and held at zero
 (REFERENCE.md bug (2): the code left them in place while later tasks re-initialized those
@@ -55,8 +55,8 @@ what a past task's important nodes output; I.1 cannot block that, because it act
 
 Normalization layers (``bn``, ``gn``, ``ln``, torch's norms) are refused: their affine parameters
 and running statistics belong to no node's incoming group and LayerNorm/GroupNorm mix the nodes of
-a layer, so freezing every important group would not keep old tasks' outputs (measured: logits
-moved by 3.07 at lambda 1e9, issue 16). EWC and MAS accept them (they penalize every parameter).
+a layer, so freezing every important group would not keep old tasks' outputs (issue 16). EWC and
+MAS accept them (they penalize every parameter).
 """
 
 from __future__ import annotations
