@@ -98,6 +98,9 @@ class EWCConfig(Strict):
     fisher: Literal["true", "empirical"] = "true"
     include_heads: bool = False
     max_samples: int = Field(2560, ge=1, description="samples used to estimate the Fisher")
+    penalty_clipped: bool = Field(
+        False, description="add the penalty gradient before gradient clipping (the AGS-CL code) instead of after"
+    )
 
 
 class MASConfig(Strict):
@@ -109,6 +112,9 @@ class MASConfig(Strict):
     accumulate: Literal["sum", "mean"] = "sum"
     include_heads: bool = False
     max_samples: int = Field(2560, ge=1)
+    penalty_clipped: bool = Field(
+        False, description="add the penalty gradient before gradient clipping (the AGS-CL code) instead of after"
+    )
 
 
 class AGSCLConfig(Strict):
@@ -118,7 +124,7 @@ class AGSCLConfig(Strict):
     mu: float = Field(0.1, ge=0, description="group-lasso weight on unimportant nodes")
     lamb: float = Field(100.0, ge=0, description="weight of the importance-scaled group penalty")
     rho: float = Field(1.0, ge=0, le=1, description="probability of re-initializing an unimportant node (I.2)")
-    eta: float = Field(0.9, ge=0, le=1, description="decay of accumulated importance Omega (eq. 8)")
+    eta: float = Field(0.9, gt=0, le=1, description="decay of accumulated importance Omega (eq. 8), 0 < eta <= 1")
     prox_every: int | None = Field(
         None, ge=1, description="optimizer steps between proximal steps; default: one PPO epoch / one epoch"
     )

@@ -202,8 +202,11 @@ def test_zeroed_weights_stay_zero_and_important_nodes_freeze():
             assert torch.equal(get_incoming(layer)[imp], anchor[i][imp])
     assert heads.heads[1].weight[:, 4].abs().sum() > 0  # the running task's head is free
     d = reg.diagnostics()
-    frozen = float((~torch.cat(g0)).float().mean())
-    assert d["overall"]["used_capacity"] >= frozen
+    frozen = float((~torch.cat(g0)).float().mean())  # every important node, and the re-drawn G0 nodes all train
+    assert d["overall"]["used_capacity"] == pytest.approx(frozen)
+    assert d["overall"]["important_unmoved"] == pytest.approx(frozen)
+    moved = [(get_incoming(lay) != a).any(dim=1) for lay, a in zip(node_view(trunk), anchor, strict=True)]
+    assert all(torch.equal(m, g) for m, g in zip(moved, g0, strict=True))  # the hand count behind `frozen`
     # the mask is what keeps them at zero: without the hooks the same training regrows them
     reg.detach()
     _train(trunk, heads, opt, 1, xb, yb, 2)
@@ -349,7 +352,7 @@ def test_maxout_credit_goes_to_the_winner():
     assert torch.all(w1[:, 0] != 0)  # block 0 has an important winner
 
 
-@pytest.mark.parametrize("spec", ["lwta:block=2", "st_hard:groups=2", "st_soft:groups=2>gnc:groups=2", "bn>relu"])
+@pytest.mark.parametrize("spec", ["lwta:block=2", "st_hard:groups=2", "st_soft:groups=2>gnc:groups=2"])
 def test_runs_on_competitive_activations(spec):
     trunk, heads = _model(hidden=(8, 6), activation=spec)
     xa, ya = _data(13)
@@ -375,5 +378,395 @@ def test_memory_is_per_node():
     reg.end_task(0, [torch.rand(2, 4, 84, 84)], trunk)
     mem = reg.memory_bytes()
     n_nodes = 32 + 64 + 64 + 512
-    assert mem["importance"] == n_nodes * (4 + 8)  # Omega float32 + birth int64
+    assert mem["importance"] == n_nodes * (4 + 1)  # Omega float32 + birth uint8
     assert mem["anchor"] == sum(p.numel() for p in trunk.parameters()) * 4
+
+
+# ----------------------------------------------------------------------------- issue 16: exactly the paper
+
+
+def _conv_model(seed=0, n_heads=2):
+    """conv(2->4, 3x3) -> relu -> conv(4->3, 3x3, stride 2) -> relu -> flatten -> linear(27->6) -> relu
+    on 2x9x9 inputs: spatial sizes 7x7 and 3x3, so every layer has its own samples x positions."""
+    torch.manual_seed(seed)
+    trunk = torch.nn.Sequential(
+        torch.nn.Conv2d(2, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 3, 3, stride=2), torch.nn.ReLU(),
+        torch.nn.Flatten(), torch.nn.Linear(27, 6), torch.nn.ReLU(),
+    )
+    heads = MultiHead(6)
+    for t in range(n_heads):
+        heads.add_head(t, 3)
+    return trunk, heads
+
+
+def _conv_data(seed, n=24):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 2, 9, 9, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def _kill_conv(conv, channels, bias=-100.0):
+    with torch.no_grad():
+        conv.weight[channels] = 0
+        conv.bias[channels] = bias
+
+
+def test_conv_omega_of_every_layer_is_the_mean_over_samples_and_positions():
+    """Every layer of a conv trunk against an independent forward pass: conv layers average
+    |relu| over samples and *their own* positions (7x7, then 3x3), the linear layer over samples.
+
+    Mutation caught: dividing every layer's sum by layer 0's count of samples x positions."""
+    trunk, heads = _conv_model()
+    x, _ = _conv_data(1, n=10)
+    reg = build_regularizer("agscl", trunk, heads, rho=0.0)
+    c0, c1, lin = trunk[0], trunk[2], trunk[5]
+    with torch.no_grad():
+        h0 = torch.relu(F.conv2d(x, c0.weight, c0.bias))
+        h1 = torch.relu(F.conv2d(h0, c1.weight, c1.bias, stride=2))
+        h2 = torch.relu(h1.flatten(1) @ lin.weight.T + lin.bias)
+    expected = [h0.mean(dim=(0, 2, 3)), h1.mean(dim=(0, 2, 3)), h2.mean(dim=0)]
+    assert [tuple(h.shape[2:]) for h in (h0, h1)] == [(7, 7), (3, 3)]
+    reg.end_task(0, [x[:4], x[4:]], lambda b: heads(trunk(b), 0))
+    for got, want in zip(reg.omega, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_conv_flatten_linear_mask_holds_channel_blocks_at_zero_while_training():
+    """I.1 across conv -> flatten -> linear: torch flattens (C, H, W), so channel u owns columns
+    u*9 .. u*9+8 of the linear layer. With lamb = 0 (no freezing) only the mask keeps them at 0,
+    while the re-drawn channel is active and its columns get gradients.
+
+    Mutation caught: masking the boundary as if channels were the fastest index (columns u, u+3,
+    u+6, ... in ``outgoing_weights`` and ``apply_masks``)."""
+    trunk, heads = _conv_model()
+    xa, ya = _conv_data(2)
+    xb, yb = _conv_data(3)
+    _kill_conv(trunk[2], [0])
+    reg = build_regularizer("agscl", trunk, heads, mu=0.0, lamb=0.0, rho=1.0, seed=0)
+    reg.end_task(0, [xa], lambda b: heads(trunk(b), 0))
+    g0 = reg.unimportant()
+    assert g0[1].tolist() == [True, False, False]
+    imp = (~g0[2]).nonzero()[:, 0]  # important linear rows: born before channel 0, so masked
+    assert imp.numel() >= 4
+    w = trunk[5].weight
+    block = torch.zeros(27, dtype=torch.bool)
+    block[0:9] = True  # channel 0's 3x3 positions
+    assert torch.all(w[imp][:, block] == 0) and torch.all(w[imp][:, ~block] != 0)
+    with torch.no_grad():
+        assert bool((torch.relu(trunk[:4](xb))[:, 0] > 0).any())  # the re-drawn channel 0 is active
+    start = w.detach().clone()
+    opt = torch.optim.Adam(list(trunk.parameters()) + list(heads.parameters_of(1)), lr=0.05)
+    reg.begin_task(1, opt)
+    for step in range(6):
+        _train(trunk, heads, opt, 1, xb, yb, 1, offset=step)
+        assert torch.all(w[imp][:, block] == 0), step  # exactly zero, no regrowth
+    assert (w[imp][:, ~block] != start[imp][:, ~block]).float().mean() > 0.8  # the free columns did train
+    reg.detach()  # without the hooks the same training regrows the block
+    _train(trunk, heads, opt, 1, xb, yb, 2)
+    assert w[imp][:, block].abs().sum() > 0
+
+
+def test_rand_init_leaves_important_nodes_alone():
+    """I.2 with rho = 1 on a layer with important and unimportant nodes: every G0 node is
+    re-drawn, every important node keeps its incoming group bit for bit (layer 1 only loses the
+    columns I.1 zeroes, those read from G0 units of layer 0).
+
+    Mutation caught: re-drawing every node with probability rho (dropping ``& g0``)."""
+    trunk, heads = _model()
+    x, _ = _data(14)
+    _kill(trunk, 0, [0, 3, 5])
+    _kill(trunk, 1, [1])
+    before = _groups(trunk)
+    reg = build_regularizer("agscl", trunk, heads, rho=1.0, seed=3)
+    _end(reg, trunk, heads, 0, x)
+    g0 = reg.unimportant()
+    assert g0[0].nonzero()[:, 0].tolist() == [0, 3, 5] and g0[1][1] and (~g0[1]).sum() >= 3
+    after = _groups(trunk)
+    expected1 = before[1].clone()
+    expected1[:, [0, 3, 5]] = 0  # I.1: outgoing weights of layer 0's G0 units
+    assert torch.equal(after[0][~g0[0]], before[0][~g0[0]])
+    assert torch.equal(after[1][~g0[1]], expected1[~g0[1]])
+    for i in range(2):  # rho = 1: every G0 node re-drawn (the killed ones had bias -100)
+        assert torch.all(after[i][g0[i], -1] != -100.0)
+
+
+def test_mask_before_prox_lands_a_row_within_its_threshold_exactly_on_the_anchor():
+    """Departure 1: a node whose free drift is 0.8x ``alpha * lamb * Omega`` lands exactly on
+    its anchor although Adam-like regrowth put large values in its masked entries; one with
+    1.25x drift is shrunk by Lemma 1 on its free entries only.
+
+    Mutation caught: running the prox before re-applying the I.1 mask in ``_post_step``."""
+    trunk, heads = _model()
+    x, _ = _data(15)
+    _kill(trunk, 0, [0, 1])
+    alpha, lamb = 0.01, 3.0
+    reg = build_regularizer("agscl", trunk, heads, mu=0.0, lamb=lamb, rho=0.0, prox_every=1)
+    _end(reg, trunk, heads, 0, x)
+    layer = node_view(trunk)[1]
+    imp = (~reg.unimportant()[1]).nonzero()[:, 0]
+    j, k = int(imp[0]), int(imp[1])
+    anchor = reg.anchor[1]
+    free = torch.ones(anchor.shape[1], dtype=torch.bool)
+    free[[0, 1]] = False  # columns from layer 0's G0 units: masked for important rows
+    assert torch.all(anchor[imp][:, ~free] == 0)
+    thr = alpha * lamb * reg.omega[1]
+    g = torch.Generator().manual_seed(0)
+    v = anchor.clone()
+    for row, factor in ((j, 0.8), (k, 1.25)):
+        d = torch.randn(int(free.sum()), generator=g)
+        v[row, free] += d / d.norm() * factor * thr[row]
+        v[row, ~free] = 5.0  # regrown masked entries
+    layer.set_incoming(v)
+    opt = torch.optim.SGD(trunk.parameters(), lr=alpha)
+    reg.begin_task(1, opt)
+    opt.zero_grad(set_to_none=True)
+    opt.step()  # no gradients: only the hooks act
+    got = get_incoming(layer)
+    assert torch.equal(got[j], anchor[j])
+    diff = v[k] - anchor[k]
+    diff[~free] = 0
+    want = anchor[k] + (1 - thr[k] / diff.norm()) * diff
+    torch.testing.assert_close(got[k], want, rtol=1e-6, atol=1e-7)
+    assert not torch.equal(got[k], anchor[k])
+
+
+@pytest.mark.parametrize("model", ["mlp", "conv"])
+def test_old_task_outputs_are_unchanged_under_a_freezing_lambda(model):
+    """With lamb = 1e9 every important node is frozen, I.1 cuts what they read from G0 nodes and
+    the finished head reads no G0 unit, so task 0's outputs on its consolidation inputs stay what
+    training made them, through consolidation (G0 nodes were silent on them) and task 1's
+    training (re-drawn G0 nodes and all).
+
+    Mutations caught: I.2 re-drawing important nodes; the finished head's columns of G0 units
+    not zeroed and held (no ``head_born``)."""
+    if model == "mlp":
+        trunk, heads = _model()
+        (xa, ya), (xb, yb) = _data(16), _data(17)
+        _kill(trunk, 0, [0, 1])
+        _kill(trunk, 1, [3])  # a G0 node in the layer the finished head reads
+    else:
+        trunk, heads = _conv_model()
+        (xa, ya), (xb, yb) = _conv_data(16), _conv_data(17)
+        _kill_conv(trunk[0], [1])
+        _kill_conv(trunk[5], [2])  # works on Linear rows too
+    reg = build_regularizer("agscl", trunk, heads, mu=0.5, lamb=1e9, rho=1.0, prox_every=1, seed=0)
+    opt = torch.optim.Adam(list(trunk.parameters()) + list(heads.parameters_of(0)), lr=0.02)
+    reg.begin_task(0, opt)
+    _train(trunk, heads, opt, 0, xa, ya, 4)
+    with torch.no_grad():
+        old = heads(trunk(xa), 0)  # as trained: consolidation (I.1, I.2) must not change it either
+    _end(reg, trunk, heads, 0, xa)
+    assert any(g.any() for g in reg.unimportant()) and not all(g.all() for g in reg.unimportant())
+    opt = torch.optim.Adam(list(trunk.parameters()) + list(heads.parameters_of(1)), lr=0.05)
+    reg.begin_task(1, opt)
+    _train(trunk, heads, opt, 1, xb, yb, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(heads(trunk(xa), 0), old, rtol=0, atol=1e-6)
+        assert not torch.allclose(heads(trunk(xb), 1), heads(trunk(xb), 1) * 0)  # task 1 did learn something
+
+
+@pytest.mark.parametrize("spec", ["bn>relu", "relu>ln", "gn:groups=2>relu"])
+def test_normalization_layers_are_refused_naming_the_module(spec):
+    """Departure 2: norms hold parameters and statistics outside every node group, so AGS-CL
+    refuses them; EWC and MAS accept them.
+
+    Mutation caught: dropping the check in ``AGSCL.__init__``."""
+    trunk, heads = _model(activation=spec)
+    with pytest.raises(ValueError, match=r"agscl: trunk module '1\.\d' \((BatchNorm|LayerNorm|GroupNorm)\) is a normalization layer"):
+        build_regularizer("agscl", trunk, heads)
+    build_regularizer("ewc", trunk, heads)
+
+
+def test_why_norms_are_refused_batchnorm_moves_old_outputs_under_a_freezing_lambda(monkeypatch):
+    """The reason for the refusal, shown: with the check bypassed, ``bn>relu`` lets task 0's
+    outputs move under lamb = 1e9 (BatchNorm's affine parameters train freely and its running
+    statistics follow task 1), where the same run with ``relu`` keeps them (test above)."""
+    from clrl.regularizers import agscl as agscl_mod
+
+    monkeypatch.setattr(agscl_mod, "_check_no_norms", lambda trunk: None)
+    trunk, heads = _model(activation="bn>relu")
+    (xa, ya), (xb, yb) = _data(16), _data(17)
+    reg = build_regularizer("agscl", trunk, heads, mu=0.5, lamb=1e9, rho=1.0, prox_every=1, seed=0)
+    opt = torch.optim.Adam(list(trunk.parameters()) + list(heads.parameters_of(0)), lr=0.02)
+    reg.begin_task(0, opt)
+    _train(trunk, heads, opt, 0, xa, ya, 4)
+    _end(reg, trunk, heads, 0, xa)
+    trunk.eval()
+    with torch.no_grad():
+        old = heads(trunk(xa), 0)
+    trunk.train()
+    opt = torch.optim.Adam(list(trunk.parameters()) + list(heads.parameters_of(1)), lr=0.05)
+    reg.begin_task(1, opt)
+    _train(trunk, heads, opt, 1, xb * 3 + 1, yb, 8)
+    trunk.eval()
+    with torch.no_grad():
+        assert (heads(trunk(xa), 0) - old).abs().max() > 1e-2
+
+
+def test_used_capacity_and_important_unmoved_against_a_hand_count():
+    """Departure 3 and the one-sided bounds: layer 0 has 8 nodes, two simply zero (w = 0, b = 0:
+    G0, never move), one dead with bias -100 (G0, moved by the mu prox), five important
+    (frozen); layer 1 has three dead nodes (G0, non-zero groups, moved by the mu prox) and three
+    important. The paper's used capacity counts unmoved nodes, (7 + 3) / 14; important-and-
+    unmoved counts (5 + 3) / 14.
+
+    Mutations caught: counting important-and-unmoved without the importance filter; counting
+    used capacity among important nodes only."""
+    trunk, heads = _model()
+    xa, ya = _data(18)
+    xb, yb = _data(19)
+    _kill(trunk, 0, [0, 1], bias=0.0)
+    _kill(trunk, 0, [2])
+    _kill(trunk, 1, [4])
+    reg = build_regularizer("agscl", trunk, heads, mu=0.5, lamb=1e9, rho=0.0, prox_every=1)
+    reg.begin_task(0, torch.optim.Adam(list(trunk.parameters()) + list(heads.parameters_of(0)), lr=0.01))
+    _end(reg, trunk, heads, 0, xa)
+    d = reg.diagnostics()
+    assert d["overall"]["important_unmoved"] == 0.0  # nothing was important during task 0
+    g0 = reg.unimportant()
+    assert g0[0].nonzero()[:, 0].tolist() == [0, 1, 2] and g0[1].nonzero()[:, 0].tolist() == [2, 3, 4]
+    assert torch.all(_groups(trunk)[1][g0[1]].abs().sum(dim=1) > 0)  # the mu prox will move them
+    opt = torch.optim.Adam(list(trunk.parameters()) + list(heads.parameters_of(1)), lr=0.05)
+    reg.begin_task(1, opt)
+    _train(trunk, heads, opt, 1, xb, yb, 5)
+    for diag in (reg.diagnostics(), None):
+        if diag is None:  # after end_task the figures of task 1 are kept
+            _end(reg, trunk, heads, 1, xb)
+            diag = reg.diagnostics()
+        l0, l1 = diag["layers"]
+        assert l0["used_capacity"] == pytest.approx(7 / 8) and l1["used_capacity"] == pytest.approx(3 / 6)
+        assert l0["important_unmoved"] == pytest.approx(5 / 8) and l1["important_unmoved"] == pytest.approx(3 / 6)
+        assert diag["overall"]["used_capacity"] == pytest.approx(10 / 14)
+        assert diag["overall"]["important_unmoved"] == pytest.approx(8 / 14)
+
+
+def test_births_use_the_narrowest_integer_and_old_checkpoints_load():
+    """Departure 5: one uint8 birth per node (5 bytes per node with Omega: the Nature CNN's state
+    is 1/~2,000 of EWC's Fisher, not 1/835); it widens past 254 consolidations; an int64 state
+    with the old 2**62 'never' loads.
+
+    Mutation caught: keeping int64 births."""
+    from clrl.regularizers.agscl import _birth_dtype, _narrow_births
+
+    assert [_birth_dtype(n) for n in (0, 1, 254, 255, 32766, 32767)] == [
+        torch.uint8, torch.uint8, torch.uint8, torch.int16, torch.int16, torch.int32]
+    wide = _narrow_births([torch.tensor([0, 3, 2**62])], 300)[0]
+    assert wide.dtype == torch.int16 and wide.tolist() == [0, 3, 2**15 - 1]
+    trunk, heads = _model()
+    x, _ = _data(20)
+    _kill(trunk, 0, [2])
+    reg = build_regularizer("agscl", trunk, heads, rho=0.0)
+    _end(reg, trunk, heads, 0, x)
+    assert all(b.dtype == torch.uint8 for b in reg.born)
+    assert reg.born[0].tolist() == [0, 0, 255, 0, 0, 0, 0, 0]
+    sd = reg.state_dict()
+    sd["method"]["born"] = [torch.where(b == 255, torch.tensor(2**62), b.long()) for b in sd["method"]["born"]]
+    reg2 = build_regularizer("agscl", trunk, heads, rho=0.0)
+    reg2.load_state_dict(sd)
+    assert all(torch.equal(a, b) for a, b in zip(reg2.born, reg.born, strict=True))
+    assert [k is None or torch.equal(k, m) for k, m in zip(reg2._keep, reg._keep, strict=True)] == [True, True]
+
+
+# ----------------------------------------------------------------------------- issue 13: no per-step transfers
+
+
+class _Watch:
+    """Counts, while active, Python-level ``Tensor.to/cuda/cpu`` calls (each is a potential
+    host/device copy), device synchronizations (``aten._local_scalar_dense``: ``.item()``,
+    ``bool(t)``) and copies whose source and result sit on different devices."""
+
+    def __init__(self, monkeypatch):
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_leaves
+
+        watch = self
+        self.calls, self.syncs, self.cross = [], 0, 0
+        for name in ("to", "cuda", "cpu"):
+            real = getattr(torch.Tensor, name)
+
+            def spy(t, *a, _real=real, _name=name, **k):
+                if watch.active:
+                    watch.calls.append(_name)
+                return _real(t, *a, **k)
+
+            monkeypatch.setattr(torch.Tensor, name, spy)
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                if func is torch.ops.aten._local_scalar_dense.default:
+                    watch.syncs += 1
+                if func in (torch.ops.aten._to_copy.default, torch.ops.aten.copy_.default):
+                    devs = {t.device for t in tree_leaves((args, out)) if isinstance(t, torch.Tensor) and t.dim() > 0}
+                    watch.cross += len(devs) > 1
+                return out
+
+        self.mode = Mode()
+        self.active = False
+
+    def __enter__(self):
+        self.active = True
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.mode.__exit__(*exc)
+        self.active = False
+
+
+_DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", _DEVICES)
+def test_agscl_step_hook_makes_no_host_device_copies_or_syncs(device, monkeypatch):
+    """The post-step hook (I.1 masks on trunk and past head, then the prox step) only touches
+    tensors that already live on the parameters' device: no ``.to``/``.cuda``/``.cpu`` call, no
+    synchronization, no cross-device copy per optimizer step (issue 13). On a CUDA machine the
+    same test also runs on the GPU.
+
+    Mutations caught: ``cols.to(w.device)`` in ``apply_masks`` (the old per-step copy of the head
+    column indices); Omega/anchor moved with ``.to(v.device)`` in ``prox_now``; the
+    ``threshold >= 0`` check (a sync) left on in ``prox_now``."""
+    trunk, heads = _model()
+    x, y = _data(21)
+    _kill(trunk, 0, [0, 1])
+    _kill(trunk, 1, [2])
+    reg = build_regularizer("agscl", trunk, heads, mu=0.5, lamb=2.0, prox_every=1, seed=0)
+    _end(reg, trunk, heads, 0, x)
+    trunk.to(device)
+    heads.to(device)
+    x, y = x.to(device), y.to(device)
+    opt = torch.optim.Adam(list(trunk.parameters()) + list(heads.parameters_of(1)), lr=0.01)
+    reg.begin_task(1, opt)  # moves Omega, births, anchor and masks once
+    assert reg._keep[0] is not None and reg._head_cols  # both kinds of mask are exercised
+    assert all(t.device.type == device for t in reg.omega + reg.anchor + [k for k in reg._keep if k is not None])
+    watch = _Watch(monkeypatch)
+    for step in range(3):
+        _train(trunk, heads, opt, 1, x, y, 1, offset=step)  # the hooked step works on the device
+        with watch:
+            reg._post_step(opt)  # the hook again, watched: masks, then a prox step
+    assert reg.n_prox == 6
+    assert watch.calls == [] and watch.syncs == 0 and watch.cross == 0
+
+
+@pytest.mark.parametrize("device", _DEVICES)
+@pytest.mark.parametrize("clipped", [False, True])
+def test_quadratic_penalty_makes_no_host_device_copies_or_syncs(device, clipped, monkeypatch):
+    """EWC's penalty gradient (pre-step hook, or the gradient hooks of ``penalty_clipped``) adds
+    device tensors to device tensors: nothing moved, nothing synchronized."""
+    trunk, heads = _model()
+    x, y = _data(22)
+    reg = build_regularizer("ewc", trunk, heads, fisher="empirical", penalty_clipped=clipped)
+    reg.end_task(0, [(x, y)], lambda b: heads(trunk(b), 0))
+    trunk.to(device)
+    heads.to(device)
+    reg.load_state_dict(reg.state_dict())  # importance and anchors follow the parameters' device
+    x, y = x.to(device), y.to(device)
+    opt = torch.optim.SGD(list(trunk.parameters()) + list(heads.parameters_of(1)), lr=0.01)
+    reg.begin_task(1, opt)
+    watch = _Watch(monkeypatch)
+    loss = F.cross_entropy(heads(trunk(x), 1), y)
+    opt.zero_grad(set_to_none=True)
+    with watch:
+        loss.backward()
+        reg._pre_step(opt)
+    assert watch.calls == [] and watch.syncs == 0 and watch.cross == 0

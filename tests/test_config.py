@@ -53,6 +53,11 @@ def test_bad_values_name_what_is_allowed():
     assert "'constant' or 'linear'" in error_of({**BASE, "train": {"lr_schedule": "cosine"}})
     msg = error_of({**BASE, "regularizer": {"name": "agscl", "rho": 2}})
     assert "regularizer.rho" in msg and "less than or equal to 1" in msg
+    msg = error_of({**BASE, "regularizer": {"name": "agscl", "eta": 0}})  # the paper needs 0 < eta <= 1
+    assert "regularizer.eta" in msg and "greater than 0" in msg
+    assert config_from_dict({**BASE, "regularizer": {"name": "agscl", "eta": 1}}).regularizer.eta == 1
+    msg = error_of({**BASE, "regularizer": {"name": "ewc", "penalty_clipped": "sometimes"}})
+    assert "regularizer.penalty_clipped" in msg
     msg = error_of({**BASE, "train": {"n_envs": 3, "n_steps": 5, "n_minibatches": 4}})
     assert "not divisible" in msg
 
@@ -122,6 +127,17 @@ def test_shipped_configs_validate():
         if path.name.startswith("sweep_"):
             continue
         load_config(path)
+
+
+def test_paper_configs_clip_the_penalty_as_the_authors_code():
+    """Departure 4: the paper configs of EWC and MAS follow the AGS-CL code (penalty gradient
+    clipped with the task gradient); the default stays the documented after-clipping choice."""
+    from pathlib import Path
+
+    root = Path(__file__).parent.parent / "configs"
+    for name in ("atari_paper_ewc", "atari_paper_mas", "split_cifar100_ewc", "split_cifar100_mas"):
+        assert load_config(root / f"{name}.yaml").regularizer.penalty_clipped is True, name
+    assert config_from_dict({**BASE, "regularizer": {"name": "ewc"}}).regularizer.penalty_clipped is False
 
 
 def test_switching_regularizer_by_set_drops_the_old_methods_keys():

@@ -231,10 +231,67 @@ def test_hooked_step_equals_penalty_in_the_loss(name, kwargs, opt_kind):
     assert reg.penalty() > 0
 
 
-def test_params_without_grad_are_left_alone():
+@pytest.mark.parametrize("name, kwargs", [
+    ("ewc", {"fisher": "empirical", "lamb": 50.0, "mode": "separate"}),
+    ("mas", {"lamb": 20.0}),
+])
+@pytest.mark.parametrize("clipped", [True, False])
+def test_penalty_clipped_chooses_whether_gradient_clipping_scales_the_penalty(name, kwargs, clipped):
+    """Departure 4, against two explicit references with the loop of the RL runner (backward,
+    ``clip_grad_norm_``, step): ``penalty_clipped=True`` equals the penalty *in the loss* (the
+    AGS-CL code: clipped together), ``False`` equals the penalty gradient added *after* clipping.
+    The clip is active and the two references differ, so each case can fail.
+
+    Mutation caught: ignoring ``penalty_clipped`` (always adding in the pre-step hook), or always
+    adding from the gradient hooks."""
+    trunk, heads = _model()
+    xa, ya = _data(7)
+    xb, yb = _data(8)
+    reg = build_regularizer(name, trunk, heads, penalty_clipped=clipped, **kwargs)
+    _consolidate(reg, trunk, heads, 0, xa, ya)
+    with torch.no_grad():
+        for p in trunk.parameters():
+            p.add_(0.3 * torch.randn_like(p))  # far from the anchor: a large penalty gradient
+    terms = [({k: v.clone() for k, v in t["importance"].items()}, {k: v.clone() for k, v in t["anchor"].items()}) for t in reg.terms]
+    lamb, max_norm = kwargs["lamb"], 0.05
+    refs = {}
+    for variant in ("in_loss", "after_clip"):
+        rt, rh = copy.deepcopy(trunk), copy.deepcopy(heads)
+        refs[variant] = (rt, rh, torch.optim.SGD(list(rt.parameters()) + list(rh.parameters_of(1)), lr=0.1))
+    opt = torch.optim.SGD(list(trunk.parameters()) + list(heads.parameters_of(1)), lr=0.1)
+    reg.begin_task(1, opt)
+    for step in range(3):
+        xs, ys = xb[step * 6 : (step + 1) * 6], yb[step * 6 : (step + 1) * 6]
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(heads(trunk(xs), 1), ys).backward()
+        norm = torch.nn.utils.clip_grad_norm_(list(trunk.parameters()) + list(heads.parameters_of(1)), max_norm)
+        assert norm > 2 * max_norm  # clipping is active
+        opt.step()
+        for variant, (rt, rh, ropt) in refs.items():
+            ropt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(rh(rt(xs), 1), ys)
+            params = _trunk_params(rt)
+            penalty = sum(lamb / 2 * (imp[k] * (params[k] - anchor[k]) ** 2).sum() for imp, anchor in terms for k in imp)
+            (loss + penalty if variant == "in_loss" else loss).backward()
+            torch.nn.utils.clip_grad_norm_(list(rt.parameters()) + list(rh.parameters_of(1)), max_norm)
+            if variant == "after_clip":
+                with torch.no_grad():
+                    for imp, anchor in terms:
+                        for k in imp:
+                            params[k].grad.add_(lamb * imp[k] * (params[k] - anchor[k]))
+            ropt.step()
+    want, other = ("in_loss", "after_clip") if clipped else ("after_clip", "in_loss")
+    for p, q in zip(trunk.parameters(), refs[want][0].parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    assert not all(torch.allclose(p, r, atol=1e-4) for p, r in zip(trunk.parameters(), refs[other][0].parameters(), strict=True))
+    assert reg.steps == 3
+
+
+@pytest.mark.parametrize("clipped", [False, True])
+def test_params_without_grad_are_left_alone(clipped):
     trunk, heads = _model()
     x, y = _data(9)
-    reg = build_regularizer("ewc", trunk, heads, fisher="empirical", include_heads=True, lamb=100.0)
+    reg = build_regularizer("ewc", trunk, heads, fisher="empirical", include_heads=True, lamb=100.0, penalty_clipped=clipped)
     _consolidate(reg, trunk, heads, 0, x, y)
     with torch.no_grad():
         heads.heads[0].weight.add_(1.0)  # far from its anchor
@@ -246,6 +303,10 @@ def test_params_without_grad_are_left_alone():
     opt.step()
     assert heads.heads[0].weight.grad is None
     assert torch.equal(heads.heads[0].weight, before)
+    if clipped:  # the gradient hooks sit on the penalized parameters in the optimizer, until end_task
+        assert heads.heads[0].weight._post_accumulate_grad_hooks
+        _consolidate(reg, trunk, heads, 1, x, y)
+        assert not any(p._post_accumulate_grad_hooks for p in list(trunk.parameters()) + list(heads.parameters()))
 
 
 def test_end_task_detaches_hooks():
@@ -389,6 +450,7 @@ def test_factory_names_and_errors():
         ("ewc", {"lamb": -1}, "'lamb' must be >= 0"),
         ("ewc", {"fisher": "exact"}, "'fisher' must be one of"),
         ("mas", {"norm": "l1"}, "'norm' must be one of"),
+        ("mas", {"penalty_clipped": 1}, "'penalty_clipped' must be true or false"),
         ("none", {"lamb": 1.0}, "unknown hyperparameter 'lamb'"),
     ]:
         with pytest.raises(ValueError, match=match):
@@ -420,8 +482,10 @@ def test_hooks_bench_smoke():
     assert res["adam"]["ratio"] == 1.0 and all(r["ratio"] > 0 for r in res.values())
     assert res["agscl"]["n_prox"] == 2  # one prox per timed block
     assert res["ewc"]["memory_bytes"]["importance"] == report["config"]["trunk_params"] * 4
-    assert res["agscl"]["memory_bytes"]["importance"] == (4 + 8 + 8 + 16) * 12
-    assert "x Adam" in format_table(report)
+    assert res["agscl"]["memory_bytes"]["importance"] == (4 + 8 + 8 + 16) * 5  # float32 Omega + uint8 birth
+    table = format_table(report)
+    n_params, n_nodes = report["config"]["trunk_params"], 4 + 8 + 8 + 16
+    assert "x Adam" in table and f"EWC's is {n_params * 4 / (n_nodes * 5):,.0f}x AGS-CL's" in table
     json.dumps(report)
 
 

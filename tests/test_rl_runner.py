@@ -156,16 +156,29 @@ def test_normalized_rewards_with_a_reference_run(finetune, tmp_path):
 
 @pytest.mark.parametrize("prox_every", [None, 1])
 def test_agscl_prox_step_cadence_inside_ppo_training(tmp_path, monkeypatch, prox_every):
+    """The prox runs every ``prox_every`` optimizer steps with alpha = the learning rate of that
+    moment: the linear schedule gives lr0 in update 0 and lr0 / 2 in update 1 of 2, and on the
+    first task every node is in G0, so every layer's threshold is alpha * mu.
+
+    Mutation caught: a prox that uses the initial learning rate (e.g. ``optimizer.defaults``)."""
+    from clrl.regularizers import agscl as agscl_mod
     from clrl.regularizers.agscl import AGSCL
 
     calls: list[tuple[int, int]] = []
-    real = AGSCL.prox_now
+    thresholds: list[list[float]] = []
+    real, real_group = AGSCL.prox_now, agscl_mod.prox_group
 
     def spy(self, optimizer=None, lr=None):
         calls.append((self.task, self.steps))
+        thresholds.append([])
         return real(self, optimizer, lr)
 
+    def spy_group(v, threshold, center=None, check=True):
+        thresholds[-1].append(sorted({float(t) for t in threshold}))
+        return real_group(v, threshold, center, check)
+
     monkeypatch.setattr(AGSCL, "prox_now", spy)
+    monkeypatch.setattr(agscl_mod, "prox_group", spy_group)
     reg = {"name": "agscl"} if prox_every is None else {"name": "agscl", "prox_every": prox_every}
     # 1 game, 2 updates x 3 epochs x 2 minibatches = 12 optimizer steps
     data = tiny(regularizer=reg, **{"tasks.games": ["DemonAttack"], "train.n_epochs": 3, "eval.every_steps": 10_000})
@@ -173,6 +186,11 @@ def test_agscl_prox_step_cadence_inside_ppo_training(tmp_path, monkeypatch, prox
     assert res.status == "complete"
     every = 2 if prox_every is None else 1  # default: once per PPO epoch = n_minibatches steps
     assert calls == [(0, s) for s in range(every, 13, every)]
+    lr0, mu = res.config["train"]["learning_rate"], res.config["regularizer"]["mu"]
+    assert res.config["train"]["lr_schedule"] == "linear"
+    for (_, step), thr in zip(calls, thresholds, strict=True):
+        alpha = lr0 * (1.0 if step <= 6 else 0.5)  # steps 1-6: update 0, steps 7-12: update 1
+        assert thr == [[pytest.approx(alpha * mu, rel=1e-6)]] * 4  # 3 conv layers and the linear one
     assert res.diagnostics[0]["method"] == "agscl"
 
 

@@ -358,6 +358,16 @@ def test_bad_model_choice_is_a_config_error(tmp_path, cifar_root):
         _cfg(DIGITS, train={"batch_size": 8, "vcl": {"gamma": 1.0, "n": 5}})
 
 
+def test_agscl_on_a_trunk_with_batchnorm_is_a_one_line_cli_error(tmp_path, capsys):
+    """AGS-CL refuses normalization layers (issue 16, departure 2): exit 2 naming the module."""
+    from clrl.cli import main
+
+    code = main(["run", str(CONFIGS / "split_digits.yaml"), "--set", "model.activation=bn>relu",
+                 "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("clrl: error: regularizer: agscl: trunk module") and "BatchNorm" in err
+
+
 def test_missing_cifar_folder_is_a_one_line_cli_error(tmp_path, capsys):
     from clrl.cli import main
 

@@ -159,6 +159,11 @@ def format_table(report: dict[str, Any]) -> str:
             f"{_human(mem['importance']):>12} {_human(mem['anchor']):>10}"
         )
     lines.append("target: <= 1.05 x plain Adam")
+    res = report["results"]
+    if "agscl" in res and "ewc" in res and res["agscl"]["memory_bytes"]["importance"]:
+        ratio = res["ewc"]["memory_bytes"]["importance"] / res["agscl"]["memory_bytes"]["importance"]
+        lines.append(f"importance state: EWC's is {ratio:,.0f}x AGS-CL's (one Fisher value per parameter vs "
+                     "Omega float32 + birth uint8 per node)")
     return "\n".join(lines)
 
 

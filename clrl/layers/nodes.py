@@ -151,7 +151,8 @@ def set_incoming(layer: NodeLayer, values: Tensor, rows: Tensor | None = None) -
     mod = layer.module
     with torch.no_grad():
         w = mod.weight.view(layer.n_nodes, -1)
-        values = values.to(w.dtype)
+        if values.dtype != w.dtype:
+            values = values.to(w.dtype)
         if values.shape[-1] != layer.group_size:
             raise ValueError(f"{layer.name}: groups have {layer.group_size} entries, got {values.shape[-1]}")
         if rows is None:

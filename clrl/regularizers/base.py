@@ -9,9 +9,15 @@ Shared by every method (including ``none``): node diagnostics over the trunk's n
 
 * ``sparsity``: share of nodes with zero accumulated mean |post-activation| over the
   consolidation batches of all finished tasks (for AGS-CL exactly ``|G0| / |G|``);
-* ``used_capacity``: share of nodes whose incoming group (weights + bias) did not move during
-  the task (paper, sec. 4.1 "Analysis 2"); live during a task, frozen for the finished task
-  after ``end_task``.
+* ``used_capacity``: the paper's literal figure (AGS-CL sec. 5.1, "Analysis 2": the share of
+  nodes ``n`` with ``||theta_n^(t) - theta_n^(t-1)|| = 0``), i.e. of nodes whose incoming group
+  (weights + bias) did not move during the task. It also counts nodes that are simply zero and
+  stay zero (a sparse, never-active node is "unmoved"), so it can sit beside a sparsity of 1.0;
+* ``important_unmoved``: the share of nodes that were important when the task began (not counted
+  in ``sparsity``; for AGS-CL Omega > 0) *and* did not move: the nodes actually frozen to protect
+  past tasks (0 on the first task).
+
+Both capacity figures are live during a task and frozen for the finished task after ``end_task``.
 
 Consolidation runs ``forward`` in eval mode (dropout off, BatchNorm statistics frozen) under the
 caller's device placement; the previous train/eval flags are restored afterwards.
@@ -39,7 +45,8 @@ Forward = Callable[[Any], Tensor]
 def diagnostic_scalars(diag: dict[str, Any]) -> dict[str, float]:
     """TensorBoard tags for a :meth:`Regularizer.diagnostics` dict, the same in both front ends:
     every number under ``overall``, ``memory_bytes`` and ``omega`` (``regularizer/overall/sparsity``,
-    ...), ``n_prox``, and each layer's sparsity and used capacity (``regularizer/<layer>/...``)."""
+    ...), ``n_prox``, and each layer's sparsity, used capacity and important-unmoved share
+    (``regularizer/<layer>/...``)."""
 
     def numbers(prefix: str, value: Any) -> dict[str, float]:
         if isinstance(value, bool) or value is None:
@@ -57,7 +64,7 @@ def diagnostic_scalars(diag: dict[str, Any]) -> dict[str, float]:
     for key in ("overall", "memory_bytes", "omega", "n_prox"):
         tags.update(numbers(f"regularizer/{key}", diag.get(key)))
     for layer in diag.get("layers") or []:
-        for key in ("sparsity", "used_capacity"):
+        for key in ("sparsity", "used_capacity", "important_unmoved"):
             tags.update(numbers(f"regularizer/{layer.get('name')}/{key}", layer.get(key)))
     return tags
 
@@ -158,6 +165,7 @@ class Regularizer:
         self._activity: list[Tensor] | None = None  # sum over finished tasks of mean |activation|
         self._last_activity: list[Tensor] | None = None  # the last finished task's mean |activation|
         self._task_capacity: list[float] | None = None  # used capacity of the last finished task
+        self._task_unmoved: list[float] | None = None  # important-and-unmoved share of that task
 
     # ------------------------------------------------------------------ validation
 
@@ -206,6 +214,7 @@ class Regularizer:
         if self.in_task and t != self.task:
             raise ValueError(f"{self.name}: end_task({t}) but the running task is {self.task}")
         self._task_capacity = self._used_capacity_layers()
+        self._task_unmoved = self._used_capacity_layers(important_only=True)
         self.detach()
         flags = [(m, m.training) for m in self._modules()]
         for m, _ in flags:
@@ -288,12 +297,19 @@ class Regularizer:
             return None
         return [get_incoming(lay) for lay in self.nodes]
 
-    def _used_capacity_layers(self) -> list[float] | None:
+    def _used_capacity_layers(self, important_only: bool = False) -> list[float] | None:
+        """Per layer, the share of nodes whose incoming group equals the task-start snapshot (the
+        paper's used capacity); with ``important_only``, of nodes that are also important (not in
+        :meth:`_unimportant`, which still reflects the state at the start of the task)."""
         if self.nodes is None or self._start is None:
             return None
+        unimportant = self._unimportant() if important_only else None
         out = []
-        for layer, start in zip(self.nodes, self._start, strict=True):
-            same = (get_incoming(layer) == start).all(dim=1)
+        for i, (layer, start) in enumerate(zip(self.nodes, self._start, strict=True)):
+            current = get_incoming(layer)
+            same = (current == start.to(current.device)).all(dim=1)
+            if unimportant is not None:
+                same = same & ~unimportant[i].to(same.device)
             out.append(float(same.float().mean()))
         return out
 
@@ -311,6 +327,7 @@ class Regularizer:
         layers: list[dict[str, Any]] = []
         if self.nodes is not None:
             capacity = self._used_capacity_layers() if self.in_task else self._task_capacity
+            unmoved = self._used_capacity_layers(important_only=True) if self.in_task else self._task_unmoved
             unimportant = self._unimportant()
             for i, layer in enumerate(self.nodes):
                 groups = get_incoming(layer)
@@ -320,6 +337,7 @@ class Regularizer:
                     "n_nodes": layer.n_nodes,
                     "sparsity": float(unimportant[i].float().mean()) if unimportant is not None else None,
                     "used_capacity": capacity[i] if capacity is not None else None,
+                    "important_unmoved": unmoved[i] if unmoved is not None else None,
                     "zero_groups": float((groups == 0).all(dim=1).float().mean()),
                 }
                 if self._activity is not None:
@@ -336,10 +354,12 @@ class Regularizer:
                 "n_nodes": total,
                 "sparsity": weighted("sparsity"),
                 "used_capacity": weighted("used_capacity"),
+                "important_unmoved": weighted("important_unmoved"),
                 "zero_groups": weighted("zero_groups"),
             }
         else:
-            out["overall"] = {"n_nodes": None, "sparsity": None, "used_capacity": None, "zero_groups": None}
+            out["overall"] = {"n_nodes": None, "sparsity": None, "used_capacity": None, "important_unmoved": None,
+                              "zero_groups": None}
         out["layers"] = layers
         out.update(self._method_diagnostics())
         imp, anchor = self._memory()
@@ -368,6 +388,7 @@ class Regularizer:
             "activity": [a.clone() for a in self._activity] if self._activity is not None else None,
             "last_activity": [a.clone() for a in self._last_activity] if self._last_activity is not None else None,
             "task_capacity": list(self._task_capacity) if self._task_capacity is not None else None,
+            "task_unmoved": list(self._task_unmoved) if self._task_unmoved is not None else None,
             "generator": self.generator.get_state() if self.generator is not None else None,
             "method": self._method_state(),
         }
@@ -390,6 +411,8 @@ class Regularizer:
         last = state.get("last_activity")
         self._last_activity = [a.clone() for a in last] if last is not None else None
         self._task_capacity = list(state["task_capacity"]) if state["task_capacity"] is not None else None
+        unmoved = state.get("task_unmoved")  # absent in checkpoints written before issue 16
+        self._task_unmoved = list(unmoved) if unmoved is not None else None
         if state["generator"] is not None:
             if self.generator is None:
                 self.generator = torch.Generator()

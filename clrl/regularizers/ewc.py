@@ -46,6 +46,7 @@ class EWC(QuadraticRegularizer):
         "max_samples": None,
         "chunk_size": 16,
         "per_sample": "auto",
+        "penalty_clipped": False,
         "seed": None,
     }
     _reduce: ClassVar[str] = "square"

@@ -42,6 +42,7 @@ class MAS(QuadraticRegularizer):
         "max_samples": None,
         "chunk_size": 16,
         "per_sample": "auto",
+        "penalty_clipped": False,
     }
     _reduce: ClassVar[str] = "abs"
 

@@ -2,9 +2,19 @@
 
 Penalty: ``lamb / 2 * sum_k sum_i Omega_k,i (theta_i - theta*_k,i)^2`` over stored terms ``k``
 (one per task, or one running term). Its gradient ``lamb * Omega_k * (theta - theta*_k)`` is
-added to ``p.grad`` in the optimizer's pre-step hook, i.e. after any gradient clipping the
-training loop does (the AGS-CL code adds the EWC penalty to the loss *before* clipping; with
-clipping the two differ, without they are the same step). A parameter whose ``grad`` is None
+added to ``p.grad``; ``penalty_clipped`` chooses when:
+
+* ``penalty_clipped=True`` (the AGS-CL authors' code, which adds the penalty to the loss): from a
+  post-accumulate-grad hook on each penalized parameter, i.e. as soon as ``loss.backward()`` has
+  written that parameter's gradient, so the training loop's gradient clipping scales the penalty
+  together with the task gradient. The gradient is exactly that of ``loss + penalty``; a loop that
+  accumulates several ``backward()`` calls per step would add it once per call.
+* ``penalty_clipped=False`` (default): in the optimizer's pre-step hook, i.e. after any clipping,
+  so the penalty is never scaled down by the task gradient's clipping (with RL's max grad norm
+  0.5 the two differ a lot, and the paper's lambdas were tuned for the authors' choice).
+
+Without clipping both give the same step. Either way the training loop does not change: it still
+only calls ``backward()``, optionally clips, and ``step()``. A parameter whose ``grad`` is None
 (no gradient from the task loss this step) is left alone, so the optimizer keeps skipping it.
 """
 
@@ -118,6 +128,8 @@ class QuadraticRegularizer(Regularizer):
             _number(cls.name, "max_samples", hp["max_samples"], low=1, integer=True)
         _number(cls.name, "chunk_size", hp["chunk_size"], low=1, integer=True)
         _choice(cls.name, "per_sample", hp["per_sample"], ("auto", "vmap", "loop"))
+        if not isinstance(hp["penalty_clipped"], bool):
+            raise ValueError(f"{cls.name}: hyperparameter 'penalty_clipped' must be true or false, got {hp['penalty_clipped']!r}")
 
     # ------------------------------------------------------------------ subclass API
 
@@ -135,21 +147,35 @@ class QuadraticRegularizer(Regularizer):
     def attach(self, optimizer: torch.optim.Optimizer) -> None:
         super().attach(optimizer)
         self._live = self._named_trainables(self.hparams["include_heads"])
+        if self.hparams["penalty_clipped"] and self.terms:
+            in_opt = _opt_params(optimizer)
+            for name, p in self._live.items():
+                if id(p) in in_opt and any(name in term["importance"] for term in self.terms):
+                    self._handles.append(p.register_post_accumulate_grad_hook(self._grad_hook(name)))
+
+    def _grad_hook(self, name: str) -> Callable[[Tensor], None]:
+        def hook(p: Tensor) -> None:
+            self._add_penalty_grad(name, p)
+
+        return hook
+
+    def _add_penalty_grad(self, name: str, p: Tensor) -> None:
+        """``p.grad += lamb * sum_k Omega_k (p - anchor_k)``: the penalty's gradient."""
+        lamb = float(self.hparams["lamb"])
+        with torch.no_grad():
+            for term in self.terms:
+                imp = term["importance"].get(name)
+                if imp is not None:
+                    p.grad.addcmul_(imp, p - term["anchor"][name], value=lamb)
 
     def _pre_step(self, optimizer: torch.optim.Optimizer) -> None:
         self.steps += 1
-        if not self.terms:
-            return
+        if not self.terms or self.hparams["penalty_clipped"]:
+            return  # penalty_clipped: the gradient hooks added it before clipping
         in_opt = _opt_params(optimizer)
-        lamb = float(self.hparams["lamb"])
-        with torch.no_grad():
-            for name, p in self._live.items():
-                if p.grad is None or id(p) not in in_opt:
-                    continue
-                for term in self.terms:
-                    imp = term["importance"].get(name)
-                    if imp is not None:
-                        p.grad.addcmul_(imp, p - term["anchor"][name], value=lamb)
+        for name, p in self._live.items():
+            if p.grad is not None and id(p) in in_opt:
+                self._add_penalty_grad(name, p)
 
     def penalty(self) -> float:
         """Current value of ``lamb / 2 * sum Omega (theta - theta*)^2`` (for logging/tests)."""

@@ -394,13 +394,15 @@ def r_heatmaps(groups: list[Group], out_dir: Path, prefix: str = "", formats: Fo
 
 def sparsity_capacity(groups: list[Group], out_dir: Path, prefix: str = "", formats: Formats = ("png", "pdf"),
                       skipped: list[str] | None = None) -> list[Path]:
-    """AGS-CL Fig. 6b: sparsity |G0|/|G| and used capacity (share of frozen nodes) after each task."""
+    """AGS-CL Fig. 6b: sparsity |G0|/|G| and used capacity after each task. The solid used-capacity
+    line is the paper's literal figure (nodes that did not move during the task, sparse zero nodes
+    included); the dashed one is the share of nodes that were important *and* did not move."""
     panels = (("sparsity", "sparsity |G₀|/|G|\n(share of free nodes)"),
-              ("used_capacity", "used capacity\n(share of frozen nodes)"))
-    data: dict[str, list] = {k: [] for k, _ in panels}
+              ("used_capacity", "used capacity (solid: unmoved,\ndashed: important and unmoved)"))
+    data: dict[str, list] = {k: [] for k in ("sparsity", "used_capacity", "important_unmoved")}
     for gi, g in enumerate(groups):
         runs = g.plotted_runs
-        for key, _ in panels:
+        for key in data:
             series = [scores.diagnostic_series(r, key) for r in runs]
             L = max((len(s) for s in series), default=0)
             if not L:
@@ -422,6 +424,9 @@ def sparsity_capacity(groups: list[Group], out_dir: Path, prefix: str = "", form
                 ax.plot(x, mean, label=f"{g.label} (n={int(n.max())})", color=color(gi),
                         marker=MARKERS[gi % len(MARKERS)], markersize=3.5)
                 _band(ax, x, mean, std, color(gi))
+            for gi, _g, mean, _std, _n in (data["important_unmoved"] if key == "used_capacity" else []):
+                x = np.arange(1, len(mean) + 1)
+                ax.plot(x, mean, color=color(gi), linestyle="--", marker=MARKERS[gi % len(MARKERS)], markersize=3.5)
             if not data[key]:
                 ax.text(0.5, 0.5, f"no {key} in diagnostics", transform=ax.transAxes, ha="center", va="center")
             ax.set_ylim(-0.02, 1.02)

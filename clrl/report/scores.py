@@ -13,9 +13,9 @@ runner from ``reg.diagnostics()`` and ``reg.memory_bytes()``), tolerating absenc
   sum (or ``total``) is the total and whose ``importance`` is what AGS-CL Fig. 6a compares; a
   plain number is a total. A fine-tuning run with neither stores nothing: 0 bytes. Otherwise
   NaN (unknown).
-- sparsity / used capacity (AGS-CL Sec. 5.1, Analysis 2: |G0|/|G| and the share of frozen
-  nodes): the key itself when it is a number, else under ``overall`` (or ``total``/``all``),
-  else NaN.
+- sparsity / used capacity (AGS-CL Sec. 5.1, Analysis 2: |G0|/|G| and the share of nodes that
+  did not move, the paper's literal figure) / important_unmoved (important *and* unmoved): the key
+  itself when it is a number, else under ``overall`` (or ``total``/``all``), else NaN.
 """
 
 from __future__ import annotations

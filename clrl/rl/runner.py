@@ -509,7 +509,7 @@ class SequentialRun:
 
     def _log_diagnostics(self, t: int, diag: dict[str, Any]) -> None:
         overall = diag.get("overall") or {}
-        parts = {k: overall.get(k) for k in ("sparsity", "used_capacity", "zero_groups")}
+        parts = {k: overall.get(k) for k in ("sparsity", "used_capacity", "important_unmoved", "zero_groups")}
         self.logger.info("regularizer %s after task %d: %s", diag.get("method"), t, parts)
         if self.writer is None:
             return

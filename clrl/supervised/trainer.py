@@ -32,7 +32,7 @@ from typing import Any
 from clrl.allocator import tune_malloc
 from clrl.config import SupervisedConfig, config_to_dict, regularizer_hparams
 from clrl.device import resolve_device
-from clrl.errors import CheckpointError
+from clrl.errors import CheckpointError, ConfigError
 from clrl.io import check_finite_tensors, load_checkpoint, save_checkpoint
 from clrl.lifecycle import (
     Interrupt,
@@ -177,7 +177,10 @@ def _run(cfg: SupervisedConfig, rd: RunDir, resume: bool) -> Results:
         T = len(bench.tasks)
         model = build_model(cfg, bench).to(device)
         name, hparams = regularizer_hparams(cfg)
-        reg: Regularizer = build_regularizer(name, model.trunk, heads=model.heads, **hparams)
+        try:
+            reg: Regularizer = build_regularizer(name, model.trunk, heads=model.heads, **hparams)
+        except ValueError as exc:  # e.g. agscl on a trunk with normalization layers
+            raise ConfigError(f"regularizer: {exc}") from exc
         buffer = None
         if cfg.train.regime == "single_pass" and cfg.train.buffer_size > 0:
             buffer = ReservoirBuffer(cfg.train.buffer_size, seed=derive_seed(cfg.seed, "reservoir"))
