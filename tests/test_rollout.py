@@ -109,7 +109,7 @@ def assert_same_state(a: TaskPPO, b: TaskPPO) -> None:
 
 @pytest.mark.parametrize("separate", [False, True], ids=["cpu-views", "device-copies"])
 def test_lean_rollouts_and_updates_equal_sb3_bit_for_bit(separate):
-    sb3, lean = twin_models(fake_env, 3, ppo_config(), separate_device=separate, lean=False)
+    sb3, lean = twin_models(fake_env, 3, ppo_config(), separate_device=separate)
     for update in range(3):  # the store's arrays are reused, not re-zeroed: later rollouts too
         collect(sb3, seed=10 + update)
         collect(lean, seed=10 + update)
@@ -226,7 +226,8 @@ def test_device_path_transfers_once_per_step_and_once_per_update(monkeypatch):
     count = CountTransfers(monkeypatch)
     collect(lean, seed=0)
     truncations = 3 * 2  # steps 5 and 10
-    # obs per step, the last obs, each terminal obs; actions per step, values+log-probs, bootstraps
+    # obs per step, the last obs, each terminal obs; actions per step, values+log-probs+last
+    # values, the bootstraps' values
     assert count.h2d == 10 + 1 + truncations
     assert count.d2h == 10 + 1 + 1
     count.h2d = count.d2h = 0
@@ -271,7 +272,7 @@ def test_one_host_read_per_env_step(separate):
         net = build_actor_critic(**SMALL, activation="relu")
         net.add_task(0, 3)
         env = DummyVecEnv([EndsNever for _ in range(3)])
-        model = TaskPPO(env, net, 0, ppo_config(n_steps=n_steps, n_minibatches=1), separate_device=separate, lean=False)
+        model = TaskPPO(env, net, 0, ppo_config(n_steps=n_steps, n_minibatches=1), separate_device=separate)
         model.reset_envs(seed=0)
         with CountHostReads() as mode:
             collect(model, seed=0)

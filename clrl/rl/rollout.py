@@ -148,15 +148,19 @@ class RolloutStore(RolloutBuffer):
 
     def finish(self, last_values: Tensor, dones: np.ndarray, bootstrap: list[tuple[int, int]] | None = None,
                bootstrap_values: Tensor | None = None) -> None:
-        """End the rollout: values and log-probs to the host (once), timeout bootstraps, GAE.
+        """End the rollout: values, log-probs and ``last_values`` to the host (one copy),
+        timeout bootstraps, then SB3's GAE.
 
         ``bootstrap[k] = (step, env)`` adds ``bootstrap_values[k]`` (gamma * V(terminal obs)) to
         that reward, as SB3 does for a ``TimeLimit.truncated`` episode end (SB3 issue #633).
         """
-        if self.separate:
-            both = to_host(torch.stack((self.values_device, self.log_probs_device)))
-            self.values[...] = both[0]
-            self.log_probs[...] = both[1]
+        size = self.values.size
+        if self.separate:  # one device->host copy: values, log-probs and the last values
+            both = to_host(torch.cat((self.values_device.reshape(-1), self.log_probs_device.reshape(-1),
+                                      last_values.detach().reshape(-1))))
+            self.values[...] = both[:size].reshape(self.values.shape)
+            self.log_probs[...] = both[size : 2 * size].reshape(self.values.shape)
+            last_values = torch.from_numpy(both[2 * size :].copy())
         if bootstrap:
             extra = to_host(bootstrap_values.reshape(-1))
             for (step, env), value in zip(bootstrap, extra, strict=True):
