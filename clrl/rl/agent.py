@@ -50,7 +50,10 @@ from clrl.rl.rollout import RolloutStore, to_host
 
 __all__ = ["TaskPPO", "learning_rate_schedule", "collect_states", "ROLLOUT_PHASES"]
 
-# where a lean rollout's time goes (seconds, cumulative in TaskPPO.rollout_seconds)
+# Where a lean rollout's time goes (seconds, cumulative in TaskPPO.rollout_seconds): env steps,
+# the policy's forward passes (on a GPU: their launch), buffer writes (with the observations'
+# host->device copies), conversions (the actions to the host: on a GPU this waits for the
+# forward pass), other (episode bookkeeping).
 ROLLOUT_PHASES = ("env", "inference", "buffer", "conversions", "other")
 
 
