@@ -295,7 +295,7 @@ def test_bench_ppo_table_ratios_and_compute_bound(tmp_path):
                         log=lambda *a: None)
     assert torch.get_num_threads() == before
     rows = {r["variant"]: r for r in res["rows"]}
-    assert list(rows) == ["sb3 stock", "sb3 stock + clrl malloc", "clrl none", "clrl agscl"]
+    assert list(rows) == ["sb3 stock", "sb3 stock + clrl malloc", "clrl none", "clrl none (sb3 loop)", "clrl agscl"]
     rounds = res["per_round"]
     assert len(rounds) == 2
     assert rows["clrl none"]["ratio"] == pytest.approx(np.median([r["clrl none"] / r["sb3 stock"] for r in rounds]))
@@ -307,14 +307,31 @@ def test_bench_ppo_table_ratios_and_compute_bound(tmp_path):
 
     assert res["settings"]["malloc"] == {"clrl": malloc_mode(), "sb3 stock": "default", "sb3 stock + clrl malloc": malloc_mode()}
     assert rows["clrl agscl"]["ratio"] == pytest.approx(np.median([r["clrl none"] / r["clrl agscl"] for r in rounds]))
-    assert rows["clrl none"]["meets_target"] == (rows["clrl none"]["ratio"] >= 1.5)
+    assert rows["clrl none"]["meets_target"] == (rows["clrl none"]["ratio"] >= 2.0)
+    loop = rows["clrl none (sb3 loop)"]
+    assert loop["ratio"] == pytest.approx(np.median([r["clrl none"] / r["clrl none (sb3 loop)"] for r in rounds]))
+    assert "target" not in loop
     assert rows["clrl agscl"]["meets_target"] == (rows["clrl agscl"]["ratio"] <= 1.05)
     for name, row in rows.items():
         assert row["env_steps_per_s"] == pytest.approx(np.median([r[name] for r in rounds]))
     b = res["compute_bound"]
     assert b["env_steps_per_s"] == pytest.approx(1 / (1 / b["train_samples_per_s"] + 1 / b["inference_samples_per_s"]))
+    m = res["machine_bound"]  # the compute bound plus the raw env, measured in the same run
+    assert set(m) >= {"env_steps_per_s", "env_rate", "clrl_none_share"} and m["env_rate"] > 0
+    assert m["env_steps_per_s"] == pytest.approx(
+        1 / (1 / b["train_samples_per_s"] + 1 / b["inference_samples_per_s"] + 1 / m["env_rate"]))
+    assert m["clrl_none_share"] == pytest.approx(rows["clrl none"]["env_steps_per_s"] / m["env_steps_per_s"])
+    assert m["meets_target"] == (m["clrl_none_share"] >= 0.9)
     md = format_markdown(res)
-    assert all(f"| {name} |" in md for name in rows) and "| compute bound |" in md
+    assert all(f"| {name} |" in md for name in rows) and "| compute bound |" in md and "| machine bound |" in md
+    for name, row in rows.items():  # clrl's variants split the rollout; the phases add up to it
+        split = row.get("rollout_phases_s_per_update")
+        assert (split is not None) == name.startswith("clrl ")
+        if split is not None:
+            assert set(split) == ({"env", "inference", "buffer", "other"} | ({"conversions"} if "loop" not in name else set()))
+            assert all(v >= 0 for v in split.values()) and split["env"] > 0 and split["inference"] > 0
+            for r, ph in zip(res["rollout_phases_per_round"], res["phases_per_round"], strict=True):
+                assert sum(r[name].values()) == pytest.approx(ph[name]["rollout"])
     for name, row in rows.items():  # seconds per update in each phase, medians over rounds
         for phase in ("rollout", "train"):
             assert row[f"{phase}_s_per_update"] == pytest.approx(np.median([r[name][phase] for r in res["phases_per_round"]]))
@@ -323,3 +340,46 @@ def test_bench_ppo_table_ratios_and_compute_bound(tmp_path):
             assert 0 < phases[name]["rollout"] and 0 < phases[name]["train"]
             assert phases[name]["rollout"] + phases[name]["train"] < 16 / sps[name]
     json.dumps(res)  # plain data
+
+
+def test_machine_bound_is_the_harmonic_sum_of_the_three_rates():
+    from clrl.bench.ppo import machine_bound
+
+    # 4 epochs at 1000 samples/s (4 ms/step) + inference 2000/s (0.5 ms) + env 1000/s (1 ms) = 5.5 ms
+    m = machine_bound({"train_samples_per_s": 1000.0, "inference_samples_per_s": 2000.0}, 1000.0, n_epochs=4)
+    assert m == {"env_steps_per_s": pytest.approx(1000 / 5.5), "env_rate": 1000.0}
+
+
+def test_bench_ppo_small_trunk_skips_sb3_stock_and_names_the_net():
+    from clrl.bench.ppo import run_ppo_bench
+
+    logs: list[str] = []
+    res = run_ppo_bench(game="Boxing", n_envs=2, n_steps=8, n_epochs=1, n_minibatches=1, rounds=1, methods=("none",),
+                        threads=1, consolidation_samples=8, bound_seconds=0.2, channels=(16, 32, 32), hidden=256,
+                        sb3_loop=False, log=logs.append)
+    assert [r["variant"] for r in res["rows"]] == ["clrl none"]
+    assert any("skipped" in line for line in logs)
+    s = res["settings"]
+    assert s["network"] == "small trunk 16-32-32/256 relu" and (s["channels"], s["hidden"]) == ([16, 32, 32], 256)
+    m = res["machine_bound"]
+    assert m["target_share"] == 0.85 and m["meets_target"] == (m["clrl_none_share"] >= 0.85)
+
+
+def test_bench_ppo_cli_net_options(monkeypatch):
+    import argparse
+
+    import clrl.bench.ppo as bench
+
+    seen = {}
+    monkeypatch.setattr(bench, "run_ppo_bench", lambda **kw: seen.update(kw) or {})
+    monkeypatch.setattr(bench, "_print_table", lambda result: None)
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    bench.main(parser.parse_args(["--net", "quick", "--no-stock", "--device", "cpu"]))
+    assert (seen["channels"], seen["hidden"]) == ((16, 32, 32), 256) and seen["device"] == "cpu"
+    bench.main(parser.parse_args(["--channels", "8", "16", "16", "--hidden", "64", "--no-sb3-loop"]))
+    assert (seen["channels"], seen["hidden"], seen["sb3_loop"]) == ((8, 16, 16), 64, False)
+    from clrl.errors import UserError
+
+    with pytest.raises(UserError, match="--channels"):
+        bench.main(parser.parse_args(["--hidden", "0"]))

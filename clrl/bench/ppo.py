@@ -13,17 +13,28 @@ One run, same game, same network (Nature CNN 32-64-64 / 512, ReLU), same PPO sha
 * ``clrl ewc|mas|agscl``: the same with the regularizer's hooks attached, on the second task after
   a consolidated first one (so the penalties and AGS-CL's masks, anchor and once-per-epoch
   proximal step are all live);
+* ``clrl none (sb3 loop)``: fine-tuning with SB3's own ``collect_rollouts``, ``RolloutBuffer``
+  and minibatch ``get`` (``TaskPPO(lean=False)``), to show what clrl's lean rollout path gains;
 * the compute bound: forward+backward samples/s of the network at the minibatch size and
   inference samples/s at the rollout batch, giving the env steps/s that compute alone allows
-  (``1 / (epochs / train_rate + 1 / inference_rate)``).
+  (``1 / (epochs / train_rate + 1 / inference_rate)``);
+* the machine bound: the same plus the raw C++ vector env (ale-py's ``AtariVectorEnv`` with the
+  same settings, random actions, no Python wrapper), measured in the same run:
+  ``1 / (epochs / train_rate + 1 / inference_rate + 1 / env_rate)``, what a loop that does
+  nothing but env steps, inference and training, one after the other, would reach.
 
-Every variant also reports where an update's time goes: seconds in SB3's ``collect_rollouts``
-(env stepping and inference) and in ``train`` (the PPO epochs).
+Every variant also reports where an update's time goes: seconds in ``collect_rollouts`` (env
+stepping and inference) and in ``train`` (the PPO epochs); clrl's variants split the rollout
+further into env steps, inference, buffer writes, device/host conversions and the rest.
+
+``--net quick`` (or ``--channels/--hidden``) times the CPU configs' small trunk (16-32-32/256)
+instead of the Nature CNN; SB3's stock PPO has only the Nature CNN, so it is skipped then.
 
 The variants are timed in interleaved rounds (every variant once per round, in rotating order)
 and the ratios are taken within each round, then the median over rounds, so load from other
 processes on a shared machine mostly cancels out of the ratios (absolute numbers do not).
-Targets: clrl fine-tuning >= 1.5x SB3 stock; every regularizer within 1.05x of fine-tuning.
+Targets (issue 13): clrl fine-tuning >= 2.0x SB3 stock and >= 0.9 of the machine bound (Nature
+CNN), >= 0.85 of it on the small trunk; every regularizer within 1.05x of fine-tuning.
 """
 
 from __future__ import annotations
@@ -46,13 +57,19 @@ __all__ = ["add_arguments", "main", "run_ppo_bench", "format_markdown"]
 METHODS = ("none", "ewc", "mas", "agscl")
 SB3_STOCK = "sb3 stock"
 SB3_TUNED = "sb3 stock + clrl malloc"
-TARGET_SPEEDUP = 1.5
+SB3_LOOP = "clrl none (sb3 loop)"
+TARGET_SPEEDUP = 2.0
 TARGET_OVERHEAD = 1.05
+TARGET_MACHINE_SHARE = {"nature": 0.9, "other": 0.85}
+NATURE = ((32, 64, 64), 512)
+NETS = {"nature": NATURE, "quick": ((16, 32, 32), 256)}  # quick: configs/atari_quick.yaml's trunk
+PHASES = ("env", "inference", "buffer", "conversions", "other")  # clrl.rl.agent.ROLLOUT_PHASES
 
 
 class _Variant:
     name: str
     phases: dict[str, float]  # cumulative seconds in SB3's collect_rollouts ("rollout") and train
+    rollout_phases: dict[str, float] | None = None  # cumulative seconds per rollout phase (clrl)
 
     def warmup(self) -> None:
         self.run(1)
@@ -182,24 +199,47 @@ def _serve_sb3(conn, sb3_kwargs: dict[str, Any], tuned_malloc: bool, threads: in
         conn.close()
 
 
+def _time_sb3_rollout_phases(model: Any) -> dict[str, float]:
+    """SB3's ``collect_rollouts`` split by wrapping what it calls: the env's ``step``, the policy's
+    forward and value passes, the buffer's methods; the rest (conversions, bookkeeping) is
+    ``other``, filled in by :func:`_fill_other`."""
+    spent = dict.fromkeys(("env", "inference", "buffer", "other"), 0.0)  # conversions: inside "other"
+    targets = [(model.env, "step", "env"), (model.policy, "forward", "inference"),
+               (model.policy, "predict_values", "inference")]
+    targets += [(model.rollout_buffer, m, "buffer") for m in ("reset", "add", "compute_returns_and_advantage")]
+    for obj, attr, key in targets:
+        inner = getattr(obj, attr)
+
+        def timed(*args: Any, _inner=inner, _key=key, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return _inner(*args, **kwargs)
+            finally:
+                spent[_key] += time.perf_counter() - start
+
+        setattr(obj, attr, timed)
+    return spent
+
+
 class _Clrl(_Variant):
     """clrl's PPO on the second task of a two-task sequence (same game twice)."""
 
     def __init__(self, method: str, game: str, n_envs: int, n_steps: int, n_epochs: int,
-                 n_minibatches: int, device: str, seed: int, consolidation_samples: int) -> None:
+                 n_minibatches: int, device: str, seed: int, consolidation_samples: int,
+                 net: tuple[tuple[int, ...], int] = NATURE, lean: bool = True) -> None:
         from clrl.config import EnvConfig, PPOConfig
         from clrl.regularizers import build_regularizer
         from clrl.rl.agent import TaskPPO, collect_states
         from clrl.rl.envs import action_count, make_vec_env
         from clrl.rl.policy import build_actor_critic
 
-        self.name = f"clrl {method}"
+        self.name = f"clrl {method}" if lean else SB3_LOOP
         torch.manual_seed(seed)
         env_cfg = EnvConfig()
         self.ppo = PPOConfig(n_envs=n_envs, n_steps=n_steps, n_epochs=n_epochs, n_minibatches=n_minibatches,
                              learning_rate=2.5e-4, clip_range=0.1, ent_coef=0.01)
         n_actions = action_count(game, env_cfg)
-        self.net = build_actor_critic((32, 64, 64), 512, "relu").to(device)
+        self.net = build_actor_critic(net[0], net[1], "relu").to(device)
         hp: dict[str, Any] = {"prox_every": n_minibatches} if method == "agscl" else {}
         self.reg = build_regularizer(method, self.net.trunk, heads=self.net.actor, **hp)
         env = make_vec_env(game, n_envs, env_cfg, seed, train=True)
@@ -210,11 +250,13 @@ class _Clrl(_Variant):
         states = collect_states(first, consolidation_samples)
         self.reg.end_task(0, states, lambda x: self.net.logits(x, 0))
         self.net.add_task(1, n_actions)
-        self.model = TaskPPO(env, self.net, 1, self.ppo, device=device)
+        self.model = TaskPPO(env, self.net, 1, self.ppo, device=device, lean=lean)
         self.model.reset_envs(seed + 1)
         self.reg.begin_task(1, self.model.policy.optimizer)
         self.batch = n_envs * n_steps
         self.phases = _time_phases(self.model)
+        self.rollout_phases = self.model.rollout_seconds if lean else _time_sb3_rollout_phases(self.model)
+        self._lean = lean
 
     def run(self, updates: int) -> int:
         for _ in range(updates):
@@ -225,11 +267,12 @@ class _Clrl(_Variant):
         self.model.env.close()
 
 
-def compute_bound(n_envs: int, n_epochs: int, minibatch: int, device: str, seconds: float = 3.0) -> dict[str, float]:
+def compute_bound(n_envs: int, n_epochs: int, minibatch: int, device: str, seconds: float = 3.0,
+                  net_shape: tuple[tuple[int, ...], int] = NATURE) -> dict[str, float]:
     """Samples/s of forward+backward+Adam (minibatch) and of inference (n_envs) for the network."""
     from clrl.rl.policy import build_actor_critic
 
-    net = build_actor_critic((32, 64, 64), 512, "relu").to(device)
+    net = build_actor_critic(net_shape[0], net_shape[1], "relu").to(device)
     net.add_task(0, 18)
     opt = torch.optim.Adam(net.task_parameters(0), lr=1e-4)
     x = torch.randint(0, 256, (minibatch, 4, 84, 84), dtype=torch.uint8, device=device)
@@ -265,6 +308,56 @@ def compute_bound(n_envs: int, n_epochs: int, minibatch: int, device: str, secon
     }
 
 
+def env_rate(game: str, n_envs: int, seconds: float = 3.0, seed: int = 0) -> float:
+    """Steps/s (env steps, all envs together) of ale-py's raw C++ vector env with random actions.
+
+    The same emulator settings as clrl's training envs (:class:`clrl.config.EnvConfig`'s
+    defaults: frame skip 4 with max-pool, 84x84 gray, 4 stacked frames, no-op and FIRE resets,
+    no sticky actions, minimal action set, same-step auto-reset, as many worker threads as
+    clrl's envs get), but no Python wrapper: the env side of the machine bound.
+    """
+    import os
+
+    import numpy as np
+    from ale_py.vector_env import AtariVectorEnv
+
+    from clrl.config import EnvConfig
+    from clrl.rl.envs import OBS_SIZE, action_count
+    from clrl.rl.games import rom_id
+
+    cfg = EnvConfig()
+    venv = AtariVectorEnv(
+        rom_id(game), n_envs, num_threads=cfg.num_threads or min(n_envs, os.cpu_count() or 1),
+        max_num_frames_per_episode=cfg.max_frames_per_episode, repeat_action_probability=cfg.sticky_actions,
+        full_action_space=cfg.full_action_space, autoreset_mode="SameStep", img_height=OBS_SIZE,
+        img_width=OBS_SIZE, grayscale=True, stack_num=cfg.frame_stack, frameskip=cfg.frame_skip, maxpool=True,
+        noop_max=cfg.noop_max, episodic_life=False, reward_clipping=False, use_fire_reset=cfg.fire_reset,
+    )
+    try:
+        venv.reset(seed=seed)
+        rng = np.random.default_rng(seed)
+        actions = rng.integers(0, action_count(game, cfg), size=(256, n_envs), dtype=np.int64)
+        for a in actions[:8]:  # warm-up
+            venv.step(a)
+        steps, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds or steps < 3:
+            venv.step(actions[steps % len(actions)])
+            steps += 1
+        return steps * n_envs / (time.perf_counter() - start)
+    finally:
+        venv.close()
+        del venv.ale  # joins the C++ worker threads now
+
+
+def machine_bound(bound: dict[str, float], env_steps_per_s: float, n_epochs: int) -> dict[str, float]:
+    """``1 / (epochs / train_rate + 1 / inference_rate + 1 / env_rate)`` env steps/s."""
+    return {
+        "env_steps_per_s": 1.0 / (n_epochs / bound["train_samples_per_s"] + 1.0 / bound["inference_samples_per_s"]
+                                  + 1.0 / env_steps_per_s),
+        "env_rate": env_steps_per_s,
+    }
+
+
 def _sync(device: str) -> None:
     if str(device).startswith("cuda"):
         torch.cuda.synchronize()
@@ -285,9 +378,17 @@ def run_ppo_bench(
     consolidation_samples: int = 256,
     stock: bool = True,
     bound_seconds: float = 3.0,
+    channels: tuple[int, ...] = NATURE[0],
+    hidden: int = NATURE[1],
+    sb3_loop: bool = True,
     log=print,
 ) -> dict[str, Any]:
     """Time every variant for ``updates`` PPO updates per round, ``rounds`` interleaved rounds."""
+    net_shape = (tuple(int(c) for c in channels), int(hidden))
+    nature = net_shape == NATURE
+    if stock and not nature:
+        log("SB3's stock PPO has only the Nature CNN: skipped for this network")
+        stock = False
     malloc = tune_malloc()  # clrl's process, as `clrl run` sets it up
     old_threads = torch.get_num_threads()
     if threads:
@@ -302,28 +403,44 @@ def run_ppo_bench(
                 variants.append(_SB3Process(name, tuned, torch.get_num_threads(), **sb3))
         for m in methods:
             log(f"building clrl {m} (consolidating a first task) ...")
-            variants.append(_Clrl(m, game, n_envs, n_steps, n_epochs, n_minibatches, device, seed, consolidation_samples))
+            variants.append(_Clrl(m, game, n_envs, n_steps, n_epochs, n_minibatches, device, seed, consolidation_samples,
+                                  net_shape))
+            if m == "none" and sb3_loop:
+                log(f"building {SB3_LOOP} ...")
+                variants.append(_Clrl(m, game, n_envs, n_steps, n_epochs, n_minibatches, device, seed,
+                                      consolidation_samples, net_shape, lean=False))
         for v in variants:
             v.warmup()
         per_round: list[dict[str, float]] = []
         phases_per_round: list[dict[str, dict[str, float]]] = []  # seconds per update
+        rollout_phases_per_round: list[dict[str, dict[str, float]]] = []  # seconds per update (clrl)
         for r in range(rounds):
             order = variants[r % len(variants):] + variants[: r % len(variants)]
             sps: dict[str, float] = {}
             phases: dict[str, dict[str, float]] = {}
+            split: dict[str, dict[str, float]] = {}
             for v in order:
                 before = dict(v.phases)
+                split_before = dict(v.rollout_phases) if v.rollout_phases is not None else None
                 _sync(device)
                 start = time.perf_counter()
                 steps = v.run(updates)
                 _sync(device)
                 sps[v.name] = steps / (time.perf_counter() - start)
                 phases[v.name] = {k: (v.phases[k] - before[k]) / updates for k in before}
+                if split_before is not None:
+                    split[v.name] = _fill_other(
+                        {k: (v.rollout_phases[k] - split_before[k]) / updates for k in split_before},
+                        phases[v.name]["rollout"])
             per_round.append(sps)
             phases_per_round.append(phases)
+            rollout_phases_per_round.append(split)
             log(f"round {r + 1}/{rounds}: " + ", ".join(f"{k} {s:.0f}" for k, s in sps.items()))
         log("measuring the compute bound ...")
-        bound = compute_bound(n_envs, n_epochs, n_envs * n_steps // n_minibatches, device, seconds=bound_seconds)
+        bound = compute_bound(n_envs, n_epochs, n_envs * n_steps // n_minibatches, device, seconds=bound_seconds,
+                              net_shape=net_shape)
+        log("measuring the raw C++ vector env (random actions) ...")
+        machine = machine_bound(bound, env_rate(game, n_envs, seconds=bound_seconds, seed=seed), n_epochs)
     finally:
         for v in variants:
             v.close()
@@ -335,7 +452,14 @@ def run_ppo_bench(
         row: dict[str, Any] = {"variant": name, "env_steps_per_s": statistics.median(r[name] for r in per_round)}
         for phase in ("rollout", "train"):
             row[f"{phase}_s_per_update"] = statistics.median(r[name][phase] for r in phases_per_round)
-        if name == "clrl none" and stock:
+        if name in rollout_phases_per_round[0]:
+            row["rollout_phases_s_per_update"] = {
+                k: statistics.median(r[name][k] for r in rollout_phases_per_round) for k in rollout_phases_per_round[0][name]}
+        if name == SB3_LOOP:
+            # no target: what the lean rollout path gains over SB3's loop on the same PPO
+            row["ratio"] = statistics.median(r["clrl none"] / r[name] for r in per_round)
+            row["ratio_of"] = "(clrl none over this)"
+        elif name == "clrl none" and stock:
             row["ratio"] = statistics.median(r[name] / r[SB3_STOCK] for r in per_round)
             row["ratio_of"] = f"{SB3_STOCK}'s speed"
             row["target"] = f">= {TARGET_SPEEDUP}"
@@ -351,20 +475,42 @@ def run_ppo_bench(
             row["target"] = f"<= {TARGET_OVERHEAD}"
             row["meets_target"] = row["ratio"] <= TARGET_OVERHEAD
         rows.append(row)
+    target_share = TARGET_MACHINE_SHARE["nature" if nature else "other"]
+    machine["target_share"] = target_share
     if "clrl none" in names:
         fine = next(r for r in rows if r["variant"] == "clrl none")
         bound["clrl_none_share"] = fine["env_steps_per_s"] / bound["env_steps_per_s"]
+        machine["clrl_none_share"] = fine["env_steps_per_s"] / machine["env_steps_per_s"]
+        machine["meets_target"] = machine["clrl_none_share"] >= target_share
     return {
         "game": game,
         "settings": {"n_envs": n_envs, "n_steps": n_steps, "n_epochs": n_epochs, "n_minibatches": n_minibatches,
                      "updates_per_round": updates, "rounds": rounds, "device": str(device),
-                     "torch_threads": int(threads) if threads else old_threads, "network": "Nature CNN 32-64-64/512 relu",
+                     "torch_threads": int(threads) if threads else old_threads, "network": _net_name(net_shape),
+                     "channels": list(net_shape[0]), "hidden": net_shape[1],
                      "malloc": {"clrl": malloc, **{v.name: v.malloc for v in variants if isinstance(v, _SB3Process)}}},
         "rows": rows,
         "per_round": per_round,
         "phases_per_round": phases_per_round,
+        "rollout_phases_per_round": rollout_phases_per_round,
         "compute_bound": bound,
+        "machine_bound": machine,
     }
+
+
+def _net_name(net_shape: tuple[tuple[int, ...], int]) -> str:
+    chans = "-".join(str(c) for c in net_shape[0])
+    kind = "Nature CNN" if net_shape == NATURE else ("small trunk" if net_shape == NETS["quick"] else "CNN")
+    return f"{kind} {chans}/{net_shape[1]} relu"
+
+
+def _fill_other(split: dict[str, float], rollout: float) -> dict[str, float]:
+    """Whatever of the rollout's seconds the phase timers missed goes to ``other``, so the phases
+    add up to the rollout. SB3's loop (no ``conversions`` key): ``other`` is its time outside
+    the wrapped calls, i.e. its conversions and bookkeeping. clrl's lean loop times its phases
+    itself; it misses only the callbacks and the phase clock."""
+    split["other"] = split["other"] + max(0.0, rollout - sum(split.values()))
+    return split
 
 
 def _ratio_text(row: dict[str, Any]) -> str:
@@ -394,6 +540,34 @@ def _table_rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
         f"{s['n_epochs'] * batch / b['train_samples_per_s']:.3f}",
         f"fwd+bwd {b['train_samples_per_s']:.0f}/s, inference {b['inference_samples_per_s']:.0f}/s{share}",
     ))
+    m = result["machine_bound"]
+    mshare = ""
+    if "clrl_none_share" in m:
+        ok = "ok" if m["meets_target"] else "MISSED"
+        mshare = f"; clrl none at {m['clrl_none_share']:.0%} (target >= {m['target_share']:.0%}: {ok})"
+    rows.append((
+        "machine bound", f"{m['env_steps_per_s']:.0f}",
+        f"{batch / b['inference_samples_per_s'] + batch / m['env_rate']:.3f}",
+        f"{s['n_epochs'] * batch / b['train_samples_per_s']:.3f}",
+        f"compute + raw C++ env at {m['env_rate']:.0f} steps/s (random actions){mshare}",
+    ))
+    return rows
+
+
+PHASE_HEADER = ("variant", *PHASES, "rollout")
+
+
+def _phase_rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
+    """Seconds per update in each rollout phase; the bound's env and inference for comparison."""
+    def cell(x: float | None) -> str:
+        return "-" if x is None else f"{x:.3f}"
+
+    rows = [(r["variant"], *(cell(r["rollout_phases_s_per_update"].get(k)) for k in PHASES), cell(r["rollout_s_per_update"]))
+            for r in result["rows"] if "rollout_phases_s_per_update" in r]
+    s, b, m = result["settings"], result["compute_bound"], result["machine_bound"]
+    batch = s["n_envs"] * s["n_steps"]
+    env_s, inf_s = batch / m["env_rate"], batch / b["inference_samples_per_s"]
+    rows.append(("machine bound", cell(env_s), cell(inf_s), "0", "0", "0", cell(env_s + inf_s)))
     return rows
 
 
@@ -409,6 +583,9 @@ def format_markdown(result: dict[str, Any]) -> str:
     lines = [f"# clrl bench ppo: {result['game']}, {result['settings']['network']}", "", _settings_line(result), "",
              "| " + " | ".join(HEADER) + " |", "|---|---:|---:|---:|---|"]
     lines += ["| " + " | ".join(row) + " |" for row in _table_rows(result)]
+    lines += ["", "Rollout phases, seconds per update (other: callbacks and bookkeeping; for SB3's loop also "
+              "its conversions):", "", "| " + " | ".join(PHASE_HEADER) + " |", "|---" + "|---:" * (len(PHASE_HEADER) - 1) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in _phase_rows(result)]
     return "\n".join(lines) + "\n"
 
 
@@ -421,7 +598,14 @@ def _print_table(result: dict[str, Any]) -> None:
         table.add_column(name, justify="right" if 0 < i < len(HEADER) - 1 else "left")
     for row in _table_rows(result):
         table.add_row(*row)
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    phases = Table(title="rollout phases, s/update")
+    for i, name in enumerate(PHASE_HEADER):
+        phases.add_column(name, justify="right" if i else "left")
+    for row in _phase_rows(result):
+        phases.add_row(*row)
+    console.print(phases)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -432,6 +616,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
                         help="clrl regularizers to time (default: all; 'none' is fine-tuning)")
     parser.add_argument("--no-stock", action="store_true", help="skip SB3's stock PPO")
+    parser.add_argument("--no-sb3-loop", action="store_true",
+                        help=f"skip '{SB3_LOOP}' (fine-tuning with SB3's own rollout loop and buffer)")
+    parser.add_argument("--net", choices=sorted(NETS), default="nature",
+                        help="nature: 32-64-64/512 (default); quick: 16-32-32/256, the CPU configs' trunk")
+    parser.add_argument("--channels", type=int, nargs=3, default=None, metavar="C",
+                        help="conv channels of the trunk (overrides --net)")
+    parser.add_argument("--hidden", type=int, default=None, help="hidden units of the trunk (overrides --net)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=None, help="torch threads for every variant (default: torch's)")
     parser.add_argument("--quick", action="store_true",
@@ -450,11 +641,17 @@ def main(args: argparse.Namespace) -> int:
     for key in ("updates", "rounds"):
         if getattr(args, key) < 1:
             raise UserError(f"--{key} must be >= 1")
+    channels, hidden = NETS[args.net]
+    channels = tuple(args.channels) if args.channels is not None else channels
+    hidden = args.hidden if args.hidden is not None else hidden
+    if min(channels) < 1 or hidden < 1:
+        raise UserError("--channels and --hidden must be >= 1")
     kw: dict[str, Any] = {"updates": args.updates, "rounds": args.rounds}
     if args.quick:
         kw = {"n_envs": 2, "n_steps": 32, "updates": 1, "rounds": 1, "consolidation_samples": 32, "bound_seconds": 1.0}
     result = run_ppo_bench(game=game, methods=tuple(args.methods), device=device, threads=args.threads,
-                           stock=not args.no_stock, **kw)
+                           stock=not args.no_stock, channels=channels, hidden=hidden, sb3_loop=not args.no_sb3_loop,
+                           **kw)
     _print_table(result)
     if args.out:
         out = Path(args.out)

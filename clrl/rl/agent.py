@@ -21,11 +21,23 @@ differs from SB3's in ways the runs depend on, and clrl needs hooks into the los
   ``lr * (1 - j / J)`` for update ``j`` of ``J``, which the runner sets before each update;
 * the losses stay on the device until the end of the update (one synchronization per update).
 
-Everything else (rollout collection, GAE, minibatch sampling) is SB3's.
+Why ``collect_rollouts`` is overridden (``lean=True``, the default): SB3's loop spends its
+overhead on per-step host/device round trips (values and log-probs copied back twice per env
+step), re-allocating and zeroing the buffer every update, flattening copies of the whole rollout
+before training and one host->device copy per minibatch. The lean loop fills a
+:class:`clrl.rl.rollout.RolloutStore` (an SB3 ``RolloutBuffer``) with the same contents bit for
+bit (``tests/test_rollout.py`` checks it against SB3's loop): same policy calls on the same
+batches, so the same random draws; the same timeout bootstrapping with ``terminal_observation``
+(SB3 issue #633), evaluated one terminal observation at a time as SB3 does but after the last
+step, so no synchronization interrupts the rollout; SB3's GAE and minibatch permutations.
+Per env step it makes one device->host copy (the actions the env needs) and, on a GPU, one
+host->device copy (the observations inference needs); a rollout reaches the device once.
+``lean=False`` is SB3's loop and buffer, for comparisons.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -38,10 +50,11 @@ from torch import Tensor
 
 from clrl.config import PPOConfig
 from clrl.rl.policy import ActorCritic, TaskPolicy
+from clrl.rl.rollout import RolloutStore, to_host
 
 __all__ = [
     "TaskPPO", "learning_rate_schedule", "collect_states", "value_loss", "normalize_rollout_advantages",
-    "VALUE_LOSS_WEIGHT", "MINIBATCH_ADV_EPS", "ROLLOUT_ADV_EPS",
+    "VALUE_LOSS_WEIGHT", "MINIBATCH_ADV_EPS", "ROLLOUT_ADV_EPS", "ROLLOUT_PHASES",
 ]
 
 # weight of mean((V - R)^2) in the loss per vf_coef, without value clipping
@@ -79,6 +92,12 @@ def normalize_rollout_advantages(advantages: np.ndarray) -> np.ndarray:
         return a.astype(np.float32)
     return ((a - a.mean()) / (a.std(ddof=1) + ROLLOUT_ADV_EPS)).astype(np.float32)
 
+# Where a lean rollout's time goes (seconds, cumulative in TaskPPO.rollout_seconds): env steps,
+# the policy's forward passes (on a GPU: their launch), buffer writes (with the observations'
+# host->device copies), conversions (the actions to the host: on a GPU this waits for the
+# forward pass), other (episode bookkeeping).
+ROLLOUT_PHASES = ("env", "inference", "buffer", "conversions", "other")
+
 
 def learning_rate_schedule(ppo: PPOConfig) -> Callable[[float], float]:
     """SB3 schedule of ``progress_remaining`` (1 -> 0 over a task): linear or constant."""
@@ -107,6 +126,9 @@ class TaskPPO(PPO):
         task: int,
         ppo: PPOConfig,
         device: torch.device | str = "cpu",
+        *,
+        lean: bool = True,
+        separate_device: bool | None = None,
     ) -> None:
         batch = env.num_envs * ppo.n_steps
         if batch % ppo.n_minibatches:
@@ -127,9 +149,13 @@ class TaskPPO(PPO):
             vf_coef=ppo.vf_coef,
             max_grad_norm=ppo.max_grad_norm,
             policy_kwargs={"net": net, "task": int(task), "adam_eps": ppo.adam_eps},
+            rollout_buffer_class=RolloutStore if lean else None,
+            rollout_buffer_kwargs={"separate": separate_device} if lean else None,
             device=device,
             verbose=0,
         )
+        self.lean = bool(lean)
+        self.rollout_seconds = dict.fromkeys(ROLLOUT_PHASES, 0.0)
         self.net = net
         self.task = int(task)
         self.value_loss_convention = ppo.value_loss
@@ -172,6 +198,77 @@ class TaskPPO(PPO):
         self.train()
         return self.last_stats
 
+    # ------------------------------------------------------------------ the lean rollout
+
+    def collect_rollouts(self, env: VecEnv, callback: BaseCallback, rollout_buffer, n_rollout_steps: int) -> bool:
+        """SB3's ``collect_rollouts`` with the same buffer contents and fewer per-step costs.
+
+        Falls back to SB3's loop when the buffer is not a :class:`RolloutStore` (``lean=False``).
+        """
+        if not isinstance(rollout_buffer, RolloutStore) or self.use_sde:
+            return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
+        assert self._last_obs is not None, "No previous observation was provided"
+        self.policy.set_training_mode(False)
+        buf = rollout_buffer
+        spent = self.rollout_seconds
+        clock = time.perf_counter
+        t0 = clock()
+        buf.reset()
+        callback.on_rollout_start()
+        bootstrap: list[tuple[int, int]] = []  # (step, env) of timeouts, SB3 issue #633
+        terminal_obs: list[np.ndarray] = []
+        dones = self._last_episode_starts
+        new_obs = self._last_obs
+        t1 = clock()
+        spent["buffer"] += t1 - t0
+        for step in range(n_rollout_steps):
+            obs = buf.put_obs(step, self._last_obs)
+            t2 = clock()
+            with torch.no_grad():
+                actions, values, log_probs = self.policy(obs)
+            buf.put_policy(step, values, log_probs)
+            t3 = clock()
+            actions_np = to_host(actions)  # the one synchronization per env step
+            t4 = clock()
+            new_obs, rewards, dones, infos = env.step(actions_np)
+            t5 = clock()
+            self.num_timesteps += env.num_envs
+            callback.update_locals(locals())
+            if not callback.on_step():
+                return False
+            self._update_info_buffer(infos, dones)
+            if dones.any():
+                for idx in np.flatnonzero(dones):
+                    info = infos[idx]
+                    if info.get("terminal_observation") is not None and info.get("TimeLimit.truncated", False):
+                        bootstrap.append((step, int(idx)))
+                        terminal_obs.append(np.array(info["terminal_observation"]))
+            t6 = clock()
+            buf.put_step(step, actions_np, rewards, self._last_episode_starts)
+            self._last_obs = new_obs
+            self._last_episode_starts = dones
+            t7 = clock()
+            spent["buffer"] += (t2 - t1) + (t7 - t6)
+            spent["inference"] += t3 - t2
+            spent["conversions"] += t4 - t3
+            spent["env"] += t5 - t4
+            spent["other"] += t6 - t5
+            t1 = t7
+        with torch.no_grad():
+            last_values = self.policy.predict_values(buf.obs_to_device(new_obs))
+            extra = None
+            if terminal_obs:  # one at a time, as SB3 evaluates them (a batch of 1 each)
+                extra = torch.cat([
+                    self.gamma * self.policy.predict_values(buf.obs_to_device(o[None]))[0] for o in terminal_obs
+                ])
+        t2 = clock()
+        spent["inference"] += t2 - t1
+        buf.finish(last_values, dones, bootstrap, extra)
+        callback.update_locals(locals())
+        callback.on_rollout_end()
+        spent["buffer"] += clock() - t2
+        return True
+
     def _update_info_buffer(self, infos: list[dict[str, Any]], dones: np.ndarray | None = None) -> None:
         super()._update_info_buffer(infos, dones)
         for info in infos:
@@ -202,11 +299,14 @@ class TaskPPO(PPO):
             value = value.detach()
             sums[key] = sums[key] + value if key in sums else value.clone()
 
+        buf = self.rollout_buffer
         if self.advantage_norm == "rollout":
-            # once, before the epochs; the returns were computed before and are unchanged
-            self.rollout_buffer.advantages = normalize_rollout_advantages(self.rollout_buffer.advantages)
-        for _epoch in range(self.n_epochs):
-            for data in self.rollout_buffer.get(self.batch_size):
+            # once, before the epochs (and before RolloutStore.epochs copies them to the
+            # device); the returns were computed before and are unchanged
+            buf.advantages[...] = normalize_rollout_advantages(buf.advantages)
+        epochs = buf.epochs(self.batch_size, self.n_epochs) if isinstance(buf, RolloutStore) else None
+        for epoch in range(self.n_epochs):
+            for data in epochs[epoch] if epochs is not None else buf.get(self.batch_size):
                 actions = data.actions.long().flatten()
                 values, log_prob, entropy = self.policy.evaluate_actions(data.observations, actions)
                 values = values.flatten()
@@ -243,7 +343,6 @@ class TaskPPO(PPO):
 
         means = torch.stack(list(sums.values())) / max(count, 1)
         stats = dict(zip(sums.keys(), means.float().cpu().tolist(), strict=True))
-        buf = self.rollout_buffer
         var_y = float(np.var(buf.returns))
         stats["explained_variance"] = float("nan") if var_y == 0 else float(1 - np.var(buf.returns - buf.values) / var_y)
         stats["learning_rate"] = float(optimizer.param_groups[0]["lr"])

@@ -37,8 +37,15 @@ def preprocess(obs: Tensor) -> Tensor:
     layout: it gains nothing, and the per-sample gradients of EWC and MAS (``torch.func.vmap``
     over single samples) cannot change memory formats.
     """
-    x = obs.float().div_(255.0) if obs.dtype == torch.uint8 else obs.float() / 255.0
-    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 and x.shape[0] > 1 else x
+    batch = obs.dim() == 4 and obs.shape[0] > 1
+    if obs.dtype == torch.uint8:
+        # the layout change on the uint8 frames (a quarter of the bytes), then one conversion
+        # pass and one in-place division: same values as float -> /255 -> channels-last
+        if batch:
+            obs = obs.contiguous(memory_format=torch.channels_last)
+        return obs.float().div_(255.0)
+    x = obs.float() / 255.0
+    return x.contiguous(memory_format=torch.channels_last) if batch else x
 
 
 class ActorCritic(nn.Module):
