@@ -202,7 +202,7 @@ def _ref_file(tmp_path, status="complete", **eval_changes):
     ev = {"episodes": 10, "deterministic": True, "max_frames": 27000, **eval_changes}
     res.config = {"tasks": {"games": ["A", "B"]}, "eval": ev}
     d = tmp_path / f"ref_{status}_{len(eval_changes)}"
-    d.mkdir()
+    d.mkdir(exist_ok=True)
     save_results(d / "results.json", res)
     return d
 
@@ -242,7 +242,7 @@ def test_reference_with_other_games_or_unfinished_is_refused(tmp_path):
     other = {**MINE, "tasks": {"games": ["A", "C"]}}
     with pytest.raises((ConfigError, ResultsError), match="tasks"):
         reference_from_run(_ref_file(tmp_path), ["A", "C"], config=other)
-    with pytest.raises(ConfigError, match=r"not a finished run \(status running, 1 of 2 tasks done\)"):
+    with pytest.raises(ConfigError, match=r"not a finished run \(status running, 2 of 2 tasks done\)"):
         reference_from_run(_ref_file(tmp_path, status="running"), ["A", "B"], config=MINE)
     with pytest.raises(ConfigError, match="status failed.*interrupted"):
         reference_from_run(_ref_file(tmp_path, status="failed"), ["A", "B"], config=MINE)
