@@ -146,3 +146,30 @@ def test_a_reference_evaluated_otherwise_is_refused_by_clrl_run(tiny_run, tmp_pa
     assert cli.main(["run", str(path), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert "eval.max_frames is 200 there but 300 in this run" in err
+
+
+def test_report_curves_show_the_per_game_interval_of_a_single_run(tiny_run, tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    from clrl.report import figures, scores
+    from clrl.report.runs import group_runs, load_runs
+
+    records = load_runs([tiny_run.root])
+    lo, hi = scores.curve_interval(records[0])
+    res = records[0].res
+    for k, p in enumerate(res.curves):
+        for j, ci in enumerate(p.ci):
+            assert [lo[k, j], hi[k, j]] == ci  # recomputed from the games = what the run stored
+        assert np.isnan(lo[k, len(p.ci):]).all()
+    bands = []
+    real = Axes.fill_between
+
+    def spy(self, x, y1, y2=0, *a, **kw):  # noqa: ANN001, ANN002, ANN003
+        bands.append((np.asarray(y1, dtype=float), np.asarray(y2, dtype=float)))
+        return real(self, x, y1, y2, *a, **kw)
+
+    monkeypatch.setattr(Axes, "fill_between", spy)
+    paths = figures.eval_curves(group_runs(records), tmp_path, formats=("png",))
+    assert [p.name for p in paths] == ["eval_curves.png"]
+    want_lo = lo[:, 0][np.isfinite(lo[:, 0])]
+    assert any(b[0].shape == want_lo.shape and np.array_equal(b[0], want_lo) for b in bands)
