@@ -41,7 +41,7 @@ VIDEO_FPS = 15
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Evaluate a trained sequential-Atari agent from its checkpoint: every game with its own head, "
-        "printed as the mean raw score ± the half-width of a 95%% bootstrap interval over the games "
+        "printed as the mean raw score ± the half-width of a 95% bootstrap interval over the games "
         "played. Options left out take the run's eval settings."
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory of a `clrl run` Atari run")
@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="checkpoint to load (default: RUN_DIR/checkpoints/latest.pt)")
     parser.add_argument("--game", nargs="+", metavar="NAME",
                         help="games to play (default: every game the checkpoint has a head for)")
-    parser.add_argument("--episodes", type=int, metavar="K", help="games scored per game (default: eval.episodes)")
+    parser.add_argument("--episodes", type=int, metavar="K", help="evaluation games played and scored per game title (default: eval.episodes)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--deterministic", dest="deterministic", action="store_true", default=None,
                       help="argmax actions (default: eval.deterministic)")
