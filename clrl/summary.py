@@ -34,11 +34,13 @@ CAP_MARK = "*"
 
 def _cell(value: float | None, ci: list | None = None, games: list | None = None) -> str:
     """``mean ± half-width`` of the 95% interval, ``*`` when any of its games hit the frame cap."""
-    text = _fmt(value)
+    with_ci = ci is not None and all(isinstance(x, (int, float)) and math.isfinite(x) for x in ci)
+    digits = 1 if with_ci else 3  # game scores with an interval: a tenth is already below the noise
+    text = _fmt(value, digits)
     if text == "-":
         return text
-    if ci is not None and all(isinstance(x, (int, float)) and math.isfinite(x) for x in ci):
-        text += f" ± {_fmt((ci[1] - ci[0]) / 2)}"
+    if with_ci:
+        text += f" ± {_fmt((ci[1] - ci[0]) / 2, digits)}"
     if games and any(g.truncated for g in games):
         text += CAP_MARK
     return text

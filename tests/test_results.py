@@ -179,8 +179,9 @@ def test_summary_shows_half_width_and_marks_the_frame_cap():
     console = Console(width=200, record=True)
     print_summary(res, console)
     text = " ".join(console.export_text().split())  # the caption wraps
-    assert "1.000 ± 1.000*" in text  # mean 1.0 (R[0][0]), interval [1, 3], one game capped
-    assert "0.000 ± 0.000" in text and "0.000 ± 0.000*" not in text
+    assert "1.0 ± 1.0*" in text  # mean 1.0 (R[0][0]), interval [1, 3], one game capped
+    assert "0.0 ± 0.0" in text and "0.0 ± 0.0*" not in text
+    assert "0.500" in text  # an entry without records keeps its plain format
     assert "a game hit the frame cap (5000 frames)" in text
     assert "95% bootstrap interval" in text
     plain = sample(("A", "B"))  # no records (a supervised run): no ± and no caption

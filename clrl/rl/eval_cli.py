@@ -267,11 +267,11 @@ def _table(entries: list[dict[str, Any]], title: str):  # noqa: ANN202 - a rich 
 
     table = Table(title=title, caption="± half-width of the 95% bootstrap interval; capped: games cut by the frame cap")
     for col in ("task", "game", "mean ± half-width", "95% CI", "games", "capped"):
-        table.add_column(col, justify="left" if col == "game" else "right")
+        table.add_column(col, justify="left" if col == "game" else "right", no_wrap=True)
     for e in entries:
         lo, hi = e["ci"]
-        table.add_row(str(e["task"]), e["game"], f"{_fmt(e['mean'])} ± {_fmt((hi - lo) / 2)}",
-                      f"[{_fmt(lo)}, {_fmt(hi)}]", str(e["episodes"]), str(e["truncated"]))
+        table.add_row(str(e["task"]), e["game"], f"{_fmt(e['mean'], 1)} ± {_fmt((hi - lo) / 2, 1)}",
+                      f"[{_fmt(lo, 1)}, {_fmt(hi, 1)}]", str(e["episodes"]), str(e["truncated"]))
     return table
 
 
