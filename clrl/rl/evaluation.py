@@ -9,8 +9,9 @@ numbers use, so clrl keeps it. Every scored game is kept (``EvalResult.games``) 
 report can give an interval, not just a mean (:func:`clrl.metrics.bootstrap_ci`).
 
 :func:`evaluate_many` plays several games (an evaluation point's seen tasks) at once, one
-thread each: the emulators' C++ step and torch's kernels release the GIL, so one game's
-inference overlaps another's emulation. Each game owns its envs, its ``act`` (and any
+thread each: the emulators run in ale-py's C++ worker threads and torch's kernels release the
+GIL, so one game's inference overlaps another's emulation (``scripts/bench_eval_point.py``
+measures the gain). Each game owns its envs, its ``act`` (and any
 generator in it) and its seed, so its result is the same, bit for bit, as when it is played
 alone (``tests/test_evaluation.py``).
 """
