@@ -551,7 +551,9 @@ def eval_curves(groups: list[Group], out_dir: Path, prefix: str = "", formats: F
         fig.supxlabel(_x_label(brun), fontsize=9)
         handles, labels = axes[0, 0].get_legend_handles_labels()
         extra = "; shaded: the task's training period"
-        spread = "mean ± s.d. over seeds" + (" (one run: 95% CI over its evaluation games)" if with_ci else "")
+        multi = any(len(runs) > 1 for _, _, runs in with_curves)
+        spread = ("mean ± s.d. over seeds" + (" (one run: 95% CI over its evaluation games)" if with_ci else "")
+                  if multi or not with_ci else "mean, band: 95% CI over the evaluation games")
         fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(len(labels), 3),
                    frameon=False, title=f"{_score_label(kind)}: {spread}{extra}")
         return save(fig, out_dir, f"{prefix}{stem}", formats)
