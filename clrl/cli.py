@@ -22,6 +22,7 @@ examples:
   clrl run configs/split_digits.yaml --set seed=1    supervised sanity suite
   clrl run --resume runs/atari_quick                 continue a run that stopped
   clrl validate configs/atari_paper_agscl.yaml       check a config without running it
+  clrl eval runs/atari_quick --json eval.json        score a trained agent (mean ± 95% CI per game)
   clrl report runs/*                                 tables and figures over runs
   clrl sweep configs/sweep_digits.yaml               a grid of runs (local or --backend ray)
   clrl bench ppo                                     throughput vs stock SB3 PPO
@@ -164,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("filter", nargs="?", help="show only games whose name contains this")
     p.set_defaults(func=cmd_games)
 
+    _delegated(sub.add_parser("eval", help="score a trained Atari agent from its checkpoint (no training)"),
+               "clrl.rl.eval_cli")
     _delegated(sub.add_parser("report", help="tables and figures from run directories"), "clrl.report")
     _delegated(sub.add_parser("sweep", help="run a grid of experiments, locally or on Ray"), "clrl.sweep")
     bench = sub.add_parser("bench", help="throughput and memory benchmarks, as ratios in one run")

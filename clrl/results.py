@@ -5,6 +5,14 @@ null where not evaluated), evaluation ``curves`` during training, the resolved c
 and library versions. The file is rewritten atomically after every evaluation, so a crash
 never leaves a torn file; :func:`load_results` names the file and the problem when it is
 corrupt or not a clrl results file.
+
+Atari runs also keep every evaluated game (DESIGN.md, "Evaluation records"): ``R_games[i][j]``
+lists the games behind ``R[i][j]`` as ``{"score", "frames", "truncated"}`` and ``R_ci[i][j]``
+is the seeded 95% percentile-bootstrap interval of their mean (:func:`clrl.metrics.bootstrap_ci`),
+null where R is null; ``baseline_games`` / ``baseline_ci`` do the same for the untrained network
+and every curve point has ``games`` / ``ci`` (one entry per seen task). These fields are
+optional (absent in supervised runs and in files written before them), so schema version 1
+still reads every older file.
 """
 
 from __future__ import annotations
@@ -17,14 +25,14 @@ import platform
 import subprocess
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from clrl import metrics
 from clrl.allocator import malloc_mode
-from clrl.errors import ResultsError
+from clrl.errors import ConfigError, ResultsError
 from clrl.io import atomic_write_text
 
 SCHEMA = "clrl.results"
@@ -38,6 +46,17 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+class GameRecord(_Model):
+    """One evaluated Atari game: raw score, length in emulator frames, cut by the frame cap."""
+
+    score: float
+    frames: int = Field(ge=0)
+    truncated: bool
+
+
+Interval = Annotated[list[Score], Field(min_length=2, max_length=2, description="[low, high]")]
+
+
 class CurvePoint(_Model):
     """One evaluation during training: scores of every task seen so far (tasks 0..task)."""
 
@@ -45,6 +64,8 @@ class CurvePoint(_Model):
     task: int = Field(ge=0, description="index of the task being trained")
     scores: list[Score]
     wall_time: float | None = None
+    games: list[list[GameRecord]] | None = Field(None, description="RL: per seen task, every scored game")
+    ci: list[Interval | None] | None = Field(None, description="RL: per seen task, 95% bootstrap CI of the mean")
 
 
 class Reference(_Model):
@@ -68,8 +89,12 @@ class Results(_Model):
     config: dict[str, Any]
     tasks: list[str]
     R: list[list[Score]]
+    R_games: list[list[list[GameRecord] | None]] | None = Field(None, description="RL: the games behind each R entry")
+    R_ci: list[list[Interval | None]] | None = Field(None, description="RL: 95% bootstrap CI of each R entry")
     curves: list[CurvePoint] = []
     baseline: list[Score] | None = Field(None, description="scores of a randomly initialized model (FWT b)")
+    baseline_games: list[list[GameRecord]] | None = None
+    baseline_ci: list[Interval | None] | None = None
     reference: Reference | None = None
     metrics: dict[str, Any] = {}
     diagnostics: list[dict[str, Any]] = Field([], description="per finished task: the regularizer's diagnostics")
@@ -82,6 +107,10 @@ class Results(_Model):
         T = len(self.tasks)
         if len(self.R) != T or any(len(row) != T for row in self.R):
             raise ValueError(f"R must be {T} x {T} (one row and column per task)")
+        for name in ("R_games", "R_ci"):
+            M = getattr(self, name)
+            if M is not None and (len(M) != T or any(len(row) != T for row in M)):
+                raise ValueError(f"{name} must be {T} x {T}, as R")
         return self
 
     def R_matrix(self) -> np.ndarray:
@@ -200,12 +229,49 @@ def load_results(path: str | os.PathLike) -> Results:
         raise ResultsError(f"{path}: invalid results file: {where}: {first['msg']}") from exc
 
 
-def reference_from_run(run: str | os.PathLike, tasks: list[str]) -> Reference:
+COMPARABLE_KEYS = ("tasks.games", "eval.episodes", "eval.deterministic", "eval.max_frames")
+"""What a reference must share with the run it normalizes: a best score over other games, over
+fewer games per point, with argmax instead of sampled actions or under another frame cap is
+not the same quantity."""
+
+
+def _dotted(config: dict[str, Any], key: str) -> Any:
+    node: Any = config
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def check_reference(ref: Results, run: str | os.PathLike, config: dict[str, Any]) -> None:
+    """ConfigError unless ``ref`` is a finished run evaluated as ``config`` (COMPARABLE_KEYS)."""
+    if ref.status != "complete":
+        done = ref.tasks_done()
+        why = f": {ref.reason}" if ref.reason else ""
+        raise ConfigError(
+            f"reference {run} is not a finished run (status {ref.status}, {done} of {len(ref.tasks)} "
+            f"tasks done{why}); finish it with `clrl run --resume {run}` or name another reference"
+        )
+    for key in COMPARABLE_KEYS:
+        mine, theirs = _dotted(config, key), _dotted(ref.config, key)
+        if mine != theirs:
+            raise ConfigError(
+                f"reference {run} is not comparable: {key} is {theirs!r} there but {mine!r} in this "
+                "run (a reference must play the same games under the same evaluation protocol)"
+            )
+
+
+def reference_from_run(
+    run: str | os.PathLike, tasks: list[str], config: dict[str, Any] | None = None
+) -> Reference:
     """Read a fine-tuning run's results and keep what normalization needs.
 
-    The reference must cover the same tasks in the same order (its first tasks at least).
+    The reference must cover the same tasks in the same order (its first tasks at least). With
+    the normalized run's ``config`` (what ``clrl run`` passes) it must also be finished and
+    evaluated the same way (:func:`check_reference`); reports of finished runs pass none.
     """
     ref = load_results(run)
+    if config is not None:
+        check_reference(ref, run, config)
     if ref.tasks[: len(tasks)] != list(tasks)[: len(ref.tasks)]:
         raise ResultsError(
             f"reference {run} has tasks {ref.tasks}, which do not match this run's {list(tasks)}"

@@ -29,16 +29,50 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
+CAP_MARK = "*"
+
+
+def _cell(value: float | None, ci: list | None = None, games: list | None = None) -> str:
+    """``mean ± half-width`` of the 95% interval, ``*`` when any of its games hit the frame cap."""
+    with_ci = ci is not None and all(isinstance(x, (int, float)) and math.isfinite(x) for x in ci)
+    digits = 1 if with_ci else 3  # game scores with an interval: a tenth is already below the noise
+    text = _fmt(value, digits)
+    if text == "-":
+        return text
+    if with_ci:
+        text += f" ± {_fmt((ci[1] - ci[0]) / 2, digits)}"
+    if games and any(g.truncated for g in games):
+        text += CAP_MARK
+    return text
+
+
+def _at(rows: list | None, i: int, j: int | None = None):  # noqa: ANN202 - None-safe indexing
+    if rows is None:
+        return None
+    row = rows[i]
+    return row if j is None or row is None else row[j]
+
+
 def r_table(results: Results, title: str | None = None) -> Table:
     what = "accuracy" if results.kind == "supervised" else "mean eval return"
-    table = Table(title=title or f"R[i][j]: {what} on task j after training task i")
+    cap = any(g.truncated for row in (results.R_games or []) for cell in row for g in (cell or []))
+    cap = cap or any(g.truncated for cell in (results.baseline_games or []) for g in cell)
+    with_ci = results.R_ci is not None or results.baseline_ci is not None
+    caption = "± half-width of the 95% bootstrap interval over the evaluation games" if with_ci else None
+    if cap:
+        frames = (results.config.get("eval") or {}).get("max_frames", "the")
+        caption = (caption + "; " if caption else "") + f"{CAP_MARK} a game hit the frame cap ({frames} frames)"
+    table = Table(title=title or f"R[i][j]: {what} on task j after training task i", caption=caption)
     table.add_column("after \\ on", style="bold")
     for name in results.tasks:
         table.add_column(name, justify="right")
     if results.baseline is not None:  # the untrained network: what "learned something" means
-        table.add_row("untrained", *[_fmt(v) for v in results.baseline], style="dim")
+        cells = [_cell(v, _at(results.baseline_ci, j), _at(results.baseline_games, j))
+                 for j, v in enumerate(results.baseline)]
+        table.add_row("untrained", *cells, style="dim")
     for i, row in enumerate(results.R):
-        table.add_row(f"{i}: {results.tasks[i]}", *[_fmt(v) for v in row])
+        cells = [_cell(v, _at(results.R_ci, i, j), _at(results.R_games, i, j)) for j, v in enumerate(row)]
+        table.add_row(f"{i}: {results.tasks[i]}", *cells)
     return table
 
 

@@ -135,3 +135,55 @@ def test_no_forgetting_gives_forgetting_zero_and_stability_one(diag):
         assert m.forgetting(R) == pytest.approx(0.0)
         assert m.bwt(R) == pytest.approx(0.0)
     assert m.plasticity(R, diag) == pytest.approx(1.0)
+
+
+# --------------------------------------------------------------------------- bootstrap CI
+
+
+def test_bootstrap_ci_three_values_is_min_max_by_hand():
+    # 27 equally likely resamples; P(all three = the smallest) = 1/27 = 3.7% > 2.5%, so the
+    # 2.5% percentile of the resample means is the smallest value (and symmetrically the largest)
+    assert m.bootstrap_ci([1.0, 2.0, 10.0], seed=0) == (1.0, 10.0)
+
+
+def test_bootstrap_ci_matches_exact_enumeration():
+    """n = 5: all 5^5 resamples enumerated give the exact bootstrap distribution of the mean."""
+    import itertools
+
+    v = np.array([0.0, 100.0, 150.0, 400.0, 1200.0])
+    exact = np.array([v[list(idx)].mean() for idx in itertools.product(range(5), repeat=5)])
+    want = np.percentile(exact, [2.5, 97.5])
+    got = m.bootstrap_ci(v, seed=3, reps=200_000)
+    np.testing.assert_allclose(got, want, atol=0.02 * (v.max() - v.min()))
+
+
+def test_bootstrap_ci_matches_scipy_and_normal_theory():
+    from scipy import stats
+
+    rng = np.random.default_rng(1)
+    v = rng.exponential(300.0, size=30)
+    res = stats.bootstrap((v,), np.mean, method="percentile", n_resamples=50_000, random_state=7)
+    got = m.bootstrap_ci(v, seed=0, reps=50_000)
+    width = res.confidence_interval.high - res.confidence_interval.low
+    np.testing.assert_allclose(got, [res.confidence_interval.low, res.confidence_interval.high], atol=0.03 * width)
+    big = rng.normal(5.0, 2.0, size=400)
+    lo, hi = m.bootstrap_ci(big, seed=0)
+    half = 1.959964 * big.std() / math.sqrt(big.size)  # the plug-in (ddof=0) standard error
+    assert (hi - lo) / 2 == pytest.approx(half, rel=0.06)
+    assert (hi + lo) / 2 == pytest.approx(big.mean(), abs=0.1 * half)
+
+
+def test_bootstrap_ci_edge_cases_and_seeding():
+    assert m.bootstrap_ci([7.5], seed=0) == (7.5, 7.5)
+    assert m.bootstrap_ci([0.1, 0.1, 0.1], seed=0) == (0.1, 0.1)
+    assert all(math.isnan(x) for x in m.bootstrap_ci([], seed=0))
+    assert all(math.isnan(x) for x in m.bootstrap_ci([float("nan")], seed=0))
+    v = [3.0, 5.0, 8.0, 13.0, 40.0, 0.0]
+    assert m.bootstrap_ci(v + [float("nan")], seed=4) == m.bootstrap_ci(v, seed=4)
+    assert m.bootstrap_ci(v, seed=4) == m.bootstrap_ci(v, seed=4)
+    w = np.random.default_rng(0).normal(size=40)  # enough distinct resample means to tell seeds apart
+    assert m.bootstrap_ci(w, seed=4) != m.bootstrap_ci(w, seed=5)
+    lo, hi = m.bootstrap_ci(v, seed=4)
+    assert min(v) <= lo < np.mean(v) < hi <= max(v)
+    with pytest.raises(ValueError):
+        m.bootstrap_ci(v, reps=0)

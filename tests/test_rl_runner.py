@@ -266,12 +266,16 @@ def test_baseline_scores_every_game_without_touching_the_run_rng(tmp_path, monke
 
     seen = []
 
-    def fake_evaluate(act, game, env, **kw):
-        obs = np.zeros((kw["n_envs"], 4, 84, 84), dtype=np.uint8)
-        seen.append((game, act(obs).shape))
-        return EvalResult(mean=float(len(seen)), scores=[float(len(seen))], episodes=1, frames=0, seconds=0.0)
+    def fake_evaluate_many(jobs, env, **kw):
+        out = []
+        for job in jobs:
+            obs = np.zeros((kw["n_envs"], 4, 84, 84), dtype=np.uint8)
+            seen.append((job.game, job.act(obs).shape))
+            out.append(EvalResult(mean=float(len(seen)), scores=[float(len(seen))], episodes=1, frames=0,
+                                  seconds=0.0, games=[{"score": float(len(seen)), "frames": 4, "truncated": False}]))
+        return out
 
-    monkeypatch.setattr(runner_mod, "evaluate", fake_evaluate)
+    monkeypatch.setattr(runner_mod, "evaluate_many", fake_evaluate_many)
     cfg = config_from_dict(tiny(**{"eval.baseline": True}))
     sr = SequentialRun(cfg, prepare_run_dir(cfg, out=tmp_path / "b"))
     sr._build()
@@ -280,6 +284,8 @@ def test_baseline_scores_every_game_without_touching_the_run_rng(tmp_path, monke
     sr._baseline()
     assert torch.equal(torch.get_rng_state(), state)
     assert sr.results.baseline == [1.0, 2.0]
+    assert [[g.score for g in gs] for gs in sr.results.baseline_games] == [[1.0], [2.0]]
+    assert sr.results.baseline_ci == [[1.0, 1.0], [2.0, 2.0]]
     assert seen == [("DemonAttack", (2,)), ("Asterix", (2,))]
     assert sr.net.tasks == []  # the run's own network got no heads
 

@@ -10,7 +10,8 @@ reason to ``skipped`` when the runs hold nothing to draw (e.g. no reference run)
 - ``R_heatmaps``: R matrices, one panel per method (values written in the cells)
 - ``sparsity_capacity``: sparsity |G0|/|G| and used capacity after each task (Fig. 6b)
 - ``memory``: regularizer memory per method, log scale (Fig. 6a)
-- ``eval_curves``: evaluation score over training, one panel per task
+- ``eval_curves``: evaluation score over training, one panel per task (band: s.d. over seeds, or
+  for a single run the 95% bootstrap CI over its evaluation games)
 """
 
 from __future__ import annotations
@@ -510,6 +511,7 @@ def eval_curves(groups: list[Group], out_dir: Path, prefix: str = "", formats: F
                                  layout="constrained")
         end = max(float(scores.curve(r)[0].max()) for _, _, runs in with_curves for r in runs)
         edges = [0.0, *bounds, end]
+        with_ci = False
         for j, ax in enumerate(axes.ravel()):
             if j >= T:
                 ax.set_visible(False)
@@ -524,7 +526,18 @@ def eval_curves(groups: list[Group], out_dir: Path, prefix: str = "", formats: F
                         series.append((steps, M[:, j]))
                 if not series:
                     continue
-                _plot(ax, *align(series), gi, _n_label(g, runs))
+                interval = scores.curve_interval(runs[0]) if len(runs) == 1 else None
+                if interval is None:
+                    _plot(ax, *align(series), gi, _n_label(g, runs))
+                    continue
+                # one run: no spread over seeds, but the spread of its own evaluation games
+                steps, mean = series[0]
+                lo, hi = interval[0][:, j], interval[1][:, j]
+                if _plot(ax, steps, mean, np.full_like(mean, np.nan), gi, _n_label(g, runs)):
+                    ok = np.isfinite(lo) & np.isfinite(hi)
+                    ax.fill_between(steps, np.where(ok, lo, mean), np.where(ok, hi, mean), where=ok,
+                                    color=color(gi), alpha=BAND_ALPHA, linewidth=0)
+                    with_ci = True
             for b in bounds:
                 ax.axvline(b, color="0.6", linestyle=":", linewidth=0.7, zorder=0)
             ax.set_title(names[j], pad=3)
@@ -543,8 +556,11 @@ def eval_curves(groups: list[Group], out_dir: Path, prefix: str = "", formats: F
         fig.supxlabel(_x_label(brun), fontsize=9)
         handles, labels = axes[0, 0].get_legend_handles_labels()
         extra = "; shaded: the task's training period"
+        multi = any(len(runs) > 1 for _, _, runs in with_curves)
+        spread = ("mean ± s.d. over seeds" + (" (one run: 95% CI over its evaluation games)" if with_ci else "")
+                  if multi or not with_ci else "mean, band: 95% CI over the evaluation games")
         fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(len(labels), 3),
-                   frameon=False, title=f"{_score_label(kind)}: mean ± s.d. over seeds{extra}")
+                   frameon=False, title=f"{_score_label(kind)}: {spread}{extra}")
         return save(fig, out_dir, f"{prefix}{stem}", formats)
 
 

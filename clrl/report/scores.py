@@ -92,6 +92,24 @@ def curve(run: RunRecord) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return steps, tasks, metrics.curve_matrix([p.scores for p in pts], run.T)
 
 
+def curve_interval(run: RunRecord, seed: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
+    """(low, high), points x T, of the 95% bootstrap CI of each curve score over its games.
+
+    Recomputed from the per-game scores (``games`` of each curve point) with
+    :func:`clrl.metrics.bootstrap_ci`, so it is the interval results.json stores (same seed);
+    NaN where a point has no games; None when the run kept none (older and supervised runs).
+    """
+    pts = run.res.curves
+    if not any(p.games for p in pts):
+        return None
+    lo = np.full((len(pts), run.T), np.nan)
+    hi = np.full((len(pts), run.T), np.nan)
+    for k, p in enumerate(pts):
+        for j, games in enumerate((p.games or [])[: run.T]):
+            lo[k, j], hi[k, j] = metrics.bootstrap_ci([g.score for g in games], seed=seed)
+    return lo, hi
+
+
 def normalized_reward_curve(run: RunRecord) -> np.ndarray | None:
     """AGS-CL Fig. 7a: per eval point, sum over seen tasks of score / reference max; None without a reference."""
     _, ref_max = reference_arrays(run)

@@ -1,25 +1,41 @@
-"""Evaluation of a policy on one Atari game, as the AGS-CL code scores its agents.
+"""Evaluation of a policy on Atari games, as the AGS-CL code scores its agents.
 
 REFERENCE.md ("Evaluation"): argmax actions (the caller's ``act``), K envs in parallel, full
 games with raw rewards and no life-loss terminals, and the score is the mean raw score of the
 *first* ``episodes`` games to finish (in env order within a step), each capped at
 ``max_frames`` emulator frames (a capped game counts as finished with its score so far).
 Taking the first finished games slightly favours short games; that is the protocol the paper's
-numbers use, so clrl keeps it.
+numbers use, so clrl keeps it. Every scored game is kept (``EvalResult.games``) so that a
+report can give an interval, not just a mean (:func:`clrl.metrics.bootstrap_ci`).
+
+:func:`evaluate_many` plays several games (an evaluation point's seen tasks) at once, one
+thread each: the emulators run in ale-py's C++ worker threads and torch's kernels release the
+GIL, so one game's inference overlaps another's emulation (``scripts/bench_eval_point.py``
+measures the gain). Each game owns its envs, its ``act`` (and any
+generator in it) and its seed, so its result is the same, bit for bit, as when it is played
+alone (``tests/test_evaluation.py``).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from clrl.config import EnvConfig
+from clrl.metrics import bootstrap_ci
 from clrl.rl.envs import make_vec_env
 
-__all__ = ["EvalResult", "evaluate"]
+__all__ = ["EvalJob", "EvalResult", "Observer", "evaluate", "evaluate_many"]
+
+Act = Callable[[np.ndarray], np.ndarray]
+Observer = Callable[[np.ndarray, "list[dict[str, Any]] | None"], None]
+"""Called with the first observation batch (infos ``None``), then after every step with the
+new batch and the step's infos: a progress bar or a video recorder watches the play with it."""
 
 
 @dataclass
@@ -27,7 +43,8 @@ class EvalResult:
     """``mean`` of the first ``episodes`` finished games' raw ``scores``.
 
     ``frames``: emulator frames stepped by all envs together (agent steps x frame skip);
-    ``lengths``: agent steps of each scored game, in the order of ``scores``.
+    ``lengths``: agent steps of each scored game, in the order of ``scores``; ``games``: each
+    scored game as ``{"score", "frames" (its emulator frames), "truncated" (cut by the cap)}``.
     """
 
     mean: float
@@ -37,10 +54,24 @@ class EvalResult:
     seconds: float
     lengths: list[int] = field(default_factory=list)
     truncated: int = 0
+    games: list[dict[str, Any]] = field(default_factory=list)
+
+    def ci(self, seed: int = 0) -> tuple[float, float]:
+        """95% percentile-bootstrap interval of ``mean`` over the scored games (seeded)."""
+        return bootstrap_ci(self.scores, seed=seed)
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    """One game of an evaluation point: its action function, game and env seed."""
+
+    act: Act
+    game: str
+    seed: int
 
 
 def evaluate(
-    act: Callable[[np.ndarray], np.ndarray],
+    act: Act,
     game: str,
     env: EnvConfig,
     *,
@@ -48,12 +79,13 @@ def evaluate(
     n_envs: int = 10,
     seed: int = 0,
     max_frames: int = 27_000,
+    observer: Observer | None = None,
 ) -> EvalResult:
     """Play ``game`` with ``act`` until ``episodes`` games have finished; see the module docstring.
 
     ``act`` maps a uint8 batch ``(n_envs, stack, 84, 84)`` to ``n_envs`` integer actions. With a
     deterministic ``act`` the result depends only on ``seed``. The envs are closed on return,
-    also when ``act`` raises.
+    also when ``act`` (or ``observer``) raises.
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
@@ -61,13 +93,13 @@ def evaluate(
         raise ValueError(f"n_envs must be >= 1, got {n_envs}")
     start = time.perf_counter()
     venv = make_vec_env(game, n_envs, env, seed, train=False, max_frames=max_frames)
-    scores: list[float] = []
-    lengths: list[int] = []
-    truncated = 0
+    games: list[dict[str, Any]] = []
     steps = 0
     try:
         obs = venv.reset()
-        while len(scores) < episodes:
+        if observer is not None:
+            observer(obs, None)
+        while len(games) < episodes:
             actions = np.asarray(act(obs))
             if actions.shape != (n_envs,):
                 raise ValueError(
@@ -77,18 +109,60 @@ def evaluate(
             steps += 1
             for info in infos:
                 ep = info.get("episode")
-                if ep is not None and len(scores) < episodes:
-                    scores.append(float(ep["r"]))
-                    lengths.append(int(ep["l"]))
-                    truncated += bool(info["TimeLimit.truncated"])
+                if ep is not None and len(games) < episodes:
+                    games.append({
+                        "score": float(ep["r"]),
+                        "frames": int(ep["l"]) * env.frame_skip,
+                        "truncated": bool(info["TimeLimit.truncated"]),
+                    })
+            if observer is not None:
+                observer(obs, infos)
     finally:
         venv.close()
+    scores = [g["score"] for g in games]
     return EvalResult(
         mean=float(np.mean(scores)),
         scores=scores,
-        episodes=len(scores),
+        episodes=len(games),
         frames=steps * n_envs * env.frame_skip,
         seconds=time.perf_counter() - start,
-        lengths=lengths,
-        truncated=truncated,
+        lengths=[g["frames"] // env.frame_skip for g in games],
+        truncated=sum(g["truncated"] for g in games),
+        games=games,
     )
+
+
+def evaluate_many(
+    jobs: Sequence[EvalJob],
+    env: EnvConfig,
+    *,
+    episodes: int = 10,
+    n_envs: int = 10,
+    max_frames: int = 27_000,
+    workers: int | None = None,
+    observers: Sequence[Observer | None] | None = None,
+) -> list[EvalResult]:
+    """:func:`evaluate` for every job, ``workers`` at a time (default: all at once), in job order.
+
+    The jobs must not share mutable state: give each its own ``act`` (its own generator when it
+    samples) and put a shared network in eval mode *before* calling, so that no thread toggles
+    it. The first exception raised by any job is re-raised after all threads have stopped.
+    """
+    jobs = list(jobs)
+    obs_list = list(observers) if observers is not None else [None] * len(jobs)
+    if len(obs_list) != len(jobs):
+        raise ValueError(f"{len(jobs)} jobs but {len(obs_list)} observers")
+    if not jobs:
+        return []
+
+    def one(k: int) -> EvalResult:
+        job = jobs[k]
+        return evaluate(job.act, job.game, env, episodes=episodes, n_envs=n_envs, seed=job.seed,
+                        max_frames=max_frames, observer=obs_list[k])
+
+    n = len(jobs) if workers is None else max(1, min(int(workers), len(jobs)))
+    if n == 1:
+        return [one(k) for k in range(len(jobs))]
+    with ThreadPoolExecutor(max_workers=n, thread_name_prefix="clrl-eval") as pool:
+        futures = [pool.submit(one, k) for k in range(len(jobs))]
+        return [f.result() for f in futures]

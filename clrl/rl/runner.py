@@ -60,6 +60,7 @@ from clrl.regularizers import Regularizer, build_regularizer
 from clrl.regularizers.base import diagnostic_scalars
 from clrl.results import (
     CurvePoint,
+    GameRecord,
     Results,
     compute_metrics,
     new_results,
@@ -70,7 +71,7 @@ from clrl.rl import checkpoint as ckpt
 from clrl.rl.agent import TaskPPO, collect_states
 from clrl.rl.checkpoint import Counters
 from clrl.rl.envs import action_count, make_vec_env
-from clrl.rl.evaluation import evaluate
+from clrl.rl.evaluation import EvalJob, EvalResult, evaluate_many
 from clrl.rl.policy import ActorCritic, build_actor_critic
 from clrl.rundir import RunDir, run_lock, setup_logging
 from clrl.seeding import derive_seed, get_rng_state, seed_everything, set_rng_state
@@ -144,7 +145,9 @@ class SequentialRun:
     def _fresh_results(self) -> Results:
         res = new_results("rl", self.cfg.name, self.cfg.seed, config_to_dict(self.cfg), self.games)
         if self.cfg.reference:
-            res.reference = reference_from_run(self.cfg.reference, self.games)
+            res.reference = reference_from_run(self.cfg.reference, self.games, config=config_to_dict(self.cfg))
+        res.R_games = [[None] * self.T for _ in range(self.T)]
+        res.R_ci = [[None] * self.T for _ in range(self.T)]
         res.timings = {
             "device": str(self.device),
             "updates_per_task": self.J,
@@ -353,28 +356,50 @@ class SequentialRun:
 
     # ================================================================== evaluation
 
+    def _play(self, net: ActorCritic, tag: Any, games: list[int]) -> list[EvalResult]:
+        """Every game in ``games`` with its own head, all at once (:func:`evaluate_many`).
+
+        Each game's actions and envs are seeded from (seed, game, ``tag``) alone, so its result
+        does not depend on which other games are played beside it."""
+        ev = self.cfg.eval
+        jobs = []
+        for j in games:
+            gen = torch.Generator().manual_seed(derive_seed(self.cfg.seed, "eval-act", j, tag))
+            jobs.append(EvalJob(net.actor_fn(j, deterministic=ev.deterministic, generator=gen),
+                                self.games[j], derive_seed(self.cfg.seed, "eval-env", j, tag)))
+        was = net.training
+        net.eval()  # once, here: the threads must not toggle the shared modules' mode
+        try:
+            return evaluate_many(jobs, self.cfg.env, episodes=ev.episodes, n_envs=ev.n_envs,
+                                 max_frames=ev.max_frames)
+        finally:
+            net.train(was)
+
     def _evaluate(self, t: int, end_of_task: bool) -> None:
         """Score every game seen so far with its own head; a curve point (and R row at task end)."""
         c = self.counters
         ev = self.cfg.eval
         tick = time.monotonic()
-        scores: list[float] = []
-        for j in range(t + 1):
-            gen = torch.Generator().manual_seed(derive_seed(self.cfg.seed, "eval-act", j, c.global_steps))
-            act = self.net.actor_fn(j, deterministic=ev.deterministic, generator=gen)
-            result = evaluate(
-                act, self.games[j], self.cfg.env, episodes=ev.episodes, n_envs=ev.n_envs,
-                seed=derive_seed(self.cfg.seed, "eval-env", j, c.global_steps), max_frames=ev.max_frames,
-            )
-            scores.append(float(result.mean))
-            if self.writer is not None:
-                self.writer.add_scalar(f"eval/{self.games[j]}", result.mean, c.global_steps)
+        results = self._play(self.net, c.global_steps, list(range(t + 1)))
+        scores = [float(r.mean) for r in results]
+        games = [[GameRecord(**g) for g in r.games] for r in results]
+        cis = [list(r.ci()) for r in results]
+        if self.writer is not None:
+            for j, r in enumerate(results):
+                self.writer.add_scalar(f"eval/{self.games[j]}", r.mean, c.global_steps)
         seconds = time.monotonic() - tick
         self._add_time("eval_seconds", seconds)
-        self.results.curves.append(CurvePoint(step=c.global_steps, task=t, scores=scores, wall_time=time.time()))
+        self.results.curves.append(CurvePoint(step=c.global_steps, task=t, scores=scores, wall_time=time.time(),
+                                              games=games, ci=cis))
         if end_of_task:
+            res = self.results
+            if res.R_games is None or res.R_ci is None:  # a run begun before per-game records
+                res.R_games = [[None] * self.T for _ in range(self.T)]
+                res.R_ci = [[None] * self.T for _ in range(self.T)]
             for j, s in enumerate(scores):
-                self.results.R[t][j] = s
+                res.R[t][j] = s
+                res.R_games[t][j] = games[j]
+                res.R_ci[t][j] = cis[j]
         c.evals += 1
         while c.next_eval <= c.global_steps:
             c.next_eval += ev.every_steps
@@ -395,20 +420,17 @@ class SequentialRun:
         Run on a copy under a forked RNG, so the run itself draws exactly the same numbers with
         or without it."""
         tick = time.monotonic()
-        ev = self.cfg.eval
-        scores: list[float] = []
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(self.cfg.seed, "baseline"))
             untrained = copy.deepcopy(self.net)
-            for j, game in enumerate(self.games):
+            for j in range(self.T):
                 untrained.add_task(j, self.n_actions[j])
-                gen = torch.Generator().manual_seed(derive_seed(self.cfg.seed, "eval-act", j, "baseline"))
-                act = untrained.actor_fn(j, deterministic=ev.deterministic, generator=gen)
-                result = evaluate(act, game, self.cfg.env, episodes=ev.episodes, n_envs=ev.n_envs,
-                                  seed=derive_seed(self.cfg.seed, "eval-env", j, "baseline"), max_frames=ev.max_frames)
-                scores.append(float(result.mean))
+            results = self._play(untrained, "baseline", list(range(self.T)))
         del untrained
+        scores = [float(r.mean) for r in results]
         self.results.baseline = scores
+        self.results.baseline_games = [[GameRecord(**g) for g in r.games] for r in results]
+        self.results.baseline_ci = [list(r.ci()) for r in results]
         self._add_time("eval_seconds", time.monotonic() - tick)
         self.logger.info("untrained network: %s", ", ".join(f"{g} {s:.1f}" for g, s in zip(self.games, scores, strict=True)))
 

@@ -1,0 +1,101 @@
+"""Per-game evaluation records and concurrent evaluation (clrl.rl.evaluation)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from clrl.config import EnvConfig
+from clrl.metrics import bootstrap_ci
+from clrl.rl.envs import action_count, make_vec_env
+from clrl.rl.evaluation import EvalJob, evaluate, evaluate_many
+from clrl.rl.policy import build_actor_critic
+
+GAMES = ["Boxing", "Breakout", "Seaquest"]
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """As the CPU configs run (train.torch_threads: 1): torch's spinning workers and the
+    emulators' threads would otherwise fight over a small machine's cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _const(obs: np.ndarray) -> np.ndarray:
+    return np.zeros(len(obs), dtype=np.int64)
+
+
+def test_every_scored_game_is_kept_with_its_frames_and_cap_flag() -> None:
+    """Independent replay: the same envs and actions, episode infos collected by hand."""
+    cfg = EnvConfig()
+    rng = np.random.default_rng(0)
+    res = evaluate(lambda o: rng.integers(0, 4, len(o)), "Breakout", cfg, episodes=3, n_envs=2, seed=4,
+                   max_frames=600)
+    rng = np.random.default_rng(0)
+    want = []
+    with make_vec_env("Breakout", 2, cfg, seed=4, train=False, max_frames=600) as venv:
+        obs = venv.reset()
+        while len(want) < 3:
+            obs, _, _, infos = venv.step(rng.integers(0, 4, len(obs)))
+            want += [{"score": i["episode"]["r"], "frames": 4 * i["episode"]["l"],
+                      "truncated": i["TimeLimit.truncated"]} for i in infos if "episode" in i]
+    assert res.games == want[:3]
+    assert [g["score"] for g in res.games] == res.scores
+    assert res.truncated == sum(g["truncated"] for g in res.games)
+    assert res.ci() == bootstrap_ci(res.scores, seed=0)
+    capped = evaluate(_const, "Boxing", cfg, episodes=2, n_envs=2, seed=0, max_frames=40)
+    assert capped.games == [{"score": s, "frames": 40, "truncated": True} for s in capped.scores]
+
+
+def test_observer_sees_the_first_batch_and_every_step() -> None:
+    seen: list[tuple[tuple, bool]] = []
+    res = evaluate(_const, "Boxing", EnvConfig(), episodes=2, n_envs=2, seed=0, max_frames=40,
+                   observer=lambda obs, infos: seen.append((obs.shape, infos is None)))
+    assert seen[0] == ((2, 4, 84, 84), True)
+    assert all(not first for _, first in seen[1:])
+    assert len(seen) - 1 == res.frames // (2 * 4)  # one call per step
+
+
+def _net():
+    torch.manual_seed(0)
+    net = build_actor_critic([8, 16, 16], 32, "relu")
+    for j, g in enumerate(GAMES):
+        net.add_task(j, action_count(g, EnvConfig()))
+    return net.eval()
+
+
+def _jobs(net, deterministic: bool) -> list[EvalJob]:
+    return [
+        EvalJob(net.actor_fn(j, deterministic=deterministic, generator=torch.Generator().manual_seed(10 + j)),
+                g, seed=100 + j)
+        for j, g in enumerate(GAMES)
+    ]
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_concurrent_games_equal_one_at_a_time_bit_for_bit(deterministic: bool) -> None:
+    net = _net()
+    kw = {"episodes": 2, "n_envs": 2, "max_frames": 1000}
+    alone = [evaluate(j.act, j.game, EnvConfig(), seed=j.seed, **kw) for j in _jobs(net, deterministic)]
+    together = evaluate_many(_jobs(net, deterministic), EnvConfig(), **kw)
+    serial = evaluate_many(_jobs(net, deterministic), EnvConfig(), workers=1, **kw)
+    for a, b, c in zip(alone, together, serial, strict=True):
+        assert a.games == b.games == c.games
+        assert a.frames == b.frames == c.frames
+    assert len({tuple(r.scores) for r in alone}) > 1, "three different games should not all score alike"
+
+
+def test_evaluate_many_reraises_and_checks_observers() -> None:
+    def boom(obs: np.ndarray) -> np.ndarray:
+        raise KeyError("policy failed")
+
+    jobs = [EvalJob(_const, "Boxing", 0), EvalJob(boom, "Pong", 1)]
+    with pytest.raises(KeyError):
+        evaluate_many(jobs, EnvConfig(), episodes=1, n_envs=2, max_frames=40)
+    with pytest.raises(ValueError, match="observers"):
+        evaluate_many(jobs, EnvConfig(), observers=[None])
+    assert evaluate_many([], EnvConfig()) == []
