@@ -85,9 +85,65 @@ def metrics_table(results: Results) -> Table:
     return table
 
 
+def _finite_interval(ci: list | None) -> tuple[float, float] | None:
+    if ci is None or len(ci) != 2:
+        return None
+    if not all(isinstance(x, (int, float)) and math.isfinite(x) for x in ci):
+        return None
+    return float(ci[0]), float(ci[1])
+
+
+def learning_verdicts(results: Results) -> list[dict]:
+    """Per task j: did training it move its score away from the untrained network's?
+
+    Compares ``R[j][j]`` (right after training task j) with ``baseline[j]`` through their 95%
+    bootstrap intervals over the evaluation games: ``"above"`` when R's interval lies wholly
+    above the untrained one, ``"below"`` when wholly below, ``"overlap"`` otherwise (no
+    evidence either way), ``None`` when an entry or an interval is missing.
+    """
+    out: list[dict] = []
+    for j, task in enumerate(results.tasks):
+        r = _at(results.R, j, j) if j < len(results.R) else None
+        r_ci = _finite_interval(_at(results.R_ci, j, j)) if results.R_ci and j < len(results.R_ci) else None
+        b = results.baseline[j] if results.baseline else None
+        b_ci = _finite_interval(_at(results.baseline_ci, j)) if results.baseline_ci else None
+        verdict = None
+        if r_ci is not None and b_ci is not None:
+            verdict = "above" if r_ci[0] > b_ci[1] else "below" if r_ci[1] < b_ci[0] else "overlap"
+        out.append({"task": task, "trained": r, "trained_ci": r_ci, "untrained": b, "untrained_ci": b_ci,
+                    "verdict": verdict})
+    return out
+
+
+_VERDICT_TEXT = {
+    "above": "learned: above the untrained network, the intervals do not overlap",
+    "below": "below the untrained network, the intervals do not overlap",
+    "overlap": "not distinguishable from the untrained network (the intervals overlap)",
+}
+
+
+def learning_lines(results: Results) -> list[str]:
+    """One plain line per task with both intervals and the verdict of :func:`learning_verdicts`."""
+    lines = []
+    for v in learning_verdicts(results):
+        if v["verdict"] is None:
+            continue
+        (rl, rh), (bl, bh) = v["trained_ci"], v["untrained_ci"]
+        lines.append(
+            f"{v['task']}: right after training {_fmt(v['trained'], 1)} [{_fmt(rl, 1)}, {_fmt(rh, 1)}] vs untrained "
+            f"{_fmt(v['untrained'], 1)} [{_fmt(bl, 1)}, {_fmt(bh, 1)}]: {_VERDICT_TEXT[v['verdict']]}"
+        )
+    return lines
+
+
 def print_summary(results: Results, console: Console | None = None) -> None:
     console = console or Console()
     console.print(r_table(results))
+    lines = learning_lines(results)
+    if lines:
+        console.print("Did each task learn? R[j][j] vs the untrained network, 95% intervals:")
+        for line in lines:
+            console.print(f"  {line}", highlight=False)
     console.print(metrics_table(results))
     if results.status != "complete":
         console.print(f"[yellow]status: {results.status}[/] {results.reason or ''}")
