@@ -47,6 +47,7 @@ def test_every_scored_game_is_kept_with_its_frames_and_cap_flag() -> None:
     assert [g["score"] for g in res.games] == res.scores
     assert res.truncated == sum(g["truncated"] for g in res.games)
     assert res.ci() == bootstrap_ci(res.scores, seed=0)
+    # the cap counts every agent step, the FIRE reset's two included: 40 frames in all
     capped = evaluate(_const, "Boxing", cfg, episodes=2, n_envs=2, seed=0, max_frames=40)
     assert capped.games == [{"score": s, "frames": 40, "truncated": True} for s in capped.scores]
 

@@ -41,8 +41,10 @@ import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+import ale_py
 import gymnasium as gym
 import numpy as np
+from ale_py.vector_env import AtariVectorEnv  # at import: evaluation threads build envs at once
 from gymnasium import spaces
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvStepReturn
 
@@ -103,8 +105,6 @@ class _AleEmulators:
     """
 
     def __init__(self, game: str, n_envs: int, env: EnvConfig, max_frames: int) -> None:
-        from ale_py.vector_env import AtariVectorEnv
-
         self.num_envs = n_envs
         self._envs: list[Any] = []
         try:
@@ -180,7 +180,6 @@ class _NoopReset(gym.Wrapper):
 
     def __init__(self, env: gym.Env, noop_max: int) -> None:
         super().__init__(env)
-        import ale_py
 
         self._noop_max = noop_max
         self._noop = ale_py.Action.NOOP
@@ -200,7 +199,6 @@ class _GymEmulators:
     """``ALE/<Game>-v5`` (frameskip 1) + ``AtariPreprocessing``, stepped in a Python loop."""
 
     def __init__(self, game: str, n_envs: int, env: EnvConfig, max_frames: int) -> None:
-        import ale_py
 
         gym.register_envs(ale_py)
         self.num_envs = n_envs
@@ -275,7 +273,6 @@ _NOOP, _FIRE, _AFTER_FIRE = 0, 1, 2  # minimal-set indices; FireResetEnv presses
 
 def _has_fire(action_set: Sequence[Any]) -> bool:
     """The baselines' ``FireResetEnv`` condition: action 1 is FIRE (and there is an action 2)."""
-    import ale_py
 
     return len(action_set) >= 3 and action_set[_FIRE] == ale_py.Action.FIRE
 

@@ -94,6 +94,7 @@ def evaluate(
     start = time.perf_counter()
     venv = make_vec_env(game, n_envs, env, seed, train=False, max_frames=max_frames)
     games: list[dict[str, Any]] = []
+    lengths: list[int] = []
     steps = 0
     try:
         obs = venv.reset()
@@ -110,11 +111,14 @@ def evaluate(
             for info in infos:
                 ep = info.get("episode")
                 if ep is not None and len(games) < episodes:
+                    # frames: every agent step of the game (the env's FIRE/NOOP steps after a
+                    # reset or a lost life included) x frame skip, as the frame cap counts them
                     games.append({
                         "score": float(ep["r"]),
-                        "frames": int(ep["l"]) * env.frame_skip,
+                        "frames": int(ep.get("f", int(ep["l"]) * env.frame_skip)),
                         "truncated": bool(info["TimeLimit.truncated"]),
                     })
+                    lengths.append(int(ep["l"]))
             if observer is not None:
                 observer(obs, infos)
     finally:
@@ -126,7 +130,7 @@ def evaluate(
         episodes=len(games),
         frames=steps * n_envs * env.frame_skip,
         seconds=time.perf_counter() - start,
-        lengths=[g["frames"] // env.frame_skip for g in games],
+        lengths=lengths,
         truncated=sum(g["truncated"] for g in games),
         games=games,
     )
