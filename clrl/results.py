@@ -5,6 +5,30 @@ null where not evaluated), evaluation ``curves`` during training, the resolved c
 and library versions. The file is rewritten atomically after every evaluation, so a crash
 never leaves a torn file; :func:`load_results` names the file and the problem when it is
 corrupt or not a clrl results file.
+
+``curves[k].analysis`` (with ``eval.analysis: true``; :mod:`clrl.analysis.monitor`) is what the
+network does with each seen task's probe set at that evaluation::
+
+    {"tau": 0.025, "delta": 0.01, "seconds": 0.08,
+     "tasks": [                           # every seen task that has a probe set, in order
+       {"task": 0, "n": 256,              # probe inputs (kept at the task's end; the task being
+        "reference": true,                #   trained uses current inputs, reference false)
+        "layers": {"conv1": {             # each trunk activation after a Conv/Linear
+            "hoyer": 0.41,                # mean Hoyer sparsity of the layer output
+            "dead": 0.0,                  # share of units never active (LWTA/maxout: never win)
+            "dormant": 0.03,              # share of tau-dormant units (ReDo)
+            "drift": 0.12,                # submask flip rate vs the task's end (null: no reference)
+            "drift_protected": 0.0,       # only with AGS-CL: the same over the nodes it protects
+            "protected_share": 0.8},      #   for this task, and their share of the layer
+          ...},
+        "features": {"hoyer": .., "dead": .., "dormant": .., "effective_rank": 37,
+                     "feature_change": 0.21}},   # ||F - F_end|| / ||F_end|| of head features
+       ...],
+     "overlap": null}                     # at task ends: {"tasks": [0, 1], "all": [[1, .6], ..],
+                                          #   "layers": {"conv1": [[..]], ..}} (Jaccard of the
+                                          #   non-dormant units each task uses)
+
+``timings.analysis_seconds`` is the analysis's total cost.
 """
 
 from __future__ import annotations
@@ -45,6 +69,7 @@ class CurvePoint(_Model):
     task: int = Field(ge=0, description="index of the task being trained")
     scores: list[Score]
     wall_time: float | None = None
+    analysis: dict[str, Any] | None = Field(None, description="representation analysis (module docstring)")
 
 
 class Reference(_Model):

@@ -1,0 +1,357 @@
+"""The representation analysis of a run, as a subscriber to its training events.
+
+:class:`RepresentationMonitor` listens to ``task_end`` (keep the task's probe set and what the
+network made of it) and ``evaluation`` (measure every seen task on its probe set and write the
+``analysis`` block of the curve point; overlap at task ends). The RL runner and the supervised
+trainer use it the same way; only three small functions differ (how a probe batch becomes an
+input, how features are computed, which states stand in for the task being trained).
+
+Per seen task j, on its probe set, for every trunk layer (the activation after each Conv/Linear;
+conv units are channels, competing per position) and for the features the heads read:
+
+* ``hoyer``: mean Hoyer sparsity of the layer's output (forward-forward sparsity paper, eq. 4);
+* ``dead``: share of units never active (for LWTA/maxout: never winning);
+* ``dormant``: share of tau-dormant units (ReDo), on the activity of active units;
+* ``drift``: submask flip rate against the submasks at task j's end (None while j is trained);
+  ``drift_protected``: the same over the nodes the regularizer protects for task j (AGS-CL:
+  nodes important since task j's consolidation), when it has such nodes;
+* features only: ``effective_rank`` (srank, delta 0.01) and ``feature_change``
+  (``||F - F_end|| / ||F_end||``).
+
+At each task end, ``overlap``: Jaccard of the sets of (non-dormant) units the seen tasks use.
+The schema is documented in :mod:`clrl.results`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from clrl.events import EventBus
+
+from .probes import Probe, as_uint8, even_subsample, load_probe, save_probe
+from .representation import (
+    dormant_share,
+    dormant_units,
+    drift,
+    effective_rank,
+    feature_change,
+    jaccard,
+    overlap_matrix,
+    unit_activity,
+)
+from .sparsity import hoyer_sparsity
+from .submasks import dead_unit_share, submask
+
+__all__ = ["RepresentationMonitor", "analysed_layers", "protected_nodes", "rollout_states"]
+
+
+def analysed_layers(trunk: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, activation)`` for every Conv2d/Linear of a sequential trunk that is followed by an
+    activation with ``active_mask``: ``conv1, conv2, ..., fc1, ...`` in order (the node view's
+    layer order, :func:`clrl.layers.nodes.node_view`)."""
+    mods = list(trunk.children())
+    out: list[tuple[str, nn.Module]] = []
+    n_conv = n_fc = 0
+    for i, m in enumerate(mods):
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            if isinstance(m, nn.Conv2d):
+                n_conv += 1
+                name = f"conv{n_conv}"
+            else:
+                n_fc += 1
+                name = f"fc{n_fc}"
+            if i + 1 < len(mods) and hasattr(mods[i + 1], "active_mask"):
+                out.append((name, mods[i + 1]))
+    if not out:
+        raise ValueError("the trunk has no Conv/Linear layer followed by a clrl activation to analyse")
+    return out
+
+
+def protected_nodes(regularizer: Any, task: int, n_layers: int) -> list[Tensor] | None:
+    """Per layer, the nodes the regularizer holds fixed for ``task``: AGS-CL's nodes important
+    since ``task``'s consolidation (their incoming weights are pulled to the anchor and the
+    weights into them from later nodes are held at 0, so with a large lambda their outputs on
+    the task's inputs cannot change). None for regularizers without such nodes."""
+    born, head_born = getattr(regularizer, "born", None), getattr(regularizer, "head_born", None)
+    if born is None or head_born is None or task not in head_born or len(born) != n_layers:
+        return None
+    c = int(head_born[task])
+    return [b <= c for b in born]
+
+
+def rollout_states(model: Any, n: int) -> np.ndarray | None:
+    """Up to ``n`` states of an SB3 model's last rollout, spread over it, as uint8: what the
+    policy being trained visits, taken without stepping any environment."""
+    buf = getattr(model, "rollout_buffer", None)
+    obs = getattr(buf, "observations", None)
+    if obs is None or not getattr(buf, "full", False):
+        return None
+    flat = np.asarray(obs).reshape(-1, *np.asarray(obs).shape[2:])
+    return as_uint8(even_subsample(flat, n))
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one intra-op thread, then restore the count. The analysis's operations are
+    small (a few hundred probe inputs); on a busy machine a multi-threaded SVD or matmul of that
+    size spends most of its time waiting for threads (measured 20x slower with 2 threads)."""
+    n = torch.get_num_threads()
+    if n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def _finite(v: float | None) -> float | None:
+    return None if v is None or not math.isfinite(v) else float(v)
+
+
+class RepresentationMonitor:
+    """Probe sets and representation measures of one run (module docstring).
+
+    ``prepare(task, uint8 array) -> input tensor`` and ``features(input) -> head features`` run
+    the network (the trunk's forward hooks see every layer); ``current(task) -> uint8 array or
+    None`` gives inputs of the task being trained (its probe set only exists from its end on).
+    ``timings()`` returns the dict where ``analysis_seconds`` is accumulated, ``writer()`` a
+    TensorBoard writer or None, ``task_names`` label the scalars.
+    """
+
+    def __init__(
+        self,
+        trunk: nn.Module,
+        prepare: Callable[[int, np.ndarray], Tensor],
+        features: Callable[[Tensor], Tensor],
+        folder: str | Path,
+        *,
+        tau: float = 0.025,
+        delta: float = 0.01,
+        probe_size: int = 256,
+        batch_size: int = 256,
+        regularizer: Any = None,
+        current: Callable[[int], np.ndarray | None] | None = None,
+        timings: Callable[[], dict[str, Any]] | None = None,
+        writer: Callable[[], Any] | None = None,
+        task_names: list[str] | None = None,
+        tasks_done: Callable[[], int] | None = None,
+    ) -> None:
+        if tau < 0:
+            raise ValueError(f"analysis tau must be >= 0, got {tau}")
+        if probe_size < 2:
+            raise ValueError(f"a probe set needs at least 2 inputs, got {probe_size}")
+        self.trunk = trunk
+        self.layers = analysed_layers(trunk)
+        self.prepare = prepare
+        self.features_fn = features
+        self.folder = Path(folder)
+        self.tau, self.delta = float(tau), float(delta)
+        self.probe_size, self.batch_size = int(probe_size), int(batch_size)
+        self.regularizer = regularizer
+        self.current = current
+        self.timings = timings
+        self.writer = writer
+        self.task_names = task_names
+        self.tasks_done = tasks_done
+        self.probes: dict[int, Probe] = {}
+        self._restored = tasks_done is None
+        self.seconds = 0.0
+
+    # ------------------------------------------------------------------ wiring
+
+    def attach(self, bus: EventBus) -> RepresentationMonitor:
+        bus.subscribe("task_end", self.on_task_end)
+        bus.subscribe("evaluation", self.on_evaluation)
+        return self
+
+    def restore(self, n_done: int) -> None:
+        """Load the saved probes of the first ``n_done`` (finished) tasks."""
+        self.probes = {}
+        for j in range(int(n_done)):
+            p = load_probe(self.folder, j)
+            if p is not None:
+                self.probes[j] = p
+        self._restored = True
+
+    def _ensure_restored(self) -> None:
+        if not self._restored and self.tasks_done is not None:
+            self.restore(self.tasks_done())
+
+    # ------------------------------------------------------------------ forward
+
+    @torch.no_grad()
+    def forward(self, task: int, inputs: np.ndarray) -> tuple[list[Tensor], list[Tensor], Tensor]:
+        """(pre-activations, outputs) of every analysed layer and the head features, on CPU."""
+        pres: list[list[Tensor]] = [[] for _ in self.layers]
+        outs: list[list[Tensor]] = [[] for _ in self.layers]
+
+        def hook(i: int):
+            def fn(module: nn.Module, args: tuple[Tensor, ...], out: Tensor) -> None:
+                pres[i].append(args[0].detach().float().cpu())
+                outs[i].append(out.detach().float().cpu())
+
+            return fn
+
+        handles = [act.register_forward_hook(hook(i)) for i, (_, act) in enumerate(self.layers)]
+        was = self.trunk.training
+        self.trunk.eval()
+        feats = []
+        try:
+            for lo in range(0, len(inputs), self.batch_size):
+                x = self.prepare(task, inputs[lo : lo + self.batch_size])
+                feats.append(self.features_fn(x).detach().float().cpu().flatten(1))
+        finally:
+            self.trunk.train(was)
+            for h in handles:
+                h.remove()
+        return [torch.cat(p) for p in pres], [torch.cat(o) for o in outs], torch.cat(feats)
+
+    def _masks(self, pres: list[Tensor]) -> list[Tensor]:
+        return [submask(act, pre) for (_, act), pre in zip(self.layers, pres, strict=True)]
+
+    # ------------------------------------------------------------------ events
+
+    def on_task_end(self, task: int, inputs: Any, **_: Any) -> None:
+        """Keep task ``task``'s probe set and its reference state (the network at its end)."""
+        self._ensure_restored()
+        tick = time.perf_counter()
+        x = even_subsample(as_uint8(inputs), self.probe_size)
+        with one_thread():
+            pres, _, feats = self.forward(task, x)
+        probe = Probe(task=int(task), inputs=x, masks=self._masks(pres), features=feats)
+        save_probe(self.folder, probe)
+        self.probes[int(task)] = probe
+        self._spent(time.perf_counter() - tick)
+
+    def on_evaluation(self, point: Any, task: int, step: int, end_of_task: bool = False, **_: Any) -> None:
+        """Measure every seen task and store the block as ``point.analysis``."""
+        self._ensure_restored()
+        tick = time.perf_counter()
+        with one_thread():
+            block = self.measure(int(task), end_of_task)
+        block["seconds"] = round(time.perf_counter() - tick, 4)
+        point.analysis = block
+        self._spent(time.perf_counter() - tick)
+        self._log(block, step)
+
+    def _spent(self, seconds: float) -> None:
+        self.seconds += seconds
+        if self.timings is not None:
+            t = self.timings()
+            t["analysis_seconds"] = float(t.get("analysis_seconds", 0.0)) + float(seconds)
+
+    # ------------------------------------------------------------------ measures
+
+    def measure(self, task: int, end_of_task: bool = False) -> dict[str, Any]:
+        """The analysis block for an evaluation while training ``task`` (see clrl.results)."""
+        entries: list[dict[str, Any]] = []
+        used: dict[int, list[Tensor]] = {}
+        for j in range(task + 1):
+            probe = self.probes.get(j)
+            if probe is not None:
+                inputs, ref = probe.inputs, probe
+            else:
+                current = self.current(j) if (self.current is not None and j == task) else None
+                if current is None:
+                    continue
+                inputs, ref = even_subsample(as_uint8(current), self.probe_size), None
+            entry, units = self._measure_task(j, inputs, ref)
+            entries.append(entry)
+            if ref is not None:
+                used[j] = units
+        block: dict[str, Any] = {"tau": self.tau, "delta": self.delta, "tasks": entries, "overlap": None}
+        if end_of_task and used:
+            block["overlap"] = self._overlap(used)
+        return block
+
+    def _measure_task(self, j: int, inputs: np.ndarray, ref: Probe | None) -> tuple[dict[str, Any], list[Tensor]]:
+        pres, outs, feats = self.forward(j, inputs)
+        masks = self._masks(pres)
+        protected = protected_nodes(self.regularizer, j, len(self.layers)) if ref is not None else None
+        layers: dict[str, dict[str, float | None]] = {}
+        units: list[Tensor] = []
+        for i, (name, act) in enumerate(self.layers):
+            mask, out = masks[i], outs[i]
+            activity = unit_activity(act, pres[i], out, mask)
+            dormant = dormant_units(activity, self.tau)
+            units.append(~dormant)
+            entry: dict[str, float | None] = {
+                "hoyer": _finite(hoyer_sparsity(out)),
+                "dead": dead_unit_share(mask),
+                "dormant": dormant.double().mean().item(),
+                "drift": drift(ref.masks[i], mask) if ref is not None else None,
+            }
+            if protected is not None and protected[i].numel() == mask.shape[1]:
+                entry["drift_protected"] = drift(ref.masks[i], mask, protected[i].cpu())
+                entry["protected_share"] = protected[i].double().mean().item()
+            layers[name] = entry
+        feat_entry = {
+            "hoyer": _finite(hoyer_sparsity(feats)),
+            "dead": dead_unit_share(feats != 0),
+            "dormant": dormant_share(feats, self.tau),
+            "effective_rank": effective_rank(feats, self.delta),
+            "feature_change": _finite(feature_change(ref.features, feats)) if ref is not None else None,
+        }
+        entry = {"task": j, "n": int(len(inputs)), "reference": ref is not None, "layers": layers, "features": feat_entry}
+        return entry, units
+
+    def _overlap(self, used: dict[int, list[Tensor]]) -> dict[str, Any]:
+        tasks = sorted(used)
+        out: dict[str, Any] = {"tasks": tasks, "layers": {}}
+        for i, (name, _) in enumerate(self.layers):
+            out["layers"][name] = overlap_matrix([used[j][i] for j in tasks])
+        every = [torch.cat(used[j]) for j in tasks]
+        out["all"] = [[jaccard(a, b) for b in every] for a in every]
+        return out
+
+    # ------------------------------------------------------------------ TensorBoard
+
+    def _log(self, block: dict[str, Any], step: int) -> None:
+        w = self.writer() if self.writer is not None else None
+        if w is None:
+            return
+        for entry in block["tasks"]:
+            j = entry["task"]
+            name = self.task_names[j] if self.task_names and j < len(self.task_names) else str(j)
+            for layer, values in [*entry["layers"].items(), ("features", entry["features"])]:
+                for key, value in values.items():
+                    if isinstance(value, (int, float)) and math.isfinite(value):
+                        w.add_scalar(f"analysis/{name}/{layer}/{key}", value, step)
+        w.add_scalar("analysis/seconds", block["seconds"], step)
+
+
+def summary_lines(results: Any) -> list[str]:
+    """One line per task from the last curve point with an analysis block (``clrl run``)."""
+    point = next((p for p in reversed(results.curves) if getattr(p, "analysis", None)), None)
+    if point is None:
+        return []
+    lines = []
+    for e in point.analysis["tasks"]:
+        name = results.tasks[e["task"]]
+        f = e["features"]
+        drifts = [v["drift"] for v in e["layers"].values() if v.get("drift") is not None]
+        prot = [v["drift_protected"] for v in e["layers"].values() if v.get("drift_protected") is not None]
+        dorm = [v["dormant"] for v in e["layers"].values()]
+        parts = [f"{e['task']}: {name}"]
+        parts.append(f"drift {np.mean(drifts):.3f}" if drifts else "drift -")
+        if prot:
+            parts.append(f"(protected nodes {np.mean(prot):.3f})")
+        if f.get("feature_change") is not None:
+            parts.append(f"feature change {f['feature_change']:.3f}")
+        parts.append(f"dormant {np.mean(dorm):.3f}")
+        parts.append(f"srank {f['effective_rank']}")
+        if f.get("hoyer") is not None:
+            parts.append(f"hoyer {f['hoyer']:.3f}")
+        lines.append("  ".join(parts))
+    return lines
