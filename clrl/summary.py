@@ -7,6 +7,7 @@ import math
 from rich.console import Console
 from rich.table import Table
 
+from clrl.analysis.monitor import summary_lines as analysis_summary_lines
 from clrl.results import Results
 
 METRIC_LABELS = {
@@ -55,5 +56,11 @@ def print_summary(results: Results, console: Console | None = None) -> None:
     console = console or Console()
     console.print(r_table(results))
     console.print(metrics_table(results))
+    lines = analysis_summary_lines(results)
+    if lines:
+        console.print("[bold]inside the network[/] (last evaluation; drift = submask flips since the task ended, "
+                      "mean over layers; srank of the head features)")
+        for line in lines:
+            console.print("  " + line, highlight=False)
     if results.status != "complete":
         console.print(f"[yellow]status: {results.status}[/] {results.reason or ''}")

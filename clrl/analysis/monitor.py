@@ -95,7 +95,8 @@ def rollout_states(model: Any, n: int) -> np.ndarray | None:
     obs = getattr(buf, "observations", None)
     if obs is None or not getattr(buf, "full", False):
         return None
-    flat = np.asarray(obs).reshape(-1, *np.asarray(obs).shape[2:])
+    shape = tuple(getattr(buf, "obs_shape", np.asarray(obs).shape[2:]))
+    flat = np.asarray(obs).reshape(-1, *shape)  # (steps, envs, ...) or, after training, (steps * envs, ...)
     return as_uint8(even_subsample(flat, n))
 
 
