@@ -158,4 +158,8 @@ def single_run_report(run_dir: str | os.PathLike) -> list[Path]:
     paths += figs.eval_curves(groups, out)
     paths += figs.sparsity_capacity(groups, out)
     paths += figs.normalized_reward(groups, out)
+    from clrl.report.analysis_figures import ANALYSIS_FIGURES
+
+    for fn in ANALYSIS_FIGURES.values():
+        paths += fn(groups, out)
     return paths

@@ -11,6 +11,8 @@ reason to ``skipped`` when the runs hold nothing to draw (e.g. no reference run)
 - ``sparsity_capacity``: sparsity |G0|/|G| and used capacity after each task (Fig. 6b)
 - ``memory``: regularizer memory per method, log scale (Fig. 6a)
 - ``eval_curves``: evaluation score over training, one panel per task
+- ``drift_forgetting``, ``dormant_rank``, ``task_overlap``: the representation analysis
+  (:mod:`clrl.report.analysis_figures`)
 """
 
 from __future__ import annotations
@@ -561,8 +563,10 @@ ALL = {
 def make_figures(groups: list[Group], out_dir: Path, prefix: str = "", formats: Formats = ("png", "pdf"),
                  which: Sequence[str] | None = None, skipped: list[str] | None = None) -> list[Path]:
     """Every figure (or those named in ``which``) for these groups; returns the files written."""
+    from clrl.report.analysis_figures import ANALYSIS_FIGURES  # imports this module: load it late
+
     paths: list[Path] = []
-    for name, fn in ALL.items():
+    for name, fn in {**ALL, **ANALYSIS_FIGURES}.items():
         if which is None or name in which:
             paths += fn(groups, out_dir, prefix=prefix, formats=formats, skipped=skipped)
     return paths
