@@ -28,7 +28,8 @@ network does with each seen task's probe set at that evaluation::
                                           #   "layers": {"conv1": [[..]], ..}} (Jaccard of the
                                           #   non-dormant units each task uses)
 
-``timings.analysis_seconds`` is the analysis's total cost.
+It is null when the analysis is off, and between measured points with ``eval.analysis_every``
+> 1. ``timings.analysis_seconds`` is the analysis's total cost.
 """
 
 from __future__ import annotations

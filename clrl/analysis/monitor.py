@@ -37,19 +37,10 @@ from torch import Tensor, nn
 
 from clrl.events import EventBus
 
+from .batched import measure_tasks
 from .probes import Probe, as_uint8, even_subsample, load_probe, save_probe
-from .representation import (
-    dormant_share,
-    dormant_units,
-    drift,
-    effective_rank,
-    feature_change,
-    jaccard,
-    overlap_matrix,
-    unit_activity,
-)
-from .sparsity import hoyer_sparsity
-from .submasks import dead_unit_share, submask
+from .representation import jaccard_matrix
+from .submasks import submask
 
 __all__ = ["RepresentationMonitor", "analysed_layers", "protected_nodes", "rollout_states"]
 
@@ -116,9 +107,6 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(n)
 
 
-def _finite(v: float | None) -> float | None:
-    return None if v is None or not math.isfinite(v) else float(v)
-
 
 class RepresentationMonitor:
     """Probe sets and representation measures of one run (module docstring).
@@ -127,7 +115,9 @@ class RepresentationMonitor:
     the network (the trunk's forward hooks see every layer); ``current(task) -> uint8 array or
     None`` gives inputs of the task being trained (its probe set only exists from its end on).
     ``timings()`` returns the dict where ``analysis_seconds`` is accumulated, ``writer()`` a
-    TensorBoard writer or None, ``task_names`` label the scalars.
+    TensorBoard writer or None, ``task_names`` label the scalars. ``every`` > 1 measures only
+    every k-th evaluation (and every task end): for runs whose evaluations are far cheaper than
+    the analysis (Split Digits evaluates every sub-second epoch).
     """
 
     def __init__(
@@ -147,6 +137,7 @@ class RepresentationMonitor:
         writer: Callable[[], Any] | None = None,
         task_names: list[str] | None = None,
         tasks_done: Callable[[], int] | None = None,
+        every: int = 1,
     ) -> None:
         if tau < 0:
             raise ValueError(f"analysis tau must be >= 0, got {tau}")
@@ -165,6 +156,10 @@ class RepresentationMonitor:
         self.writer = writer
         self.task_names = task_names
         self.tasks_done = tasks_done
+        self.every = int(every)
+        if self.every < 1:
+            raise ValueError(f"analysis every must be >= 1, got {every}")
+        self._n_evals = 0
         self.probes: dict[int, Probe] = {}
         self._restored = tasks_done is None
         self.seconds = 0.0
@@ -192,8 +187,10 @@ class RepresentationMonitor:
     # ------------------------------------------------------------------ forward
 
     @torch.no_grad()
-    def forward(self, task: int, inputs: np.ndarray) -> tuple[list[Tensor], list[Tensor], Tensor]:
-        """(pre-activations, outputs) of every analysed layer and the head features, on CPU."""
+    def forward(self, items: list[tuple[int, np.ndarray]]) -> tuple[list[Tensor], list[Tensor], Tensor]:
+        """(pre-activations, outputs) of every analysed layer and the head features, on CPU, for
+        several tasks' inputs stacked in order: each is prepared for its task, then one pass of
+        the network runs over all of them (in batches of ``batch_size``)."""
         pres: list[list[Tensor]] = [[] for _ in self.layers]
         outs: list[list[Tensor]] = [[] for _ in self.layers]
 
@@ -204,14 +201,14 @@ class RepresentationMonitor:
 
             return fn
 
+        x = torch.cat([self.prepare(j, inputs) for j, inputs in items])
         handles = [act.register_forward_hook(hook(i)) for i, (_, act) in enumerate(self.layers)]
         was = self.trunk.training
         self.trunk.eval()
         feats = []
         try:
-            for lo in range(0, len(inputs), self.batch_size):
-                x = self.prepare(task, inputs[lo : lo + self.batch_size])
-                feats.append(self.features_fn(x).detach().float().cpu().flatten(1))
+            for lo in range(0, len(x), self.batch_size):
+                feats.append(self.features_fn(x[lo : lo + self.batch_size]).detach().float().cpu().flatten(1))
         finally:
             self.trunk.train(was)
             for h in handles:
@@ -229,14 +226,18 @@ class RepresentationMonitor:
         tick = time.perf_counter()
         x = even_subsample(as_uint8(inputs), self.probe_size)
         with one_thread():
-            pres, _, feats = self.forward(task, x)
+            pres, _, feats = self.forward([(task, x)])
         probe = Probe(task=int(task), inputs=x, masks=self._masks(pres), features=feats)
         save_probe(self.folder, probe)
         self.probes[int(task)] = probe
         self._spent(time.perf_counter() - tick)
 
     def on_evaluation(self, point: Any, task: int, step: int, end_of_task: bool = False, **_: Any) -> None:
-        """Measure every seen task and store the block as ``point.analysis``."""
+        """Measure every seen task and store the block as ``point.analysis`` (at every
+        ``every``-th evaluation of this session and at every task end)."""
+        self._n_evals += 1
+        if not end_of_task and (self._n_evals - 1) % self.every:
+            return
         self._ensure_restored()
         tick = time.perf_counter()
         with one_thread():
@@ -256,64 +257,39 @@ class RepresentationMonitor:
 
     def measure(self, task: int, end_of_task: bool = False) -> dict[str, Any]:
         """The analysis block for an evaluation while training ``task`` (see clrl.results)."""
-        entries: list[dict[str, Any]] = []
-        used: dict[int, list[Tensor]] = {}
+        items: list[tuple[int, np.ndarray, Probe | None]] = []
         for j in range(task + 1):
             probe = self.probes.get(j)
             if probe is not None:
-                inputs, ref = probe.inputs, probe
-            else:
-                current = self.current(j) if (self.current is not None and j == task) else None
-                if current is None:
-                    continue
-                inputs, ref = even_subsample(as_uint8(current), self.probe_size), None
-            entry, units = self._measure_task(j, inputs, ref)
-            entries.append(entry)
-            if ref is not None:
-                used[j] = units
-        block: dict[str, Any] = {"tau": self.tau, "delta": self.delta, "tasks": entries, "overlap": None}
-        if end_of_task and used:
-            block["overlap"] = self._overlap(used)
+                items.append((j, probe.inputs, probe))
+            elif self.current is not None and j == task:
+                current = self.current(j)
+                if current is not None:
+                    items.append((j, even_subsample(as_uint8(current), self.probe_size), None))
+        block: dict[str, Any] = {"tau": self.tau, "delta": self.delta, "tasks": [], "overlap": None}
+        if not items:
+            return block
+        pres, outs, feats = self.forward([(j, x) for j, x, _ in items])
+        refs = [p for _, _, p in items]
+        protected = [protected_nodes(self.regularizer, j, len(self.layers)) if p is not None else None
+                     for j, _, p in items]
+        entries, used = measure_tasks(self.layers, pres, outs, feats, [len(x) for _, x, _ in items], refs,
+                                      protected, self.tau, self.delta)
+        for (j, _, _), e in zip(items, entries, strict=True):
+            e["task"] = j
+        block["tasks"] = [{"task": e.pop("task"), **e} for e in entries]
+        if end_of_task:
+            with_ref = [(j, u) for (j, _, _), u in zip(items, used, strict=True) if u is not None]
+            if with_ref:
+                block["overlap"] = self._overlap(with_ref)
         return block
 
-    def _measure_task(self, j: int, inputs: np.ndarray, ref: Probe | None) -> tuple[dict[str, Any], list[Tensor]]:
-        pres, outs, feats = self.forward(j, inputs)
-        masks = self._masks(pres)
-        protected = protected_nodes(self.regularizer, j, len(self.layers)) if ref is not None else None
-        layers: dict[str, dict[str, float | None]] = {}
-        units: list[Tensor] = []
-        for i, (name, act) in enumerate(self.layers):
-            mask, out = masks[i], outs[i]
-            activity = unit_activity(act, pres[i], out, mask)
-            dormant = dormant_units(activity, self.tau)
-            units.append(~dormant)
-            entry: dict[str, float | None] = {
-                "hoyer": _finite(hoyer_sparsity(out)),
-                "dead": dead_unit_share(mask),
-                "dormant": dormant.double().mean().item(),
-                "drift": drift(ref.masks[i], mask) if ref is not None else None,
-            }
-            if protected is not None and protected[i].numel() == mask.shape[1]:
-                entry["drift_protected"] = drift(ref.masks[i], mask, protected[i].cpu())
-                entry["protected_share"] = protected[i].double().mean().item()
-            layers[name] = entry
-        feat_entry = {
-            "hoyer": _finite(hoyer_sparsity(feats)),
-            "dead": dead_unit_share(feats != 0),
-            "dormant": dormant_share(feats, self.tau),
-            "effective_rank": effective_rank(feats, self.delta),
-            "feature_change": _finite(feature_change(ref.features, feats)) if ref is not None else None,
-        }
-        entry = {"task": j, "n": int(len(inputs)), "reference": ref is not None, "layers": layers, "features": feat_entry}
-        return entry, units
-
-    def _overlap(self, used: dict[int, list[Tensor]]) -> dict[str, Any]:
-        tasks = sorted(used)
+    def _overlap(self, used: list[tuple[int, list[Tensor]]]) -> dict[str, Any]:
+        tasks = [j for j, _ in used]
         out: dict[str, Any] = {"tasks": tasks, "layers": {}}
         for i, (name, _) in enumerate(self.layers):
-            out["layers"][name] = overlap_matrix([used[j][i] for j in tasks])
-        every = [torch.cat(used[j]) for j in tasks]
-        out["all"] = [[jaccard(a, b) for b in every] for a in every]
+            out["layers"][name] = jaccard_matrix(torch.stack([u[i] for _, u in used]))
+        out["all"] = jaccard_matrix(torch.stack([torch.cat(u) for _, u in used]))
         return out
 
     # ------------------------------------------------------------------ TensorBoard

@@ -39,6 +39,7 @@ __all__ = [
     "feature_change",
     "jaccard",
     "overlap_matrix",
+    "jaccard_matrix",
 ]
 
 
@@ -149,3 +150,13 @@ def jaccard(a: Tensor, b: Tensor) -> float:
 def overlap_matrix(used: Sequence[Tensor]) -> list[list[float]]:
     """Symmetric matrix of :func:`jaccard` between every pair of unit sets (diagonal 1 unless empty)."""
     return [[jaccard(a, b) for b in used] for a in used]
+
+
+def jaccard_matrix(used: Tensor) -> list[list[float]]:
+    """:func:`overlap_matrix` of the rows of a bool ``(sets, units)`` tensor, by one product:
+    ``|a & b| = a . b`` and ``|a | b| = |a| + |b| - a . b``."""
+    u = torch.as_tensor(used).bool().double()
+    inter = u @ u.T
+    size = u.sum(1)
+    union = size[:, None] + size[None, :] - inter
+    return torch.where(union > 0, inter / torch.where(union > 0, union, torch.ones_like(union)), torch.nan).tolist()

@@ -33,7 +33,7 @@ from clrl.report.figures import (
 from clrl.report.runs import Group, RunRecord
 from clrl.report.style import MARKERS, PAGE_WIDTH, color, paper_style, save
 
-__all__ = ["drift_forgetting", "dormant_rank", "task_overlap", "ANALYSIS_FIGURES", "task_drift", "layer_mean"]
+__all__ = ["drift_forgetting", "dormant_rank", "task_overlap", "ANALYSIS_FIGURES", "task_drift", "layer_mean", "has_analysis"]
 
 
 def layer_mean(entry: dict[str, Any], key: str) -> float:
@@ -44,6 +44,11 @@ def layer_mean(entry: dict[str, Any], key: str) -> float:
 
 def _points(run: RunRecord) -> list:
     return [p for p in run.res.curves if getattr(p, "analysis", None)]
+
+
+def has_analysis(groups: list[Group]) -> bool:
+    """Whether any run of these groups recorded an analysis block."""
+    return any(_points(r) for g in groups for r in g.runs)
 
 
 def task_drift(run: RunRecord) -> tuple[np.ndarray, np.ndarray]:

@@ -563,10 +563,13 @@ ALL = {
 def make_figures(groups: list[Group], out_dir: Path, prefix: str = "", formats: Formats = ("png", "pdf"),
                  which: Sequence[str] | None = None, skipped: list[str] | None = None) -> list[Path]:
     """Every figure (or those named in ``which``) for these groups; returns the files written."""
-    from clrl.report.analysis_figures import ANALYSIS_FIGURES  # imports this module: load it late
+    # analysis_figures imports this module, so it is loaded here
+    from clrl.report.analysis_figures import ANALYSIS_FIGURES, has_analysis
 
     paths: list[Path] = []
-    for name, fn in {**ALL, **ANALYSIS_FIGURES}.items():
+    # runs recorded without the representation analysis (older ones) just lack those figures
+    extra = ANALYSIS_FIGURES if has_analysis(groups) else {}
+    for name, fn in {**ALL, **extra}.items():
         if which is None or name in which:
             paths += fn(groups, out_dir, prefix=prefix, formats=formats, skipped=skipped)
     return paths

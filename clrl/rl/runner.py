@@ -175,6 +175,7 @@ class SequentialRun:
                 current=lambda j: rollout_states(self.model, n) if self.model is not None else None,
                 timings=lambda: self.results.timings, writer=lambda: self.writer, task_names=self.games,
                 tasks_done=lambda: self.counters.task,
+                every=cfg.eval.analysis_every,
             ).attach(self.events)
 
     def _fresh_results(self) -> Results:

@@ -181,7 +181,7 @@ def run_experiment(cfg: SupervisedConfig, rd: RunDir, resume: bool = False) -> R
             model.trunk, lambda j, x: torch.from_numpy(bench.tasks[j].norm(x)).to(device), model.trunk,
             rd.root / "probes", tau=cfg.eval.analysis_tau, probe_size=cfg.eval.analysis_probes, regularizer=reg,
             current=lambda j: bench.tasks[j].x_test, timings=lambda: results.timings, writer=lambda: ctx.writer,
-            task_names=bench.task_names, tasks_done=results.tasks_done,
+            task_names=bench.task_names, tasks_done=results.tasks_done, every=cfg.eval.analysis_every,
         ).attach(ctx.events)
     first = results.tasks_done()
     run_start = time.time()
