@@ -309,3 +309,85 @@ def test_event_bus_order_payload_and_unknown_names():
         bus.emit("epoch_end")
     with pytest.raises(ValueError, match="unknown training event"):
         bus.subscribe("nope", print)
+
+
+# ----------------------------------------------------------------------------- batched = per task
+
+
+def _direct(trunk, layers, x: torch.Tensor):
+    from clrl.analysis import capture_layer
+
+    out = []
+    for _, act in layers:
+        pre, post = capture_layer(trunk, act, x)
+        out.append((act, pre, post))
+    with torch.no_grad():
+        trunk.eval()
+        feats = trunk(x).flatten(1)
+    return out, feats
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: atari_trunk((4, 8, 8), 16, activation="lwta:block=2"),
+     lambda: digits_trunk([16, 8], activation="maxout:block=2"),
+     lambda: digits_trunk([16, 8], activation="st_hard:groups=4>gnc:groups=4")],
+    ids=["conv-lwta", "maxout", "st-gnc"],
+)
+def test_batched_measures_equal_the_per_task_functions(tmp_path, make):
+    torch.manual_seed(0)
+    trunk = make()
+    shape = trunk.input_shape
+    rng = np.random.default_rng(0)
+    data = [rng.integers(0, 256, size=(n, *shape)).astype(np.uint8) for n in (6, 5, 7)]
+    prep = lambda j, a: torch.from_numpy(a.astype(np.float32) / 255)  # noqa: E731
+    mon = RepresentationMonitor(trunk, prep, trunk, tmp_path, tau=0.3)
+    mon.on_task_end(task=0, inputs=data[0])
+    mon.on_task_end(task=1, inputs=data[1])
+    refs = {j: _direct(trunk, mon.layers, prep(j, data[j])) for j in (0, 1)}
+    with torch.no_grad():
+        for p in trunk.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    mon.current = lambda j: data[2]
+    point = _Point()
+    mon.on_evaluation(point=point, task=2, step=0, end_of_task=False)
+    assert [e["task"] for e in point.analysis["tasks"]] == [0, 1, 2]
+    for e in point.analysis["tasks"]:
+        j = e["task"]
+        layers, feats = _direct(trunk, mon.layers, prep(j, data[j]))
+        for k, ((name, _), (act, pre, post)) in enumerate(zip(mon.layers, layers, strict=True)):
+            got = e["layers"][name]
+            mask = submask(act, pre)
+            from clrl.analysis import hoyer_sparsity
+
+            assert got["hoyer"] == pytest.approx(hoyer_sparsity(post), rel=1e-6)  # float32 forwards
+            assert got["dead"] == pytest.approx(dead_unit_share(mask))
+            assert got["dormant"] == pytest.approx(dormant_share(unit_activity(act, pre, post, mask), 0.3))
+            if j < 2:
+                ref_act, ref_pre, _ = refs[j][0][k]
+                assert got["drift"] == pytest.approx(drift(submask(ref_act, ref_pre), mask))
+            else:
+                assert got["drift"] is None
+        assert e["features"]["effective_rank"] == _srank_numpy(feats.numpy(), 0.01)
+        assert e["features"]["dormant"] == pytest.approx(dormant_share(feats, 0.3))
+        if j < 2:
+            assert e["features"]["feature_change"] == pytest.approx(feature_change(refs[j][1], feats), rel=1e-6)
+
+
+def test_jaccard_matrix_equals_the_pairwise_definition():
+    from clrl.analysis.representation import jaccard_matrix
+
+    u = torch.rand(4, 30) > 0.5
+    u[3] = False  # an empty set: NaN against itself
+    got, want = np.array(jaccard_matrix(u)), np.array(overlap_matrix(list(u)))
+    assert np.allclose(got, want, equal_nan=True) and np.isnan(got[3, 3])
+
+
+def test_analysis_every_k_th_evaluation_and_every_task_end(tmp_path):
+    trunk = digits_trunk([8, 8])
+    x = np.full((4, 64), 2, dtype=np.uint8)
+    mon = _monitor(trunk, tmp_path, current=lambda j: x, every=3)
+    points = [_Point() for _ in range(5)]
+    for k, p in enumerate(points):
+        mon.on_evaluation(point=p, task=0, step=k, end_of_task=(k == 4))
+    assert [p.analysis is not None for p in points] == [True, False, False, True, True]
