@@ -1,8 +1,9 @@
 """Figures of the representation analysis (``analysis`` blocks of results.json curve points).
 
 - ``drift_forgetting``: for every past task of every run, its representation drift at the end
-  of the run (submask flip rate since the task ended, mean over trunk layers; and the relative
-  change of its head features) against its forgetting (best score minus final score), by method
+  of the run (submask flip rate since the task ended, mean over trunk layers, also over the
+  nodes AGS-CL protects for it where there are such; and the relative change of its head
+  features) against its forgetting (best score minus final score), by method
 - ``dormant_rank``: share of tau-dormant units (mean over layers and seen tasks) and effective
   rank of the head features (mean over seen tasks) over training, mean ± s.d. per method
 - ``task_overlap``: Jaccard overlap of the units each task uses at the last task end, per method
@@ -51,15 +52,16 @@ def has_analysis(groups: list[Group]) -> bool:
     return any(_points(r) for g in groups for r in g.runs)
 
 
-def task_drift(run: RunRecord) -> tuple[np.ndarray, np.ndarray]:
-    """Per task, (submask drift, feature change) at the run's last analysed point (NaN if none)."""
+def task_drift(run: RunRecord, protected: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Per task, (submask drift, feature change) at the run's last analysed point (NaN if none);
+    with ``protected``, the drift over the regularizer's protected nodes instead (NaN without)."""
     T = run.T
     d, f = np.full(T, np.nan), np.full(T, np.nan)
     pts = _points(run)
     if pts:
         for e in pts[-1].analysis["tasks"]:
             if e.get("reference"):
-                d[e["task"]] = layer_mean(e, "drift")
+                d[e["task"]] = layer_mean(e, "drift_protected" if protected else "drift")
                 fc = e["features"].get("feature_change")
                 f[e["task"]] = np.nan if fc is None else fc
     return d, f
@@ -70,19 +72,21 @@ def drift_forgetting(groups: list[Group], out_dir: Path, prefix: str = "", forma
     """Drift of each past task vs its forgetting: one point per task and run, colored by method."""
     data = []
     for gi, g in enumerate(groups):
-        xs_d, xs_f, ys = [], [], []
+        xs_d, xs_f, xs_p, ys = [], [], [], []
         for r in g.plotted_runs:
             if r.done < 2 or not _points(r):
                 continue
             forget = metrics.forgetting_per_task(r.res.R_matrix())
             d, f = task_drift(r)
+            p, _ = task_drift(r, protected=True)
             for j in range(len(forget)):
                 if np.isfinite(forget[j]) and np.isfinite(d[j]):
                     xs_d.append(d[j])
                     xs_f.append(f[j])
+                    xs_p.append(p[j])
                     ys.append(forget[j])
         if ys:
-            data.append((gi, g, np.array(xs_d), np.array(xs_f), np.array(ys)))
+            data.append((gi, g, np.array(xs_d), np.array(xs_f), np.array(xs_p), np.array(ys)))
     if not data:
         _skip(skipped, "drift_forgetting", "no finished run with two or more tasks holds an analysis block")
         return []
@@ -90,19 +94,25 @@ def drift_forgetting(groups: list[Group], out_dir: Path, prefix: str = "", forma
     ylabel = "forgetting (best - final accuracy)" if kind == "supervised" else "forgetting (best - final return)"
     with paper_style():
         fig, axes = plt.subplots(1, 2, figsize=(PAGE_WIDTH, 2.7), sharey=True)
-        for gi, g, xd, xf, y in data:
+        for gi, g, xd, xf, xp, y in data:
             style = dict(color=color(gi), marker=MARKERS[gi % len(MARKERS)], s=22, alpha=0.8, linewidths=0)
             axes[0].scatter(xd, y, label=f"{g.label} ({len(y)} tasks)", **style)
+            ok = np.isfinite(xp)
+            if ok.any():  # AGS-CL: the nodes it protects for that task
+                axes[0].scatter(xp[ok], y[ok], label=f"{g.label}, protected nodes only", s=22, linewidths=1.0,
+                                marker=MARKERS[gi % len(MARKERS)], facecolors="none", edgecolors=color(gi))
             ok = np.isfinite(xf)
             axes[1].scatter(xf[ok], y[ok], **style)
-        axes[0].set_xlabel("submask drift since the task ended\n(flip rate, mean over trunk layers)")
+        axes[0].set_xlabel("submask drift since the task ended\n(flip rate, mean over layers)")
         axes[1].set_xlabel("head-feature change since the task ended\n‖F − F_end‖ / ‖F_end‖")
         axes[0].set_ylabel(ylabel)
         for ax in axes:
             ax.axhline(0, color="0.6", linewidth=0.7, zorder=0)
             ax.set_xlim(left=min(0.0, ax.get_xlim()[0]))
-        _legend_right(axes[1], title="method (one point per past task and run)", others=[axes[0]])
-        fig.tight_layout()
+        fig.tight_layout(w_pad=2.0)
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(len(labels), 3),
+                   frameon=False, title="one point per past task and run, at the end of the run")
         return save(fig, out_dir, f"{prefix}drift_forgetting", formats)
 
 
