@@ -172,3 +172,11 @@ def test_tiny_atari_run_writes_the_block_for_every_seen_game(tmp_path):
         probe = load_probe(rd.root / "probes", j)
         assert probe.inputs.dtype == np.uint8 and probe.inputs.shape == (64, 4, 84, 84)
     assert res.timings["analysis_seconds"] > 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(rd.tb))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"analysis/DemonAttack/conv1/drift", "analysis/Asterix/features/effective_rank",
+            "analysis/DemonAttack/fc1/drift_protected", "train/policy_loss"} <= tags  # update_end still logs
+    assert [e.step for e in acc.Scalars("analysis/DemonAttack/conv1/drift")] == [64, 96, 128]
