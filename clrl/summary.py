@@ -7,7 +7,8 @@ import math
 from rich.console import Console
 from rich.table import Table
 
-from clrl.analysis.monitor import summary_lines as analysis_summary_lines
+from clrl.analysis.monitor import ANALYSIS_COLUMNS
+from clrl.analysis.monitor import summary_rows as analysis_rows
 from clrl.results import Results
 
 METRIC_LABELS = {
@@ -56,11 +57,15 @@ def print_summary(results: Results, console: Console | None = None) -> None:
     console = console or Console()
     console.print(r_table(results))
     console.print(metrics_table(results))
-    lines = analysis_summary_lines(results)
-    if lines:
-        console.print("[bold]inside the network[/] (last evaluation; drift = submask flips since the task ended, "
-                      "mean over layers; srank of the head features)")
-        for line in lines:
-            console.print("  " + line, highlight=False)
+    rows = analysis_rows(results)
+    if rows:
+        table = Table(title="inside the network at the last evaluation (clrl.analysis)",
+                      caption="drift: submask flips since the task ended; protected: on AGS-CL's protected nodes; "
+                              "feat. change: of head features; srank, hoyer: of head features")
+        for k, col in enumerate(ANALYSIS_COLUMNS):
+            table.add_column(col, justify="left" if k == 0 else "right")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
     if results.status != "complete":
         console.print(f"[yellow]status: {results.status}[/] {results.reason or ''}")

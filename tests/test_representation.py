@@ -290,7 +290,7 @@ def test_protected_nodes_and_summary_lines():
             "features": {"effective_rank": 5, "feature_change": 0.5, "hoyer": 0.4}}]}})()]
 
     (line,) = summary_lines(Res())
-    assert "drift 0.100" in line and "protected nodes 0.000" in line and "srank 5" in line
+    assert "drift 0.100" in line and "protected 0.000" in line and "srank 5" in line
 
 
 # ----------------------------------------------------------------------------- events

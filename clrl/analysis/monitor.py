@@ -308,27 +308,34 @@ class RepresentationMonitor:
         w.add_scalar("analysis/seconds", block["seconds"], step)
 
 
-def summary_lines(results: Any) -> list[str]:
-    """One line per task from the last curve point with an analysis block (``clrl run``)."""
+ANALYSIS_COLUMNS = ("task", "drift", "protected", "feat. change", "dormant", "srank", "hoyer")
+
+
+def summary_rows(results: Any) -> list[list[str]]:
+    """One row per task (:data:`ANALYSIS_COLUMNS`) from the last curve point with an analysis
+    block, for the ``clrl run`` summary: drift and dormant share are means over layers,
+    "protected" the drift over AGS-CL's protected nodes, srank and hoyer of the head features."""
     point = next((p for p in reversed(results.curves) if getattr(p, "analysis", None)), None)
     if point is None:
         return []
-    lines = []
+
+    def fmt(v: Any, digits: int = 3) -> str:
+        return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{digits}f}"
+
+    def mean(layers: Any, key: str) -> float | None:
+        vals = [x[key] for x in layers if x.get(key) is not None]
+        return float(np.mean(vals)) if vals else None
+
+    rows = []
     for e in point.analysis["tasks"]:
-        name = results.tasks[e["task"]]
         f = e["features"]
-        drifts = [v["drift"] for v in e["layers"].values() if v.get("drift") is not None]
-        prot = [v["drift_protected"] for v in e["layers"].values() if v.get("drift_protected") is not None]
-        dorm = [v["dormant"] for v in e["layers"].values()]
-        parts = [f"{e['task']}: {name}"]
-        parts.append(f"drift {np.mean(drifts):.3f}" if drifts else "drift -")
-        if prot:
-            parts.append(f"(protected nodes {np.mean(prot):.3f})")
-        if f.get("feature_change") is not None:
-            parts.append(f"feature change {f['feature_change']:.3f}")
-        parts.append(f"dormant {np.mean(dorm):.3f}")
-        parts.append(f"srank {f['effective_rank']}")
-        if f.get("hoyer") is not None:
-            parts.append(f"hoyer {f['hoyer']:.3f}")
-        lines.append("  ".join(parts))
-    return lines
+        layers = list(e["layers"].values())
+        rows.append([f"{e['task']}: {results.tasks[e['task']]}", fmt(mean(layers, "drift")), fmt(mean(layers, "drift_protected")),
+                     fmt(f.get("feature_change")), fmt(mean(layers, "dormant")), str(f["effective_rank"]), fmt(f.get("hoyer"))])
+    return rows
+
+
+def summary_lines(results: Any) -> list[str]:
+    """:func:`summary_rows` as plain text lines, ``column value`` pairs."""
+    return ["  ".join([r[0]] + [f"{c} {v}" for c, v in zip(ANALYSIS_COLUMNS[1:], r[1:], strict=True)])
+            for r in summary_rows(results)]
