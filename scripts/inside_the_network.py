@@ -54,18 +54,21 @@ def main(argv: list[str] | None = None) -> int:
             run_experiment(cfg, prepare_run_dir(cfg, out=run_dir, overwrite=True))
     groups = group_runs(load_runs(dirs))
     paths = drift_forgetting(groups, args.figure, prefix="inside_", formats=("png",))
-    print("| method | runs | past tasks | drift (mean) | feature change (mean) | forgetting (mean) | analysis / run time |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| method | runs | past tasks | drift | drift, protected nodes | feature change | forgetting | analysis / run time |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for g in groups:
-        d_all, f_all, fo_all, share = [], [], [], []
+        d_all, p_all, f_all, fo_all, share = [], [], [], [], []
         for r in g.runs:
             forget = metrics.forgetting_per_task(r.res.R_matrix())
             d, f = task_drift(r)
+            p, _ = task_drift(r, protected=True)
             d_all += list(d[: len(forget)])
+            p_all += list(p[: len(forget)])
             f_all += list(f[: len(forget)])
             fo_all += list(forget)
             share.append(r.res.timings["analysis_seconds"] / r.res.timings["total_s"])
-        print(f"| {g.label} | {len(g.runs)} | {len(fo_all)} | {np.nanmean(d_all):.3f} | {np.nanmean(f_all):.3f} | "
+        prot = f"{np.nanmean(p_all):.3f}" if np.isfinite(p_all).any() else "-"
+        print(f"| {g.label} | {len(g.runs)} | {len(fo_all)} | {np.nanmean(d_all):.3f} | {prot} | {np.nanmean(f_all):.3f} | "
               f"{np.nanmean(fo_all):.3f} | {100 * np.mean(share):.1f}% (max {100 * np.max(share):.1f}%) |")
     print(f"wrote {', '.join(map(str, paths))} ({(time.time() - start) / 60:.1f} min)")
     return 0
