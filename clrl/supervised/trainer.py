@@ -33,7 +33,6 @@ from clrl.analysis.monitor import RepresentationMonitor
 from clrl.config import SupervisedConfig, config_to_dict, regularizer_hparams
 from clrl.device import resolve_device
 from clrl.errors import CheckpointError, TrainingDiverged
-from clrl.events import EventBus
 from clrl.io import load_checkpoint, save_checkpoint
 from clrl.regularizers import Regularizer, build_regularizer
 from clrl.regularizers.base import diagnostic_scalars
@@ -175,7 +174,6 @@ def run_experiment(cfg: SupervisedConfig, rd: RunDir, resume: bool = False) -> R
 
     writer = _tensorboard(cfg, rd, log)
     ctx.writer = writer
-    ctx.events = EventBus()
     if cfg.eval.analysis:
         RepresentationMonitor(
             model.trunk, lambda j, x: torch.from_numpy(bench.tasks[j].norm(x)).to(device), model.trunk,
