@@ -391,3 +391,35 @@ def test_analysis_every_k_th_evaluation_and_every_task_end(tmp_path):
     for k, p in enumerate(points):
         mon.on_evaluation(point=p, task=0, step=k, end_of_task=(k == 4))
     assert [p.analysis is not None for p in points] == [True, False, False, True, True]
+
+
+def _approx_equal(x, y) -> bool:
+    if isinstance(x, dict):
+        return isinstance(y, dict) and x.keys() == y.keys() and all(_approx_equal(x[k], y[k]) for k in x)
+    if isinstance(x, list):
+        return isinstance(y, list) and len(x) == len(y) and all(_approx_equal(a, b) for a, b in zip(x, y))
+    if isinstance(x, float) and isinstance(y, float):
+        return bool(np.isclose(x, y, rtol=1e-6, atol=1e-9, equal_nan=True))
+    return x == y
+
+
+def test_chunked_measurement_equals_one_pass(tmp_path):
+    torch.manual_seed(2)
+    trunk = digits_trunk([16, 8])
+    rng = np.random.default_rng(2)
+    data = [rng.integers(0, 17, size=(n, 64)).astype(np.uint8) for n in (5, 6, 7)]
+    one, many = _monitor(trunk, tmp_path / "a"), _monitor(trunk, tmp_path / "b")
+    many.max_elements = 1  # every task in its own pass
+    for mon in (one, many):
+        for j in range(3):
+            mon.on_task_end(task=j, inputs=data[j])
+    with torch.no_grad():
+        trunk[0].weight.mul_(0.9)
+    a, b = _Point(), _Point()
+    one.on_evaluation(point=a, task=2, step=0, end_of_task=True)
+    many.on_evaluation(point=b, task=2, step=0, end_of_task=True)
+    for blk in (a.analysis, b.analysis):
+        blk.pop("seconds")
+    assert _approx_equal(a.analysis, b.analysis)  # (a different batch split may change float32 last bits)
+    assert len(many._chunks([(j, data[j], None) for j in range(3)])) == 3
+    assert len(one._chunks([(j, data[j], None) for j in range(3)])) == 1

@@ -160,6 +160,8 @@ class RepresentationMonitor:
         if self.every < 1:
             raise ValueError(f"analysis every must be >= 1, got {every}")
         self._n_evals = 0
+        self.max_elements = 2**25  # activation values held at once (128 MB as float32)
+        self._sample_elements: int | None = None
         self.probes: dict[int, Probe] = {}
         self._restored = tasks_done is None
         self.seconds = 0.0
@@ -269,20 +271,41 @@ class RepresentationMonitor:
         block: dict[str, Any] = {"tau": self.tau, "delta": self.delta, "tasks": [], "overlap": None}
         if not items:
             return block
-        pres, outs, feats = self.forward([(j, x) for j, x, _ in items])
-        refs = [p for _, _, p in items]
-        protected = [protected_nodes(self.regularizer, j, len(self.layers)) if p is not None else None
-                     for j, _, p in items]
-        entries, used = measure_tasks(self.layers, pres, outs, feats, [len(x) for _, x, _ in items], refs,
-                                      protected, self.tau, self.delta)
-        for (j, _, _), e in zip(items, entries, strict=True):
-            e["task"] = j
-        block["tasks"] = [{"task": e.pop("task"), **e} for e in entries]
+        entries, used = [], []
+        for chunk in self._chunks(items):
+            pres, outs, feats = self.forward([(j, x) for j, x, _ in chunk])
+            refs = [p for _, _, p in chunk]
+            protected = [protected_nodes(self.regularizer, j, len(self.layers)) if p is not None else None
+                         for j, _, p in chunk]
+            e, u = measure_tasks(self.layers, pres, outs, feats, [len(x) for _, x, _ in chunk], refs,
+                                 protected, self.tau, self.delta)
+            del pres, outs, feats
+            entries += e
+            used += u
+        block["tasks"] = [{"task": j, **e} for (j, _, _), e in zip(items, entries, strict=True)]
         if end_of_task:
             with_ref = [(j, u) for (j, _, _), u in zip(items, used, strict=True) if u is not None]
             if with_ref:
                 block["overlap"] = self._overlap(with_ref)
         return block
+
+    def _chunks(self, items: list) -> list[list]:
+        """Consecutive groups of tasks whose activations together stay under ``max_elements``
+        (a task per group at the paper's Atari width, all tasks at once for small nets)."""
+        if self._sample_elements is None:
+            pres, outs, feats = self.forward([(items[0][0], items[0][1][:1])])
+            self._sample_elements = sum(p.numel() + o.numel() for p, o in zip(pres, outs, strict=True)) + feats.numel()
+        groups: list[list] = []
+        size = 0
+        for item in items:
+            rows = len(item[1]) * self._sample_elements
+            if groups and size + rows <= self.max_elements:
+                groups[-1].append(item)
+                size += rows
+            else:
+                groups.append([item])
+                size = rows
+        return groups
 
     def _overlap(self, used: list[tuple[int, list[Tensor]]]) -> dict[str, Any]:
         tasks = [j for j, _ in used]
