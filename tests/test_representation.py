@@ -397,7 +397,7 @@ def _approx_equal(x, y) -> bool:
     if isinstance(x, dict):
         return isinstance(y, dict) and x.keys() == y.keys() and all(_approx_equal(x[k], y[k]) for k in x)
     if isinstance(x, list):
-        return isinstance(y, list) and len(x) == len(y) and all(_approx_equal(a, b) for a, b in zip(x, y))
+        return isinstance(y, list) and len(x) == len(y) and all(_approx_equal(a, b) for a, b in zip(x, y, strict=True))
     if isinstance(x, float) and isinstance(y, float):
         return bool(np.isclose(x, y, rtol=1e-6, atol=1e-9, equal_nan=True))
     return x == y
