@@ -308,6 +308,10 @@ class RLEval(Strict):
     baseline: bool = Field(
         False, description="before training, score every game with the untrained network (results.baseline)"
     )
+    analysis: bool = Field(True, description="representation analysis of every seen game at every evaluation")
+    analysis_tau: float = Field(0.025, ge=0, description="ReDo's tau: a unit is dormant below tau x the layer mean")
+    analysis_probes: int = Field(256, ge=2, description="probe states kept per game at its end")
+    analysis_every: int = Field(1, ge=1, description="analyse every k-th evaluation point (task ends always)")
 
 
 class RLConfig(Strict):
@@ -392,6 +396,10 @@ class SupervisedEval(Strict):
     every_epochs: int = Field(
         1, ge=0, description="offline regime: a curve point (test accuracy of the seen tasks) every this many epochs; 0 = task ends only"
     )
+    analysis: bool = Field(True, description="representation analysis of every seen task at every evaluation")
+    analysis_tau: float = Field(0.025, ge=0, description="ReDo's tau: a unit is dormant below tau x the layer mean")
+    analysis_probes: int = Field(256, ge=2, description="test images kept per task as its probe set")
+    analysis_every: int = Field(1, ge=1, description="analyse every k-th evaluation point (task ends always)")
 
 
 class SupervisedConfig(Strict):

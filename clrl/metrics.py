@@ -35,6 +35,7 @@ __all__ = [
     "bwt",
     "fwt",
     "forgetting",
+    "forgetting_per_task",
     "plasticity",
     "plasticity_per_task",
     "stability",
@@ -131,6 +132,19 @@ def forgetting(R: ArrayLike) -> float:
         best = np.nan if np.isnan(past).any() else past.max()
         terms.append(best - R[T - 1, j])
     return _mean(np.array(terms))
+
+
+def forgetting_per_task(R: ArrayLike) -> np.ndarray:
+    """The terms of :func:`forgetting`, one per task but the last: best score on task j in rows
+    j..T-2 minus the final one (NaN where a needed entry is missing)."""
+    R = as_matrix(R)
+    T = len(R)
+    out = np.full(max(T - 1, 0), np.nan)
+    for j in range(T - 1):
+        past = R[j : T - 1, j]
+        if not np.isnan(past).any():
+            out[j] = past.max() - R[T - 1, j]
+    return out
 
 
 def plasticity_per_task(R: ArrayLike, ref_diag: ArrayLike) -> np.ndarray:

@@ -13,6 +13,31 @@ null where R is null; ``baseline_games`` / ``baseline_ci`` do the same for the u
 and every curve point has ``games`` / ``ci`` (one entry per seen task). These fields are
 optional (absent in supervised runs and in files written before them), so schema version 1
 still reads every older file.
+
+``curves[k].analysis`` (with ``eval.analysis: true``; :mod:`clrl.analysis.monitor`) is what the
+network does with each seen task's probe set at that evaluation::
+
+    {"tau": 0.025, "delta": 0.01, "seconds": 0.08,
+     "tasks": [                           # every seen task that has a probe set, in order
+       {"task": 0, "n": 256,              # probe inputs (kept at the task's end; the task being
+        "reference": true,                #   trained uses current inputs, reference false)
+        "layers": {"conv1": {             # each trunk activation after a Conv/Linear
+            "hoyer": 0.41,                # mean Hoyer sparsity of the layer output
+            "dead": 0.0,                  # share of units never active (LWTA/maxout: never win)
+            "dormant": 0.03,              # share of tau-dormant units (ReDo)
+            "drift": 0.12,                # submask flip rate vs the task's end (null: no reference)
+            "drift_protected": 0.0,       # only with AGS-CL: the same over the nodes it protects
+            "protected_share": 0.8},      #   for this task, and their share of the layer
+          ...},
+        "features": {"hoyer": .., "dead": .., "dormant": .., "effective_rank": 37,
+                     "feature_change": 0.21}},   # ||F - F_end|| / ||F_end|| of head features
+       ...],
+     "overlap": null}                     # at task ends: {"tasks": [0, 1], "all": [[1, .6], ..],
+                                          #   "layers": {"conv1": [[..]], ..}} (Jaccard of the
+                                          #   non-dormant units each task uses)
+
+It is null when the analysis is off, and between measured points with ``eval.analysis_every``
+> 1. ``timings.analysis_seconds`` is the analysis's total cost.
 """
 
 from __future__ import annotations
@@ -66,6 +91,8 @@ class CurvePoint(_Model):
     wall_time: float | None = None
     games: list[list[GameRecord]] | None = Field(None, description="RL: per seen task, every scored game")
     ci: list[Interval | None] | None = Field(None, description="RL: per seen task, 95% bootstrap CI of the mean")
+
+    analysis: dict[str, Any] | None = Field(None, description="representation analysis (module docstring)")
 
 
 class Reference(_Model):

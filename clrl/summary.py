@@ -7,6 +7,8 @@ import math
 from rich.console import Console
 from rich.table import Table
 
+from clrl.analysis.monitor import ANALYSIS_COLUMNS
+from clrl.analysis.monitor import summary_rows as analysis_rows
 from clrl.results import Results
 
 METRIC_LABELS = {
@@ -145,5 +147,15 @@ def print_summary(results: Results, console: Console | None = None) -> None:
         for line in lines:
             console.print(f"  {line}", highlight=False)
     console.print(metrics_table(results))
+    rows = analysis_rows(results)
+    if rows:
+        table = Table(title="inside the network at the last evaluation (clrl.analysis)",
+                      caption="drift: submask flips since the task ended; protected: on AGS-CL's protected nodes; "
+                              "feat. change: of head features; srank, hoyer: of head features")
+        for k, col in enumerate(ANALYSIS_COLUMNS):
+            table.add_column(col, justify="left" if k == 0 else "right")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
     if results.status != "complete":
         console.print(f"[yellow]status: {results.status}[/] {results.reason or ''}")

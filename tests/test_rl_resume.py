@@ -109,6 +109,9 @@ def test_sigkill_then_resume_gives_the_same_results(config_file, tmp_path):
     # a fresh `clrl run` process sets up glibc's malloc (clrl.allocator) and records it
     assert a.versions["malloc"] == b.versions["malloc"] == ("tuned" if platform.libc_ver()[0] == "glibc" else "default")
     assert curve_view(a) == curve_view(b)
+    # the representation analysis too: probe sets restored from probes/, the same numbers
+    strip = lambda res: [{k: v for k, v in p.analysis.items() if k != "seconds"} for p in res.curves]  # noqa: E731
+    assert strip(a) == strip(b) and all(p.analysis["tasks"] for p in b.curves)
     assert [d["overall"] for d in a.diagnostics] == [d["overall"] for d in b.diagnostics]
     wa = load_checkpoint(full_dir / "checkpoints" / "latest.pt")["net"]
     wb = load_checkpoint(cut_dir / "checkpoints" / "latest.pt")["net"]

@@ -156,7 +156,8 @@ def _iqm_scope(kind: str) -> str:
 
 def single_run_report(run_dir: str | os.PathLike) -> list[Path]:
     """The figures of one run, into ``run_dir/figures``: R heatmap, eval curves, and when the
-    run holds what they need, sparsity/used capacity and the normalized reward. Returns the paths."""
+    run holds what they need, sparsity/used capacity, the normalized reward and the representation
+    analysis (drift vs forgetting, dormant share and rank, task overlap). Returns the paths."""
     run_dir = Path(run_dir)
     res = load_results(run_dir)
     rec = RunRecord(run_dir, res, res.reference, completeness_note(run_dir, res))
@@ -166,4 +167,9 @@ def single_run_report(run_dir: str | os.PathLike) -> list[Path]:
     paths += figs.eval_curves(groups, out)
     paths += figs.sparsity_capacity(groups, out)
     paths += figs.normalized_reward(groups, out)
+    from clrl.report.analysis_figures import ANALYSIS_FIGURES, has_analysis
+
+    if has_analysis(groups):
+        for fn in ANALYSIS_FIGURES.values():
+            paths += fn(groups, out)
     return paths

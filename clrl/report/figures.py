@@ -12,6 +12,8 @@ reason to ``skipped`` when the runs hold nothing to draw (e.g. no reference run)
 - ``memory``: regularizer memory per method, log scale (Fig. 6a)
 - ``eval_curves``: evaluation score over training, one panel per task (band: s.d. over seeds, or
   for a single run the 95% bootstrap CI over its evaluation games)
+- ``drift_forgetting``, ``dormant_rank``, ``task_overlap``: the representation analysis
+  (:mod:`clrl.report.analysis_figures`)
 """
 
 from __future__ import annotations
@@ -582,8 +584,13 @@ ALL = {
 def make_figures(groups: list[Group], out_dir: Path, prefix: str = "", formats: Formats = ("png", "pdf"),
                  which: Sequence[str] | None = None, skipped: list[str] | None = None) -> list[Path]:
     """Every figure (or those named in ``which``) for these groups; returns the files written."""
+    # analysis_figures imports this module, so it is loaded here
+    from clrl.report.analysis_figures import ANALYSIS_FIGURES, has_analysis
+
     paths: list[Path] = []
-    for name, fn in ALL.items():
+    # runs recorded without the representation analysis (older ones) just lack those figures
+    extra = ANALYSIS_FIGURES if has_analysis(groups) else {}
+    for name, fn in {**ALL, **extra}.items():
         if which is None or name in which:
             paths += fn(groups, out_dir, prefix=prefix, formats=formats, skipped=skipped)
     return paths

@@ -46,9 +46,11 @@ import numpy as np
 import torch
 
 from clrl.allocator import tune_malloc
+from clrl.analysis.monitor import RepresentationMonitor, rollout_states
 from clrl.config import RLConfig, config_to_dict
 from clrl.device import resolve_device
 from clrl.errors import CheckpointError, ConfigError, TrainingDiverged
+from clrl.events import EventBus
 from clrl.lifecycle import (
     Interrupt,
     check_same_experiment,
@@ -118,6 +120,8 @@ class SequentialRun:
         self._started: float | None = None
         self._wall_base = 0.0
         self.torch_threads = torch.get_num_threads()
+        self.events = EventBus()  # update_end, task_end, evaluation (clrl.events)
+        self.analysis: RepresentationMonitor | None = None
 
     # ================================================================== setup
 
@@ -141,6 +145,17 @@ class SequentialRun:
         except ValueError as exc:
             raise ConfigError(f"regularizer: {exc}") from exc
         self.n_actions = [action_count(g, cfg.env) for g in self.games]
+        self.events.subscribe("update_end", lambda task, stats, seconds, **_: self._log_update(task, stats, seconds))
+        if cfg.eval.analysis:
+            n = cfg.eval.analysis_probes
+            self.analysis = RepresentationMonitor(
+                self.net.trunk, lambda j, x: torch.as_tensor(x, device=self.device), self.net.features,
+                rd.root / "probes", tau=cfg.eval.analysis_tau, probe_size=n, regularizer=self.reg,
+                current=lambda j: rollout_states(self.model, n) if self.model is not None else None,
+                timings=lambda: self.results.timings, writer=lambda: self.writer, task_names=self.games,
+                tasks_done=lambda: self.counters.task,
+                every=cfg.eval.analysis_every,
+            ).attach(self.events)
 
     def _fresh_results(self) -> Results:
         res = new_results("rl", self.cfg.name, self.cfg.seed, config_to_dict(self.cfg), self.games)
@@ -307,7 +322,7 @@ class SequentialRun:
             self._add_task_time("train_seconds_per_task", t, train_s)
             self._add_task_count("env_steps_per_task", t, self.batch)
             timings["env_steps_per_s"] = sum(timings["env_steps_per_task"]) / max(timings["train_seconds"], 1e-9)
-            self._log_update(t, stats, train_s)
+            self.events.emit("update_end", task=t, step=c.global_steps, stats=stats, seconds=train_s)
             last = c.update == self.J
             if not last and c.global_steps >= c.next_eval:
                 self._evaluate(t, end_of_task=False)
@@ -333,11 +348,12 @@ class SequentialRun:
             return net.logits(x, t)
 
         self.reg.end_task(t, batches, forward)
-        del batches
         self._check_params(t, "after end_task")
         consolidate_s = time.monotonic() - tick
         self._add_time("consolidation_seconds", consolidate_s)
         self._add_task_time("seconds_per_task", t, consolidate_s)
+        self.events.emit("task_end", task=t, step=c.global_steps, inputs=batches)
+        del batches
         diag = self.reg.diagnostics()
         diag["task"] = t
         diag["game"] = self.games[t]
@@ -400,6 +416,7 @@ class SequentialRun:
                 res.R[t][j] = s
                 res.R_games[t][j] = games[j]
                 res.R_ci[t][j] = cis[j]
+        self.events.emit("evaluation", task=t, step=c.global_steps, point=self.results.curves[-1], end_of_task=end_of_task)
         c.evals += 1
         while c.next_eval <= c.global_steps:
             c.next_eval += ev.every_steps

@@ -29,7 +29,10 @@ import time
 from contextlib import nullcontext
 from typing import Any
 
+import torch
+
 from clrl.allocator import tune_malloc
+from clrl.analysis.monitor import RepresentationMonitor
 from clrl.config import SupervisedConfig, config_to_dict, regularizer_hparams
 from clrl.device import resolve_device
 from clrl.errors import CheckpointError, ConfigError
@@ -218,15 +221,24 @@ def _run(cfg: SupervisedConfig, rd: RunDir, resume: bool) -> Results:
 
         writer = _tensorboard(cfg, rd, log)
         ctx.writer = writer
+        if cfg.eval.analysis:
+            RepresentationMonitor(
+                model.trunk, lambda j, x: torch.from_numpy(bench.tasks[j].norm(x)).to(device), model.trunk,
+                rd.root / "probes", tau=cfg.eval.analysis_tau, probe_size=cfg.eval.analysis_probes, regularizer=reg,
+                current=lambda j: bench.tasks[j].x_test, timings=lambda: results.timings, writer=lambda: ctx.writer,
+                task_names=bench.task_names, tasks_done=results.tasks_done, every=cfg.eval.analysis_every,
+            ).attach(ctx.events)
         first = results.tasks_done()
         run_start = time.time()
 
         def on_epoch(t: int, epoch: int, stats: dict[str, float]) -> None:
             every = cfg.eval.every_epochs
+            ctx.events.emit("update_end", task=t, step=ctx.counters["epochs"], stats=stats)
             if every and (epoch + 1) % every == 0:
                 scores = evaluate_tasks(model, bench.tasks, range(t + 1), cfg.eval.batch_size, device)
                 step = ctx.counters["epochs"]
                 results.curves.append(CurvePoint(step=step, task=t, scores=scores, wall_time=_wall(run_start)))
+                ctx.events.emit("evaluation", task=t, step=step, point=results.curves[-1], end_of_task=False)
                 for j, s in enumerate(scores):
                     ctx.scalar(f"eval/acc/{bench.tasks[j].name}", s, step)
                 save_results(rd.results_path, results)
@@ -255,16 +267,19 @@ def _run_task(ctx: TaskContext, results: Results, rd: RunDir, t: int, train_task
     if model.vcl is not None:
         model.vcl.clear()
     t2 = time.time()
+    step = ctx.counters["epochs"] if cfg.train.regime == "offline" else ctx.counters["examples"]
+    ctx.events.emit("task_end", task=t, step=step, inputs=bench.tasks[t].x_test)
+    t2a = time.time()
     row = evaluate_tasks(model, bench.tasks, range(T), cfg.eval.batch_size, ctx.device)
     t3 = time.time()
     results.R[t] = row
-    step = ctx.counters["epochs"] if cfg.train.regime == "offline" else ctx.counters["examples"]
     results.curves.append(CurvePoint(step=step, task=t, scores=row[: t + 1], wall_time=_wall(run_start)))
+    ctx.events.emit("evaluation", task=t, step=step, point=results.curves[-1], end_of_task=True)
     diag = ctx.reg.diagnostics()
     diag.update(task_name=bench.tasks[t].name, classes=bench.tasks[t].classes, train=info)
     results.diagnostics.append(diag)
     results.timings.setdefault("per_task", []).append(
-        {"task": t, "train_s": round(t1 - t0, 3), "consolidate_s": round(t2 - t1, 3), "eval_s": round(t3 - t2, 3)}
+        {"task": t, "train_s": round(t1 - t0, 3), "consolidate_s": round(t2 - t1, 3), "eval_s": round(t3 - t2a, 3)}
     )
     results.metrics = compute_metrics(results)
     for j, s in enumerate(row):

@@ -1,0 +1,62 @@
+"""Named training events that both front ends emit and measurements subscribe to.
+
+The RL runner and the supervised trainer announce what just happened; logging, TensorBoard and
+the representation analysis (:mod:`clrl.analysis.monitor`) listen, so a new measurement touches
+no training loop (the way Avalanche plugins hook into training). Events and their payloads
+(keyword arguments; subscribers take ``**payload`` and ignore what they do not need):
+
+* ``update_end``: one training unit finished (a PPO update; an epoch in the supervised offline
+  regime). ``task``, ``step``, ``stats`` (dict of floats), ``seconds`` (RL).
+* ``task_end``: task ``task`` was consolidated (after ``reg.end_task``; the network is the one
+  its end-of-task evaluation scores). ``task``, ``step``, ``inputs``: that task's inputs as raw
+  uint8 arrays, a list of batches (RL: the consolidation states; supervised: the test images).
+* ``evaluation``: a curve point was appended. ``task`` (being trained), ``step``, ``point`` (the
+  :class:`clrl.results.CurvePoint`, which subscribers may annotate before it is saved),
+  ``end_of_task`` (bool).
+
+Subscribers run in the order they subscribed; an exception in one propagates to the loop (a
+broken measurement should stop a run, not silently vanish).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["EVENTS", "EventBus"]
+
+EVENTS: tuple[str, ...] = ("update_end", "task_end", "evaluation")
+
+Handler = Callable[..., Any]
+
+
+class EventBus:
+    """A tiny synchronous publish/subscribe hub with a fixed set of event names."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, list[Handler]] = {name: [] for name in EVENTS}
+
+    def _check(self, event: str) -> None:
+        if event not in self._handlers:
+            raise ValueError(f"unknown training event {event!r}; known: {', '.join(EVENTS)}")
+
+    def subscribe(self, event: str, handler: Handler) -> Handler:
+        """Call ``handler(**payload)`` on every ``emit(event, ...)``; returns the handler."""
+        self._check(event)
+        if not callable(handler):
+            raise TypeError(f"handler for {event!r} is not callable: {handler!r}")
+        self._handlers[event].append(handler)
+        return handler
+
+    def unsubscribe(self, event: str, handler: Handler) -> None:
+        self._check(event)
+        self._handlers[event] = [h for h in self._handlers[event] if h is not handler]
+
+    def emit(self, event: str, **payload: Any) -> None:
+        self._check(event)
+        for handler in list(self._handlers[event]):
+            handler(**payload)
+
+    def handlers(self, event: str) -> list[Handler]:
+        self._check(event)
+        return list(self._handlers[event])
