@@ -174,3 +174,40 @@ def test_resume_rejects_a_corrupt_checkpoint(config_file, tmp_path, capsys):
     finally:
         torch.set_num_threads(before)
     assert "corrupt or not a clrl checkpoint" in capsys.readouterr().err
+
+
+def test_deterministic_interrupt_keeps_the_fixed_point_checkpoint(config_file, tmp_path, monkeypatch):
+    """In the deterministic mode a signal must not checkpoint mid-way between the fixed update
+    counts: the resumed run re-seeds its envs at the checkpoint's update, which only matches an
+    uninterrupted run at those counts (checkpoint_every_updates = 2 here). In-process: the
+    signal is simulated by setting the interrupt flag after update 3."""
+    from clrl import config as config_mod
+    from clrl.rl import agent, runner
+    from clrl.rundir import RunDir
+
+    cfg = config_mod.load_config(config_file)
+    real_update = agent.TaskPPO.update
+    calls = {"n": 0}
+    run_holder: dict = {}
+
+    def update(self, progress_remaining):
+        stats = real_update(self, progress_remaining)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            run_holder["run"].interrupt.requested = "SIGINT"
+        return stats
+
+    monkeypatch.setattr(agent.TaskPPO, "update", update)
+    real_init = runner.SequentialRun.__init__
+
+    def init(self, *a, **kw):
+        real_init(self, *a, **kw)
+        run_holder["run"] = self
+
+    monkeypatch.setattr(runner.SequentialRun, "__init__", init)
+    rd = RunDir(tmp_path / "det")
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_experiment(cfg, rd)
+    state = load_checkpoint(rd.latest_checkpoint)
+    assert state["counters"]["update"] == 2  # the fixed point before the signal, not update 3
+    assert load_results(rd.root).reason.startswith("interrupted (SIGINT)")

@@ -26,7 +26,9 @@ as one that was never interrupted. Without it, checkpoints are time based
 (``output.checkpoint_every_minutes``) and a resumed run continues statistically, not bitwise.
 
 SIGINT/SIGTERM (:class:`clrl.lifecycle.Interrupt`, shared with the supervised trainer): the first
-one finishes the current update (and evaluation), saves a checkpoint, marks results.json failed
+one finishes the current update (and evaluation), saves a checkpoint (in the deterministic mode
+it keeps the last one at a fixed update count instead, so that the resumed run stays bit-exact),
+marks results.json failed
 with reason "interrupted" and raises KeyboardInterrupt (the CLI exits 130); a second one stops at
 once, keeping the last checkpoint. One during start-up (building, the baseline) stops after the
 initial checkpoint; one after the last task's last update lets the run complete.
@@ -332,7 +334,10 @@ class SequentialRun:
                     due = c.update % K == 0
                 else:
                     due = time.monotonic() - self._last_ckpt_time >= 60 * self.cfg.output.checkpoint_every_minutes
-                if due or self.interrupt.requested:
+                # deterministic mode: only checkpoints at the fixed update counts, also on a
+                # signal (the envs are re-seeded exactly there, so a resumed run stays bit-exact;
+                # the updates since the last one are lost)
+                if due or (self.interrupt.requested and not self.deterministic):
                     self._checkpoint()
                 self._honour_interrupt()
         self._add_task_time("seconds_per_task", t, time.monotonic() - task_started)
