@@ -143,9 +143,9 @@ def print_summary(results: Results, console: Console | None = None) -> None:
     console.print(r_table(results))
     lines = learning_lines(results)
     if lines:
-        console.print("Did each task learn? R[j][j] vs the untrained network, 95% intervals:")
+        console.print("Did each task learn? R[j][j] vs the untrained network, 95% intervals:", markup=False)
         for line in lines:
-            console.print(f"  {line}", highlight=False)
+            console.print(f"  {line}", highlight=False, markup=False)
     console.print(metrics_table(results))
     rows = analysis_rows(results)
     if rows:

@@ -45,6 +45,6 @@ def test_summary_prints_the_comparison() -> None:
     buf = io.StringIO()
     print_summary(_results(), Console(file=buf, width=200))
     text = buf.getvalue()
-    assert "Did each task learn?" in text
+    assert "Did each task learn? R[j][j] vs the untrained network" in text  # not eaten as markup
     assert "A: right after training 900.0 [800.0, 1,000.0] vs untrained 300.0 [250.0, 350.0]: learned" in text
     assert "B:" in text and "not distinguishable" in text
