@@ -114,25 +114,26 @@ LOCK_FILE = ".lock"
 
 
 @contextmanager
-def run_lock(root: str | os.PathLike) -> Iterator[None]:
-    """Hold the run directory ``root`` for this process; a second user gets a UserError naming the holder.
+def folder_lock(root: str | os.PathLike, lock_file: str, what: str) -> Iterator[None]:
+    """Hold the folder ``root`` for this process through ``root/lock_file``; a second holder gets
+    a UserError naming the first (its pid and host, written into the lock file).
 
-    ``flock`` is released by the kernel when the process ends, even on SIGKILL, so a killed run
-    never leaves a stale lock.
+    ``flock`` is released by the kernel when the process ends, even on SIGKILL, so a killed
+    process never leaves a stale lock. ``what`` names the holder in the message ("run", "sweep").
     """
     root = Path(root)
     try:
         root.mkdir(parents=True, exist_ok=True)
-        f = open(root / LOCK_FILE, "a+")  # noqa: SIM115 - closed by the with below
+        f = open(root / lock_file, "a+")  # noqa: SIM115 - closed by the with below
     except OSError as exc:
-        raise UserError(f"cannot use the run directory {root}: {exc.strerror or exc}") from exc
+        raise UserError(f"cannot use the {what} directory {root}: {exc.strerror or exc}") from exc
     with f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip() or "another process"
-            raise UserError(f"{root} is in use by another clrl run ({holder}); wait for it or stop it") from None
+            raise UserError(f"{root} is in use by another clrl {what} ({holder}); wait for it or stop it") from None
         f.seek(0)
         f.truncate()
         f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
@@ -141,6 +142,11 @@ def run_lock(root: str | os.PathLike) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def run_lock(root: str | os.PathLike):  # noqa: ANN201 - a context manager
+    """Hold the run directory ``root`` for this process (:func:`folder_lock`)."""
+    return folder_lock(root, LOCK_FILE, "run")
 
 
 def open_run_dir(path: str | os.PathLike) -> tuple[RunDir, RLConfig | SupervisedConfig]:

@@ -87,6 +87,13 @@ class _Emulators(Protocol):
     def close(self) -> None: ...
 
 
+def _step_arrays(k: int) -> tuple[np.ndarray, ...]:
+    """Zeroed (frames, raw_reward, game_over, truncated, lives, final) for ``k`` envs."""
+    frame = (k, OBS_SIZE, OBS_SIZE)
+    return (np.zeros(frame, dtype=np.uint8), np.zeros(k, dtype=np.float64), np.zeros(k, dtype=bool),
+            np.zeros(k, dtype=bool), np.zeros(k, dtype=np.int64), np.zeros(frame, dtype=np.uint8))
+
+
 # --------------------------------------------------------------------------- ale_vector backend
 
 
@@ -149,12 +156,7 @@ class _AleEmulators:
         k = len(idx)
         for i, a in zip(idx, actions, strict=True):
             self._envs[i].send(np.array([a], dtype=np.int64))
-        frames = np.zeros((k, OBS_SIZE, OBS_SIZE), dtype=np.uint8)
-        final = np.zeros((k, OBS_SIZE, OBS_SIZE), dtype=np.uint8)
-        raw = np.zeros(k, dtype=np.float64)
-        over = np.zeros(k, dtype=bool)
-        trunc = np.zeros(k, dtype=bool)
-        lives = np.zeros(k, dtype=np.int64)
+        frames, raw, over, trunc, lives, final = _step_arrays(k)
         for n, i in enumerate(idx):
             obs, rew, term, tr, info = self._envs[i].recv()
             frames[n] = obs[0, -1]
@@ -240,12 +242,7 @@ class _GymEmulators:
 
     def step(self, idx: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, ...]:
         k = len(idx)
-        frames = np.zeros((k, OBS_SIZE, OBS_SIZE), dtype=np.uint8)
-        final = np.zeros((k, OBS_SIZE, OBS_SIZE), dtype=np.uint8)
-        raw = np.zeros(k, dtype=np.float64)
-        over = np.zeros(k, dtype=bool)
-        trunc = np.zeros(k, dtype=bool)
-        lives = np.zeros(k, dtype=np.int64)
+        frames, raw, over, trunc, lives, final = _step_arrays(k)
         for n, (i, a) in enumerate(zip(idx, actions, strict=True)):
             e = self._envs[i]
             o, r, te, tr, _ = e.step(int(a))

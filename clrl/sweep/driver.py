@@ -8,22 +8,18 @@ A re-run skips complete trials and resumes the others from their checkpoints.
 
 from __future__ import annotations
 
-import fcntl
 import math
-import os
-import socket
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
 import yaml
 
 from clrl.config import config_to_dict, load_saved_config
-from clrl.errors import ConfigError, UserError
+from clrl.errors import ConfigError
 from clrl.results import load_results, now
+from clrl.rundir import folder_lock
 from clrl.sweep.backends import InlineBackend, PoolBackend, RayBackend, available_cpus
 from clrl.sweep.manifest import Manifest, TrialEntry, load_manifest, save_manifest
 from clrl.sweep.spec import SweepPlan
@@ -221,29 +217,9 @@ def schedule(plan: SweepPlan, manifest: Manifest, backend, threads: int, log: Sw
     save_manifest(plan.out, manifest)
 
 
-@contextmanager
-def sweep_lock(sweep_dir: Path) -> Iterator[None]:
-    """One driver per sweep folder: two would start the same trials twice.
-
-    ``flock`` is released by the kernel when the process ends, even on SIGKILL, so a killed
-    sweep never leaves a stale lock behind.
-    """
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    with open(sweep_dir / LOCK_FILE, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            raise UserError(f"{sweep_dir} is in use by another clrl sweep ({holder}); wait for it or stop it") from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-        f.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+def sweep_lock(sweep_dir: Path):  # noqa: ANN201 - a context manager
+    """One driver per sweep folder: two would start the same trials twice (:func:`folder_lock`)."""
+    return folder_lock(sweep_dir, LOCK_FILE, "sweep")
 
 
 def run_sweep(
