@@ -112,9 +112,10 @@ def test_trial_folders_under_docs_data(tmp_path):
     assert {af._data_method(t) for t in plan.trials} == {"finetune", "ewc", "mas", "agscl"}
 
 
-def test_pilots_file_ships_empty_and_typos_are_errors(tmp_path):
+def test_shipped_pilots_load_and_typos_are_errors(tmp_path):
     shipped = fd.load_pilots(REPO / "docs" / fd.DATA_SUBDIR / fd.PILOTS_FILE)
-    assert shipped.pilots == [] and shipped.discussion is None
+    assert shipped.pilots and all(p.name and p.outcome for p in shipped.pilots)
+    assert isinstance(shipped.discussion, str) and shipped.discussion
     bad = tmp_path / "pilots.yaml"
     bad.write_text("pilots:\n  - name: a\n    outcome: b\n    step_per_task: 5\n")
     with pytest.raises(ConfigError, match="step_per_task"):
