@@ -41,7 +41,7 @@ def test_every_scored_game_is_kept_with_its_frames_and_cap_flag() -> None:
         obs = venv.reset()
         while len(want) < 3:
             obs, _, _, infos = venv.step(rng.integers(0, 4, len(obs)))
-            want += [{"score": i["episode"]["r"], "frames": 4 * i["episode"]["l"],
+            want += [{"score": i["episode"]["r"], "frames": i["episode"]["f"],
                       "truncated": i["TimeLimit.truncated"]} for i in infos if "episode" in i]
     assert res.games == want[:3]
     assert [g["score"] for g in res.games] == res.scores
