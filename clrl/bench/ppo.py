@@ -87,17 +87,22 @@ def _time_phases(model: Any) -> dict[str, float]:
     ``learn`` and clrl's ``update`` call) so that their wall time adds up in the returned dict."""
     spent = {"rollout": 0.0, "train": 0.0}
     for attr, key in (("collect_rollouts", "rollout"), ("train", "train")):
-        inner = getattr(model, attr)
-
-        def timed(*args: Any, _inner=inner, _key=key, **kwargs: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                return _inner(*args, **kwargs)
-            finally:
-                spent[_key] += time.perf_counter() - start
-
-        setattr(model, attr, timed)
+        _add_timer(model, attr, spent, key)
     return spent
+
+
+def _add_timer(obj: Any, attr: str, spent: dict[str, float], key: str) -> None:
+    """Replace ``obj.attr`` (an instance attribute) by a wrapper adding its wall time to ``spent[key]``."""
+    inner = getattr(obj, attr)
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            spent[key] += time.perf_counter() - start
+
+    setattr(obj, attr, timed)
 
 
 class _SB3Stock(_Variant):
@@ -208,16 +213,7 @@ def _time_sb3_rollout_phases(model: Any) -> dict[str, float]:
                (model.policy, "predict_values", "inference")]
     targets += [(model.rollout_buffer, m, "buffer") for m in ("reset", "add", "compute_returns_and_advantage")]
     for obj, attr, key in targets:
-        inner = getattr(obj, attr)
-
-        def timed(*args: Any, _inner=inner, _key=key, **kwargs: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                return _inner(*args, **kwargs)
-            finally:
-                spent[_key] += time.perf_counter() - start
-
-        setattr(obj, attr, timed)
+        _add_timer(obj, attr, spent, key)
     return spent
 
 
