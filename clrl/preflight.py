@@ -80,7 +80,6 @@ def _gib(n: float) -> str:
 
 
 def _check_rl(cfg: RLConfig) -> None:
-    from clrl.regularizers import build_regularizer
     from clrl.rl.envs import action_count
     from clrl.rl.policy import build_actor_critic
 
@@ -103,15 +102,20 @@ def _check_rl(cfg: RLConfig) -> None:
         raise
     except (ValueError, RuntimeError, TypeError) as exc:
         raise ConfigError(f"model: {_first_line(exc)}") from exc
-    name, hparams = rl_regularizer_hparams(cfg)
+    _check_regularizer(*rl_regularizer_hparams(cfg), net.trunk, net.actor)
+
+
+def _check_regularizer(name: str, hparams: dict, trunk: Any, heads: Any) -> None:
+    """Build the regularizer the run will build (its hyperparameters and node view checked)."""
+    from clrl.regularizers import build_regularizer
+
     try:
-        build_regularizer(name, net.trunk, heads=net.actor, **hparams)
+        build_regularizer(name, trunk, heads=heads, **hparams)
     except (ValueError, RuntimeError, TypeError) as exc:
         raise ConfigError(f"regularizer: {_first_line(exc)}") from exc
 
 
 def _check_supervised(cfg: SupervisedConfig) -> None:
-    from clrl.regularizers import build_regularizer
     from clrl.supervised.data import BENCHMARK_TASKS, _n_tasks
     from clrl.supervised.model import build_model
 
@@ -138,11 +142,7 @@ def _check_supervised(cfg: SupervisedConfig) -> None:
         raise
     except (ValueError, RuntimeError, TypeError) as exc:
         raise ConfigError(f"model: {_first_line(exc)}") from exc
-    name, hparams = regularizer_hparams(cfg)
-    try:
-        build_regularizer(name, model.trunk, heads=model.heads, **hparams)
-    except (ValueError, RuntimeError, TypeError) as exc:
-        raise ConfigError(f"regularizer: {_first_line(exc)}") from exc
+    _check_regularizer(*regularizer_hparams(cfg), model.trunk, model.heads)
 
 
 def _check_reference(cfg: RLConfig | SupervisedConfig) -> None:

@@ -115,7 +115,7 @@ def evaluate(
                     # reset or a lost life included) x frame skip, as the frame cap counts them
                     games.append({
                         "score": float(ep["r"]),
-                        "frames": int(ep.get("f", int(ep["l"]) * env.frame_skip)),
+                        "frames": int(ep["f"]),
                         "truncated": bool(info["TimeLimit.truncated"]),
                     })
                     lengths.append(int(ep["l"]))
