@@ -367,7 +367,8 @@ class _AtariBatch:
         self.ep_agent_steps += 1
         ended = over | trunc
         self.stack[:, :-1] = self.stack[:, 1:]
-        self.stack[:, -1] = np.where(ended[:, None, None], final, frames)
+        self.stack[:, -1] = frames
+        self.stack[ended, -1] = final[ended]  # a finished game's terminal stack ends on its last frame
         life_lost = (lives > 0) & (lives < self.lives) & ~ended
         final_obs = self.stack.copy() if (ended | life_lost).any() else None
         lost = np.flatnonzero(life_lost)
@@ -512,7 +513,7 @@ class AtariVecEnv(VecEnv):
                     "t": round(now - self._t0, 6),
                 }
             infos.append(info)
-        return out["obs"], rewards, dones.copy(), infos
+        return out["obs"], rewards, dones, infos
 
     def close(self) -> None:
         """Stop the emulators (and the C++ worker threads); safe to call twice."""
