@@ -244,6 +244,12 @@ class PPOConfig(Strict):
         None, description="older spelling, still read: false = advantage_norm none; merged into advantage_norm "
         "when a config is read (then null)"
     )
+    rollout_groups: int = Field(
+        1, ge=1, description="rollouts step the envs in this many groups, inference for one group running while "
+        "the others' emulators step (clrl.rl.agent.TaskPPO.collect_rollouts); 1 = SB3's order: all envs, then "
+        "the network. Each env's trajectory is the same chain either way; the random draws differ. On 2 cores "
+        "2 groups pay only with torch_threads 1 (clrl bench ppo)"
+    )
     consolidation_samples: int = Field(2560, ge=1, description="states of the trained policy used by end_task")
     vcl: VCLConfig = VCLConfig()
     deterministic: bool = Field(

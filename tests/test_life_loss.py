@@ -106,6 +106,7 @@ class _FakeEmulators:
         self.resets = [0] * n
         self._lives = np.full(n, lives)
         self._t = np.zeros(n, dtype=int)  # learner-visible steps since the last life loss
+        self._pending: dict[int, int] = {}  # sent actions, stepped at recv
 
     def _frame(self, i: int) -> np.ndarray:
         return np.full((OBS_SIZE, OBS_SIZE), 10 * (len(self.actions[i]) % 25) + 1, np.uint8)
@@ -118,16 +119,21 @@ class _FakeEmulators:
             self._t[i] = 0
         return np.stack([self._frame(i) for i in idx]), self._lives[idx].copy()
 
-    def step(self, idx, actions):
+    def send(self, idx, actions):
+        for i, a in zip(idx, actions, strict=True):
+            self._pending[i] = a
+
+    def recv(self, idx):
         k = len(idx)
         frames = np.zeros((k, OBS_SIZE, OBS_SIZE), np.uint8)
         final = np.zeros_like(frames)
         over = np.zeros(k, bool)
-        for n, (i, a) in enumerate(zip(idx, actions, strict=True)):
+        for n, i in enumerate(idx):
+            a = self._pending.pop(i)
             self.actions[i].append(int(a))
             if a == 5:  # the learner's own actions are 5 in these tests
                 self._t[i] += 1
-                if self._t[i] == self.every:
+                if self._t[i] == np.broadcast_to(self.every, (self.num_envs,))[i]:
                     self._t[i] = 0
                     self._lives[i] -= 1
             frames[n] = self._frame(i)
@@ -181,3 +187,38 @@ def test_scripted_sequence_without_fire_and_in_evaluation() -> None:
     dones = [bool(venv.step(np.array([5]))[2][0]) for _ in range(6)]
     assert emu.actions[0] == [-1, 5, 5, 5, 0, 5, 5, 5, -1]
     assert dones == [False] * 5 + [True]
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_stepping_in_groups_equals_stepping_all_envs(train: bool) -> None:
+    """``send_group``/``recv_group`` over groups (0..1, 1..4), interleaved as the pipelined rollout
+    interleaves them, give each env what a full ``step`` gives it: observations, rewards, dones,
+    infos (scores of games that end after scripted FIRE steps included) and action logs."""
+    every = [3, 4, 5, 7]  # envs lose lives at different steps, in both groups
+    full_emu, grouped_emu = _FakeEmulators(4, has_fire=True), _FakeEmulators(4, has_fire=True)
+    for emu in (full_emu, grouped_emu):
+        emu.every = np.array(every)
+    full, grouped = _venv(full_emu, train), _venv(grouped_emu, train)
+    full.reset()
+    grouped.reset()
+    ended = 0
+    for _ in range(40):
+        actions = np.full(4, 5)
+        want = full.step(actions)
+        grouped.send_group(0, 1, actions[:1])
+        grouped.send_group(1, 4, actions[1:])
+        second = grouped.recv_group(1, 4)
+        first = grouped.recv_group(0, 1)
+        for k in range(3):  # obs, rewards, dones
+            assert np.array_equal(want[k], np.concatenate([first[k], second[k]])), k
+        infos = first[3] + second[3]
+        for w, g in zip(want[3], infos, strict=True):
+            assert w.keys() == g.keys()
+            for key in w:
+                if key == "episode":
+                    assert {k: v for k, v in w[key].items() if k != "t"} == {k: v for k, v in g[key].items() if k != "t"}
+                    ended += 1
+                else:
+                    assert np.array_equal(w[key], g[key]), key
+    assert full_emu.actions == grouped_emu.actions
+    assert ended >= 4  # every env finished games

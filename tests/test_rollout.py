@@ -166,7 +166,7 @@ def test_lean_rollout_on_a_capped_atari_game_equals_sb3():
     def env_fn():
         return make_vec_env("Boxing", 2, env_cfg, 0, train=True, max_frames=40)  # truncated every 10 steps
 
-    sb3, lean = twin_models(env_fn, n_actions, ppo_config(n_envs=2, n_steps=24, n_minibatches=2))
+    sb3, lean = twin_models(env_fn, n_actions, ppo_config(n_envs=2, n_steps=24, n_minibatches=2, rollout_groups=1))
     try:
         collect(sb3, seed=3)
         collect(lean, seed=3)
@@ -296,3 +296,70 @@ def test_store_checks_its_spaces():
     store = RolloutStore(4, box, spaces.Discrete(3), "cpu", n_envs=2)
     with pytest.raises(RuntimeError, match="not complete"):
         store.epochs(2, 1)
+
+
+def _actions_from_observations(model: TaskPPO, n_actions: int) -> None:
+    """Make the policy's action a function of each observation alone (its pixel sum mod n), so
+    that any batching of the envs takes the same actions; values and log-probs stay the net's."""
+    policy = model.policy
+
+    def forward(obs, deterministic=False):
+        logits, values = policy._heads(obs)
+        logp = torch.log_softmax(logits, dim=1)
+        actions = obs.reshape(len(obs), -1).sum(1, dtype=torch.int64) % n_actions
+        return actions, values, logp.gather(1, actions.unsqueeze(1)).squeeze(1)
+
+    policy.forward = forward
+
+
+@pytest.mark.parametrize(("game", "groups", "n_steps"), [("Boxing", 2, 24), ("Breakout", 3, 64)])
+def test_grouped_rollout_gives_sb3s_buffer_for_the_same_actions(game, groups, n_steps):
+    """Pipelined groups (inference for one group while the others' emulators step) fill the buffer
+    SB3's loop fills for the same actions: observations, actions, rewards and episode starts bit
+    for bit; values and log-probs up to the float rounding of a smaller inference batch."""
+    from clrl.rl.envs import action_count, make_vec_env
+
+    env_cfg = EnvConfig()
+    n_actions = action_count(game, env_cfg)
+
+    def env_fn():  # Boxing: truncated every 10 steps; Breakout: lost lives, FIRE resets, game ends
+        return make_vec_env(game, 4, env_cfg, 0, train=True, max_frames=40 if game == "Boxing" else 108_000)
+
+    cfg = ppo_config(n_envs=4, n_steps=n_steps, n_minibatches=2, rollout_groups=groups)
+    sb3, lean = twin_models(env_fn, n_actions, cfg)
+    for m in (sb3, lean):
+        _actions_from_observations(m, n_actions)
+    try:
+        for rollout in range(2):
+            collect(sb3, seed=rollout)
+            collect(lean, seed=rollout)
+            a, b = sb3.rollout_buffer, lean.rollout_buffer
+            for name in ("observations", "actions", "rewards", "episode_starts"):
+                assert np.array_equal(getattr(a, name), getattr(b, name)), name
+            for name in ("values", "log_probs", "advantages", "returns"):
+                np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=1e-5, atol=1e-5, err_msg=name)
+            assert_same_state(sb3, lean)
+        assert a.episode_starts[1:].sum() >= 4  # episodes ended inside the rollouts
+        assert len(set(a.actions.ravel().tolist())) > 1
+    finally:
+        sb3.env.close()
+        lean.env.close()
+
+
+def test_grouped_envs_refuse_a_second_send_and_reset_waits_for_the_first():
+    from clrl.rl.envs import make_vec_env
+
+    env = make_vec_env("Boxing", 4, EnvConfig(), 0, train=True)
+    try:
+        env.reset()
+        env.send_group(0, 2, np.zeros(2, dtype=np.int64))
+        with pytest.raises(RuntimeError, match="before the previous one was received"):
+            env.send_group(0, 2, np.zeros(2, dtype=np.int64))
+        with pytest.raises(RuntimeError, match="recv without a step sent"):
+            env.recv_group(2, 4)
+        env.reset()  # the step in flight is waited for, then every env restarts
+        env.send_group(0, 4, np.zeros(4, dtype=np.int64))
+        obs, *_ = env.recv_group(0, 4)
+        assert obs.shape == (4, 4, 84, 84)
+    finally:
+        env.close()

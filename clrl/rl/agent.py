@@ -99,6 +99,13 @@ def normalize_rollout_advantages(advantages: np.ndarray) -> np.ndarray:
 ROLLOUT_PHASES = ("env", "inference", "buffer", "conversions", "other")
 
 
+def env_groups(n_envs: int, groups: int) -> list[tuple[int, int]]:
+    """``groups`` adjacent, near-equal ranges ``(lo, hi)`` of ``n_envs`` envs (at most one per env)."""
+    groups = max(1, min(int(groups), n_envs))
+    edges = [n_envs * g // groups for g in range(groups + 1)]
+    return list(zip(edges[:-1], edges[1:], strict=True))
+
+
 def learning_rate_schedule(ppo: PPOConfig) -> Callable[[float], float]:
     """SB3 schedule of ``progress_remaining`` (1 -> 0 over a task): linear or constant."""
     lr = float(ppo.learning_rate)
@@ -160,6 +167,7 @@ class TaskPPO(PPO):
         self.task = int(task)
         self.value_loss_convention = ppo.value_loss
         self.advantage_norm = ppo.advantage_norm
+        self.rollout_groups = int(ppo.rollout_groups)
         self.aux_loss: Callable[[], Tensor] | None = net.vcl.loss if net.vcl is not None and net.vcl.gamma > 0 else None
         self.optimizer_steps = 0
         self.last_stats: dict[str, float] = {}
@@ -203,7 +211,14 @@ class TaskPPO(PPO):
     def collect_rollouts(self, env: VecEnv, callback: BaseCallback, rollout_buffer, n_rollout_steps: int) -> bool:
         """SB3's ``collect_rollouts`` with the same buffer contents and fewer per-step costs.
 
-        Falls back to SB3's loop when the buffer is not a :class:`RolloutStore` (``lean=False``).
+        With ``rollout_groups`` G > 1 (and an env that can step a group of its envs while the
+        others wait, :meth:`clrl.rl.envs.AtariVecEnv.send_group`), the envs are split into G
+        adjacent groups and pipelined: inference for one group runs while the emulators of the
+        others step in their C++ threads. Each env still gets exactly one policy call per step on
+        its own observation, so the rollout is the same Markov chain; only the batches the policy
+        sees (and hence the order of the random draws, and float rounding of batched kernels)
+        differ from G = 1, which is SB3's order bit for bit. Falls back to SB3's loop when the
+        buffer is not a :class:`RolloutStore` (``lean=False``).
         """
         if not isinstance(rollout_buffer, RolloutStore) or self.use_sde:
             return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
@@ -215,47 +230,86 @@ class TaskPPO(PPO):
         t0 = clock()
         buf.reset()
         callback.on_rollout_start()
+        groups = env_groups(env.num_envs, self.rollout_groups if hasattr(env, "send_group") else 1)
+        if len(groups) > 1:
+            send, recv = env.send_group, env.recv_group
+        else:  # SB3's order: one ``env.step`` per step (what SB3's loop calls, wrappers included)
+            pending: list[np.ndarray] = []
+
+            def send(lo: int, hi: int, actions: np.ndarray) -> None:
+                pending.append(actions)
+
+            def recv(lo: int, hi: int) -> Any:
+                return env.step(pending.pop())
         bootstrap: list[tuple[int, int]] = []  # (step, env) of timeouts, SB3 issue #633
         terminal_obs: list[np.ndarray] = []
-        dones = self._last_episode_starts
-        new_obs = self._last_obs
-        t1 = clock()
-        spent["buffer"] += t1 - t0
-        for step in range(n_rollout_steps):
-            obs = buf.put_obs(step, self._last_obs)
+        current = np.array(self._last_obs)  # each group's latest observations, updated in place
+        starts = np.array(self._last_episode_starts, dtype=bool)
+        sent: dict[int, tuple[int, np.ndarray]] = {}  # group -> (step, actions) in flight
+        spent["buffer"] += clock() - t0
+
+        def infer_and_send(g: int, step: int) -> None:
+            lo, hi = groups[g]
+            t1 = clock()
+            obs = buf.put_obs(step, current[lo:hi], slice(lo, hi))
             t2 = clock()
             with torch.no_grad():
                 actions, values, log_probs = self.policy(obs)
-            buf.put_policy(step, values, log_probs)
+            buf.put_policy(step, values, log_probs, slice(lo, hi))
             t3 = clock()
             actions_np = to_host(actions)  # the one synchronization per env step
             t4 = clock()
-            new_obs, rewards, dones, infos = env.step(actions_np)
+            send(lo, hi, actions_np)
+            sent[g] = (step, actions_np)
+            spent["buffer"] += t2 - t1
+            spent["inference"] += t3 - t2
+            spent["conversions"] += t4 - t3
+            spent["env"] += clock() - t4
+
+        def receive(g: int) -> bool:
+            lo, hi = groups[g]
+            step, actions_np = sent.pop(g)
+            t4 = clock()
+            new_obs, rewards, dones, infos = recv(lo, hi)
             t5 = clock()
-            self.num_timesteps += env.num_envs
+            self.num_timesteps += hi - lo
             callback.update_locals(locals())
             if not callback.on_step():
                 return False
             self._update_info_buffer(infos, dones)
             if dones.any():
-                for idx in np.flatnonzero(dones):
-                    info = infos[idx]
+                for k in np.flatnonzero(dones):
+                    info = infos[k]
                     if info.get("terminal_observation") is not None and info.get("TimeLimit.truncated", False):
-                        bootstrap.append((step, int(idx)))
+                        bootstrap.append((step, lo + int(k)))
                         terminal_obs.append(np.array(info["terminal_observation"]))
             t6 = clock()
-            buf.put_step(step, actions_np, rewards, self._last_episode_starts)
-            self._last_obs = new_obs
-            self._last_episode_starts = dones
-            t7 = clock()
-            spent["buffer"] += (t2 - t1) + (t7 - t6)
-            spent["inference"] += t3 - t2
-            spent["conversions"] += t4 - t3
+            buf.put_step(step, actions_np, rewards, starts[lo:hi], slice(lo, hi))
+            current[lo:hi] = new_obs
+            starts[lo:hi] = dones
             spent["env"] += t5 - t4
             spent["other"] += t6 - t5
-            t1 = t7
+            spent["buffer"] += clock() - t6
+            return True
+
+        # group g's step t is sent once its step t-1 is back; after sending it, the next group's
+        # step is received, so one group's inference runs while the others' emulators step
+        for step in range(n_rollout_steps):
+            for g in range(len(groups)):
+                infer_and_send(g, step)
+                nxt = (g + 1) % len(groups)
+                if nxt in sent and not receive(nxt):
+                    self._drain(recv, groups, sent)
+                    return False
+        for g in range(len(groups)):
+            if g in sent and not receive(g):
+                self._drain(recv, groups, sent)
+                return False
+        self._last_obs = current
+        self._last_episode_starts = starts
+        t1 = clock()
         with torch.no_grad():
-            last_values = self.policy.predict_values(buf.obs_to_device(new_obs))
+            last_values = self.policy.predict_values(buf.obs_to_device(current))
             extra = None
             if terminal_obs:  # one at a time, as SB3 evaluates them (a batch of 1 each)
                 extra = torch.cat([
@@ -263,11 +317,18 @@ class TaskPPO(PPO):
                 ])
         t2 = clock()
         spent["inference"] += t2 - t1
-        buf.finish(last_values, dones, bootstrap, extra)
+        buf.finish(last_values, starts, bootstrap, extra)
         callback.update_locals(locals())
         callback.on_rollout_end()
         spent["buffer"] += clock() - t2
         return True
+
+    @staticmethod
+    def _drain(recv: Callable[[int, int], Any], groups: list[tuple[int, int]], sent: dict) -> None:
+        """Wait for the groups still stepping (a callback stopped the rollout)."""
+        for g in list(sent):
+            recv(*groups[g])
+            del sent[g]
 
     def _update_info_buffer(self, infos: list[dict[str, Any]], dones: np.ndarray | None = None) -> None:
         super()._update_info_buffer(infos, dones)

@@ -77,14 +77,24 @@ class _Emulators(Protocol):
     def reset(self, idx: np.ndarray, seeds: Sequence[int | None]) -> tuple[np.ndarray, np.ndarray]:
         """Start new games (random no-ops included) in envs ``idx``; returns (frames, lives)."""
 
-    def step(self, idx: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, ...]:
-        """Step envs ``idx``; returns (frames, raw_reward, game_over, truncated, lives, final).
+    def send(self, idx: np.ndarray, actions: np.ndarray) -> None:
+        """Start one agent step in envs ``idx`` (it may run while the caller does other work)."""
+
+    def recv(self, idx: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Finish the step sent to envs ``idx``; returns (frames, raw_reward, game_over,
+        truncated, lives, final).
 
         The frame of an env whose game ended is already the first one of its next game;
         ``final[k]`` is then its last frame of the finished game (zeros elsewhere).
         """
 
     def close(self) -> None: ...
+
+
+def _step(emu: _Emulators, idx: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, ...]:
+    """One agent step of envs ``idx``, waited for (``send`` then ``recv``)."""
+    emu.send(idx, actions)
+    return emu.recv(idx)
 
 
 def _step_arrays(k: int) -> tuple[np.ndarray, ...]:
@@ -142,6 +152,7 @@ class _AleEmulators:
             self.close()
             raise
         self.has_fire = _has_fire(list(self._envs[0].ale.get_action_set()))
+        self._paddle = np.ones(1, dtype=np.float32)  # paddle strength: unused by discrete actions
 
     def reset(self, idx: np.ndarray, seeds: Sequence[int | None]) -> tuple[np.ndarray, np.ndarray]:
         frames = np.zeros((len(idx), OBS_SIZE, OBS_SIZE), dtype=np.uint8)
@@ -152,13 +163,16 @@ class _AleEmulators:
             lives[k] = int(info["lives"][0])
         return frames, lives
 
-    def step(self, idx: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, ...]:
-        k = len(idx)
+    def send(self, idx: np.ndarray, actions: np.ndarray) -> None:
+        # the C++ call itself: the Python wrapper's checks and allocations cost more than the call
+        paddle = self._paddle
         for i, a in zip(idx, actions, strict=True):
-            self._envs[i].send(np.array([a], dtype=np.int64))
-        frames, raw, over, trunc, lives, final = _step_arrays(k)
+            self._envs[i].ale.send(np.array([a], dtype=np.int64), paddle)
+
+    def recv(self, idx: np.ndarray) -> tuple[np.ndarray, ...]:
+        frames, raw, over, trunc, lives, final = _step_arrays(len(idx))
         for n, i in enumerate(idx):
-            obs, rew, term, tr, info = self._envs[i].recv()
+            obs, rew, term, tr, info = self._envs[i].ale.recv()
             frames[n] = obs[0, -1]
             raw[n], over[n], trunc[n] = rew[0], term[0], tr[0] and not term[0]
             lives[n] = int(info["lives"][0])
@@ -229,6 +243,7 @@ class _GymEmulators:
             self._envs.append(wrapped)
         self.has_fire = _has_fire(list(self._envs[0].unwrapped._action_set))
         self._steps = np.zeros(n_envs, dtype=np.int64)
+        self._pending = np.zeros(n_envs, dtype=np.int64)
 
     def _lives(self, i: int) -> int:
         return int(self._envs[i].unwrapped.ale.lives())
@@ -240,10 +255,13 @@ class _GymEmulators:
         self._steps[idx] = 0
         return frames, np.array([self._lives(i) for i in idx], dtype=np.int64)
 
-    def step(self, idx: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, ...]:
+    def send(self, idx: np.ndarray, actions: np.ndarray) -> None:
+        self._pending[idx] = actions  # stepped at recv: a Python loop has nothing to overlap
+
+    def recv(self, idx: np.ndarray) -> tuple[np.ndarray, ...]:
         k = len(idx)
         frames, raw, over, trunc, lives, final = _step_arrays(k)
-        for n, (i, a) in enumerate(zip(idx, actions, strict=True)):
+        for n, (i, a) in enumerate(zip(idx, self._pending[idx], strict=True)):
             e = self._envs[i]
             o, r, te, tr, _ = e.step(int(a))
             self._steps[i] += 1
@@ -307,6 +325,7 @@ class _AtariBatch:
         self.ep_steps = np.zeros(n, dtype=np.int64)  # learner steps
         self.ep_agent_steps = np.zeros(n, dtype=np.int64)  # learner + scripted steps
         self.scripted_steps = 0  # scripted agent steps so far, all envs together
+        self.in_flight = np.zeros(n, dtype=bool)  # sent, not yet received
 
     def _fire_seq(self) -> list[int]:
         return [_FIRE, _AFTER_FIRE] if self.fire else []
@@ -328,7 +347,7 @@ class _AtariBatch:
         for action in seq:
             if not len(active):
                 break
-            f, r, o, t, lv, _ = self.emu.step(idx[active], np.full(len(active), action))
+            f, r, o, t, lv, _ = _step(self.emu, idx[active], np.full(len(active), action))
             gained[active] += r
             steps[active] += 1
             frames[active], lives[active] = f, lv
@@ -350,33 +369,52 @@ class _AtariBatch:
 
     def reset(self, seeds: Sequence[int | None]) -> tuple[np.ndarray, np.ndarray]:
         idx = np.arange(self.num_envs)
+        if self.in_flight.any():  # a step still running (an interrupted rollout): let it finish
+            self.emu.recv(np.flatnonzero(self.in_flight))
+            self.in_flight[:] = False
         frames, lives = self.emu.reset(idx, seeds)
         self._start_games(idx, frames, lives)
         return self.stack.copy(), self.lives.copy()
 
     def step(self, actions: np.ndarray) -> dict[str, Any]:
-        """One learner step of every env; see the class docstring. Returns a dict of arrays:
-        ``obs``, ``reward`` (raw, this learner step), ``game_over``, ``truncated``,
-        ``life_lost``, ``lives``, ``final_obs`` (the learner's terminal observations, or None
-        when no env ended a game or lost a life) and ``episode`` (``r``, ``l``, ``f`` of the
-        games that ended, valid where ``game_over | truncated``)."""
-        idx = np.arange(self.num_envs)
-        frames, raw, over, trunc, lives, final = self.emu.step(idx, np.asarray(actions))
-        self.ep_return += raw
-        self.ep_steps += 1
-        self.ep_agent_steps += 1
+        """One learner step of every env (``send`` then ``recv`` of all of them)."""
+        self.send(0, self.num_envs, actions)
+        return self.recv(0, self.num_envs)
+
+    def send(self, lo: int, hi: int, actions: np.ndarray) -> None:
+        """Start the learner step of envs ``lo..hi-1``; other envs can be sent or received meanwhile."""
+        if self.in_flight[lo:hi].any():
+            raise RuntimeError(f"envs {lo}..{hi - 1}: a step was sent before the previous one was received")
+        self.emu.send(np.arange(lo, hi), np.asarray(actions))
+        self.in_flight[lo:hi] = True
+
+    def recv(self, lo: int, hi: int) -> dict[str, Any]:
+        """Finish the learner step of envs ``lo..hi-1``; see the class docstring. Returns a dict
+        of arrays over those envs: ``obs``, ``reward`` (raw, this learner step), ``game_over``,
+        ``truncated``, ``life_lost``, ``lives``, ``final_obs`` (the learner's terminal
+        observations, or None when no env ended a game or lost a life) and ``episode`` (``r``,
+        ``l``, ``f`` of the games that ended, valid where ``game_over | truncated``)."""
+        if not self.in_flight[lo:hi].all():
+            raise RuntimeError(f"envs {lo}..{hi - 1}: recv without a step sent")
+        env = slice(lo, hi)
+        frames, raw, over, trunc, lives, final = self.emu.recv(np.arange(lo, hi))
+        self.in_flight[env] = False
+        self.ep_return[env] += raw
+        self.ep_steps[env] += 1
+        self.ep_agent_steps[env] += 1
         ended = over | trunc
-        self.stack[:, :-1] = self.stack[:, 1:]
-        self.stack[:, -1] = frames
-        self.stack[ended, -1] = final[ended]  # a finished game's terminal stack ends on its last frame
-        life_lost = (lives > 0) & (lives < self.lives) & ~ended
-        final_obs = self.stack.copy() if (ended | life_lost).any() else None
+        stack = self.stack[env]
+        stack[:, :-1] = stack[:, 1:]
+        stack[:, -1] = frames
+        stack[ended, -1] = final[ended]  # a finished game's terminal stack ends on its last frame
+        life_lost = (lives > 0) & (lives < self.lives[env]) & ~ended
+        final_obs = stack.copy() if (ended | life_lost).any() else None
         lost = np.flatnonzero(life_lost)
         if len(lost):
             seq = [_NOOP, *self._fire_seq()]
-            gained, f, lv, o, t, steps = self._script(lost, seq, frames[lost], lives[lost])
-            self.ep_return[lost] += gained
-            self.ep_agent_steps[lost] += steps
+            gained, f, lv, o, t, steps = self._script(lo + lost, seq, frames[lost], lives[lost])
+            self.ep_return[lo + lost] += gained
+            self.ep_agent_steps[lo + lost] += steps
             frames[lost], lives[lost] = f, lv
             over[lost] |= o
             trunc[lost] |= t & ~o
@@ -386,25 +424,25 @@ class _AtariBatch:
         new = np.flatnonzero(ended)
         if len(new):
             episode = {
-                "r": self.ep_return.copy(),
-                "l": self.ep_steps.copy(),
-                "f": self.ep_agent_steps * self.frame_skip,
+                "r": self.ep_return[env].copy(),
+                "l": self.ep_steps[env].copy(),
+                "f": self.ep_agent_steps[env] * self.frame_skip,
             }
-            self._start_games(new, frames[new], lives[new])
+            self._start_games(lo + new, frames[new], lives[new])
         if len(lost):
             restart = np.flatnonzero(life_lost)
-            self.stack[restart] = 0
-            self.stack[restart, -1] = frames[restart]
-            self.lives[restart] = lives[restart]
+            stack[restart] = 0
+            stack[restart, -1] = frames[restart]
+            self.lives[lo + restart] = lives[restart]
         keep = ~(ended | life_lost)
-        self.lives[keep] = lives[keep]
+        self.lives[env][keep] = lives[keep]
         return {
-            "obs": self.stack.copy(),
+            "obs": stack.copy(),
             "reward": raw,
             "game_over": over,
             "truncated": trunc,
             "life_lost": life_lost,
-            "lives": self.lives.copy(),
+            "lives": self.lives[env].copy(),
             "final_obs": final_obs,
             "episode": episode,
         }
@@ -467,35 +505,53 @@ class AtariVecEnv(VecEnv):
         return obs
 
     def step_async(self, actions: np.ndarray) -> None:
+        self._actions = self._checked_actions(actions, self.num_envs)
+
+    def step_wait(self) -> VecEnvStepReturn:
+        if self._actions is None:
+            raise RuntimeError("step_wait() without step_async()")
+        actions, self._actions = self._actions, None
+        batch = self._live_batch()
+        batch.send(0, self.num_envs, actions)
+        return self._learner_step(batch.recv(0, self.num_envs), 0)
+
+    def send_group(self, lo: int, hi: int, actions: np.ndarray) -> None:
+        """``step_async`` for envs ``lo..hi-1`` only: their emulators start stepping at once (in
+        C++ threads), so the caller can run inference for other envs meanwhile."""
+        self._live_batch().send(lo, hi, self._checked_actions(actions, hi - lo))
+
+    def recv_group(self, lo: int, hi: int) -> VecEnvStepReturn:
+        """``step_wait`` for envs ``lo..hi-1`` (sent with :meth:`send_group`): their (obs,
+        rewards, dones, infos), as ``step_wait`` gives them for those envs."""
+        return self._learner_step(self._live_batch().recv(lo, hi), lo)
+
+    def _checked_actions(self, actions: np.ndarray, k: int) -> np.ndarray:
         actions = np.asarray(actions)
         if actions.dtype.kind not in "iu":
             if not np.all(np.equal(np.mod(actions, 1), 0)):
                 raise ValueError(f"actions must be integers, got {actions.dtype}")
         actions = actions.astype(np.int64).reshape(-1)
-        if actions.shape != (self.num_envs,):
-            raise ValueError(f"expected {self.num_envs} actions, got shape {np.shape(actions)}")
+        if actions.shape != (k,):
+            raise ValueError(f"expected {k} actions, got shape {np.shape(actions)}")
         n = int(self.action_space.n)
         if actions.min() < 0 or actions.max() >= n:
             raise ValueError(
                 f"actions must lie in [0, {n}) for {self.game}, got {actions.min()}..{actions.max()}"
             )
-        self._actions = actions
+        return actions
 
-    def step_wait(self) -> VecEnvStepReturn:
-        if self._actions is None:
-            raise RuntimeError("step_wait() without step_async()")
-        out = self._live_batch().step(self._actions)
-        self._actions = None
+    def _learner_step(self, out: dict[str, Any], lo: int) -> VecEnvStepReturn:
+        """The learner's view of a batch step of envs ``lo..``: dones, clipped rewards, infos."""
         raw = out["reward"]
         game_over, truncated, life_lost = out["game_over"], out["truncated"], out["life_lost"]
         game_end = game_over | truncated
-        self.raw_rewards = raw
+        self.raw_rewards[lo : lo + len(raw)] = raw
         dones = game_end | life_lost if self.episodic_life else game_end
         rewards = (np.sign(raw) if self.clip_rewards else raw).astype(np.float32)
         lives, final, episode = out["lives"], out["final_obs"], out["episode"]
         infos: list[dict[str, Any]] = []
         now = time.time()
-        for i in range(self.num_envs):
+        for i in range(len(raw)):
             info: dict[str, Any] = {
                 "lives": int(lives[i]),
                 "raw_reward": float(raw[i]),

@@ -120,22 +120,24 @@ class RolloutStore(RolloutBuffer):
 
     # ------------------------------------------------------------------ filling, one env step at a time
 
-    def put_obs(self, step: int, obs: np.ndarray) -> Tensor:
-        """Copy the observation batch into slot ``step``; returns it on the device for inference."""
-        np.copyto(self.observations[step], obs, casting="safe")
+    def put_obs(self, step: int, obs: np.ndarray, envs: slice = slice(None)) -> Tensor:
+        """Copy the observation batch of ``envs`` into slot ``step``; returns it on the device for
+        inference (a contiguous block: the envs of one slot are adjacent)."""
+        np.copyto(self.observations[step, envs], obs, casting="safe")
         if self.separate:
-            return to_device(self.obs_device[step], self._obs_host[step])
-        return self.obs_device[step]
+            return to_device(self.obs_device[step, envs], self._obs_host[step, envs])
+        return self.obs_device[step, envs]
 
-    def put_policy(self, step: int, values: Tensor, log_probs: Tensor) -> None:
+    def put_policy(self, step: int, values: Tensor, log_probs: Tensor, envs: slice = slice(None)) -> None:
         """Values and log pi(a|s) of slot ``step``, written on the device (no synchronization)."""
-        self.values_device[step].copy_(values.detach().reshape(-1))
-        self.log_probs_device[step].copy_(log_probs.detach().reshape(-1))
+        self.values_device[step, envs].copy_(values.detach().reshape(-1))
+        self.log_probs_device[step, envs].copy_(log_probs.detach().reshape(-1))
 
-    def put_step(self, step: int, actions: np.ndarray, rewards: np.ndarray, episode_starts: np.ndarray) -> None:
-        self.actions[step] = actions.reshape(self.n_envs, self.action_dim)
-        self.rewards[step] = rewards
-        self.episode_starts[step] = episode_starts
+    def put_step(self, step: int, actions: np.ndarray, rewards: np.ndarray, episode_starts: np.ndarray,
+                 envs: slice = slice(None)) -> None:
+        self.actions[step, envs] = actions.reshape(-1, self.action_dim)
+        self.rewards[step, envs] = rewards
+        self.episode_starts[step, envs] = episode_starts
 
     def obs_to_device(self, obs: np.ndarray) -> Tensor:
         """An observation batch outside the rollout (the last one, a terminal one) on the device."""
