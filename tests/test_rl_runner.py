@@ -301,17 +301,24 @@ def test_bench_ppo_table_ratios_and_compute_bound(tmp_path):
                         log=lambda *a: None)
     assert torch.get_num_threads() == before
     rows = {r["variant"]: r for r in res["rows"]}
-    assert list(rows) == ["sb3 stock", "sb3 stock + clrl malloc", "clrl none", "clrl none (sb3 loop)", "clrl agscl"]
+    tuned_name = "sb3 stock + clrl malloc/openmp"
+    assert list(rows) == ["sb3 stock", tuned_name, "clrl none", "clrl none (2 groups)", "clrl none (sb3 loop)", "clrl agscl"]
     rounds = res["per_round"]
     assert len(rounds) == 2
     assert rows["clrl none"]["ratio"] == pytest.approx(np.median([r["clrl none"] / r["sb3 stock"] for r in rounds]))
-    tuned = rows["sb3 stock + clrl malloc"]
-    assert tuned["ratio"] == pytest.approx(np.median([r["clrl none"] / r["sb3 stock + clrl malloc"] for r in rounds]))
+    tuned = rows[tuned_name]
+    assert tuned["ratio"] == pytest.approx(np.median([r["clrl none"] / r[tuned_name] for r in rounds]))
     assert "target" not in tuned and "ratio" not in rows["sb3 stock"]
-    # SB3 runs in its own processes: stock keeps glibc's defaults, the other gets clrl's settings
+    piped = rows["clrl none (2 groups)"]  # its speed over fine-tuning's default (1 group)
+    assert piped["ratio"] == pytest.approx(np.median([r["clrl none (2 groups)"] / r["clrl none"] for r in rounds]))
+    assert "target" not in piped and res["settings"]["rollout_groups"] == 1
+    # SB3 runs in its own processes: stock keeps glibc's and libgomp's defaults, the other gets clrl's settings
     from clrl.allocator import malloc_mode
+    from clrl.openmp import SPINCOUNT
 
-    assert res["settings"]["malloc"] == {"clrl": malloc_mode(), "sb3 stock": "default", "sb3 stock + clrl malloc": malloc_mode()}
+    assert res["settings"]["malloc"] == {"clrl": malloc_mode(), "sb3 stock": "default", tuned_name: malloc_mode()}
+    assert res["settings"]["openmp"]["sb3 stock"] == "default"
+    assert res["settings"]["openmp"][tuned_name] == f"spin {SPINCOUNT}"
     assert rows["clrl agscl"]["ratio"] == pytest.approx(np.median([r["clrl none"] / r["clrl agscl"] for r in rounds]))
     assert rows["clrl none"]["meets_target"] == (rows["clrl none"]["ratio"] >= 2.0)
     loop = rows["clrl none (sb3 loop)"]
@@ -362,7 +369,7 @@ def test_bench_ppo_small_trunk_skips_sb3_stock_and_names_the_net():
     logs: list[str] = []
     res = run_ppo_bench(game="Boxing", n_envs=2, n_steps=8, n_epochs=1, n_minibatches=1, rounds=1, methods=("none",),
                         threads=1, consolidation_samples=8, bound_seconds=0.2, channels=(16, 32, 32), hidden=256,
-                        sb3_loop=False, log=logs.append)
+                        sb3_loop=False, pipelined_groups=1, log=logs.append)
     assert [r["variant"] for r in res["rows"]] == ["clrl none"]
     assert any("skipped" in line for line in logs)
     s = res["settings"]

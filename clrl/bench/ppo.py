@@ -6,7 +6,8 @@ One run, same game, same network (Nature CNN 32-64-64 / 512, ReLU), same PPO sha
 * ``sb3 stock``: ``make_atari_env`` (DummyVecEnv of Python wrappers) + ``VecFrameStack(4)`` +
   ``PPO("CnnPolicy")``, timed through ``learn``, in a process of its own with glibc's default
   malloc, as SB3's users run it;
-* ``sb3 stock + clrl malloc``: the same with clrl's allocator settings (:mod:`clrl.allocator`),
+* ``sb3 stock + clrl malloc/openmp``: the same with clrl's process settings (allocator,
+  :mod:`clrl.allocator`, and OpenMP spin-wait, :mod:`clrl.openmp`),
   to show how much of clrl's lead those explain (no target);
 * ``clrl none``: clrl's :class:`~clrl.rl.agent.TaskPPO` on ale-py's C++ vector env, fine-tuning,
   in the bench's own process with the allocator set up as ``clrl run`` sets it;
@@ -40,27 +41,38 @@ CNN), >= 0.85 of it on the small trunk; every regularizer within 1.05x of fine-t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
+import os
 import statistics
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from clrl.allocator import tune_malloc
+from clrl.openmp import ENV_VAR as OPENMP_ENV
+from clrl.openmp import openmp_mode
 
 __all__ = ["add_arguments", "main", "run_ppo_bench", "format_markdown"]
 
 METHODS = ("none", "ewc", "mas", "agscl")
 SB3_STOCK = "sb3 stock"
-SB3_TUNED = "sb3 stock + clrl malloc"
+SB3_TUNED = "sb3 stock + clrl malloc/openmp"
+
 SB3_LOOP = "clrl none (sb3 loop)"
 TARGET_SPEEDUP = 2.0
 TARGET_OVERHEAD = 1.05
 TARGET_MACHINE_SHARE = {"nature": 0.9, "other": 0.85}
+
+
+def pipelined_name(groups: int) -> str:
+    """The variant that steps the envs in ``groups`` groups, overlapping emulation and inference."""
+    return f"clrl none ({groups} groups)"
 NATURE = ((32, 64, 64), 512)
 NETS = {"nature": NATURE, "quick": ((16, 32, 32), 256)}  # quick: configs/atari_quick.yaml's trunk
 PHASES = ("env", "inference", "buffer", "conversions", "other")  # clrl.rl.agent.ROLLOUT_PHASES
@@ -141,7 +153,8 @@ class _SB3Process(_Variant):
 
     Why a process: clrl tunes glibc's malloc process-wide (:mod:`clrl.allocator`), which SB3's
     users do not have; timed in clrl's process, "stock" would not be stock. ``tuned_malloc``
-    gives the same SB3 run clrl's allocator settings, to show how much of the gap they explain.
+    gives the same SB3 run clrl's allocator and OpenMP settings, to show how much of the gap they
+    explain; the stock child gets libgomp's default spin-wait even though it imports clrl.
     The parent times each ``run`` round trip (a pipe message each way, well under a millisecond).
     """
 
@@ -150,10 +163,11 @@ class _SB3Process(_Variant):
         self.name = name
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(target=_serve_sb3, args=(child, sb3_kwargs, tuned_malloc, threads), daemon=True)
-        self._proc.start()
+        with _stock_openmp(not tuned_malloc):
+            self._proc.start()
         child.close()
         self.phases = {"rollout": 0.0, "train": 0.0}
-        self.malloc = self._reply()
+        self.malloc, self.openmp = self._reply()
 
     def _reply(self) -> Any:
         try:
@@ -181,6 +195,27 @@ class _SB3Process(_Variant):
         self._conn.close()
 
 
+@contextlib.contextmanager
+def _stock_openmp(stock: bool) -> Iterator[None]:
+    """While a child is spawned: for a stock child, libgomp's default spin (the child's
+    ``import clrl`` sees ``CLRL_OPENMP=default`` and leaves ``GOMP_SPINCOUNT`` unset)."""
+    if not stock:
+        yield
+        return
+    saved = {k: os.environ.get(k) for k in ("GOMP_SPINCOUNT", OPENMP_ENV)}
+    if (openmp_mode() or "").startswith("spin"):  # clrl's own setting, not the user's
+        os.environ.pop("GOMP_SPINCOUNT", None)
+    os.environ[OPENMP_ENV] = "default"
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def _serve_sb3(conn, sb3_kwargs: dict[str, Any], tuned_malloc: bool, threads: int) -> None:
     """The child of :class:`_SB3Process`: build, then run updates on request until "close"."""
     variant = None
@@ -188,7 +223,7 @@ def _serve_sb3(conn, sb3_kwargs: dict[str, Any], tuned_malloc: bool, threads: in
         mode = tune_malloc() if tuned_malloc else "default"
         torch.set_num_threads(threads)
         variant = _SB3Stock(**sb3_kwargs)
-        conn.send(("ready", mode))
+        conn.send(("ready", (mode, openmp_mode())))
         while True:
             cmd, arg = conn.recv()
             if cmd != "run":
@@ -222,18 +257,19 @@ class _Clrl(_Variant):
 
     def __init__(self, method: str, game: str, n_envs: int, n_steps: int, n_epochs: int,
                  n_minibatches: int, device: str, seed: int, consolidation_samples: int,
-                 net: tuple[tuple[int, ...], int] = NATURE, lean: bool = True) -> None:
+                 net: tuple[tuple[int, ...], int] = NATURE, lean: bool = True, groups: int = 1,
+                 name: str | None = None) -> None:
         from clrl.config import EnvConfig, PPOConfig
         from clrl.regularizers import build_regularizer
         from clrl.rl.agent import TaskPPO, collect_states
         from clrl.rl.envs import action_count, make_vec_env
         from clrl.rl.policy import build_actor_critic
 
-        self.name = f"clrl {method}" if lean else SB3_LOOP
+        self.name = name or (f"clrl {method}" if lean else SB3_LOOP)
         torch.manual_seed(seed)
         env_cfg = EnvConfig()
         self.ppo = PPOConfig(n_envs=n_envs, n_steps=n_steps, n_epochs=n_epochs, n_minibatches=n_minibatches,
-                             learning_rate=2.5e-4, clip_range=0.1, ent_coef=0.01)
+                             learning_rate=2.5e-4, clip_range=0.1, ent_coef=0.01, rollout_groups=groups)
         n_actions = action_count(game, env_cfg)
         self.net = build_actor_critic(net[0], net[1], "relu").to(device)
         hp: dict[str, Any] = {"prox_every": n_minibatches} if method == "agscl" else {}
@@ -377,6 +413,8 @@ def run_ppo_bench(
     channels: tuple[int, ...] = NATURE[0],
     hidden: int = NATURE[1],
     sb3_loop: bool = True,
+    rollout_groups: int = 1,
+    pipelined_groups: int = 2,
     log=print,
 ) -> dict[str, Any]:
     """Time every variant for ``updates`` PPO updates per round, ``rounds`` interleaved rounds."""
@@ -400,7 +438,12 @@ def run_ppo_bench(
         for m in methods:
             log(f"building clrl {m} (consolidating a first task) ...")
             variants.append(_Clrl(m, game, n_envs, n_steps, n_epochs, n_minibatches, device, seed, consolidation_samples,
-                                  net_shape))
+                                  net_shape, groups=rollout_groups))
+            if m == "none" and pipelined_groups != rollout_groups:
+                name = pipelined_name(pipelined_groups)
+                log(f"building {name} ...")
+                variants.append(_Clrl(m, game, n_envs, n_steps, n_epochs, n_minibatches, device, seed,
+                                      consolidation_samples, net_shape, groups=pipelined_groups, name=name))
             if m == "none" and sb3_loop:
                 log(f"building {SB3_LOOP} ...")
                 variants.append(_Clrl(m, game, n_envs, n_steps, n_epochs, n_minibatches, device, seed,
@@ -451,7 +494,11 @@ def run_ppo_bench(
         if name in rollout_phases_per_round[0]:
             row["rollout_phases_s_per_update"] = {
                 k: statistics.median(r[name][k] for r in rollout_phases_per_round) for k in rollout_phases_per_round[0][name]}
-        if name == SB3_LOOP:
+        if name == pipelined_name(pipelined_groups) and "clrl none" in names:
+            # no target: whether overlapping emulation with inference pays on this machine
+            row["ratio"] = statistics.median(r[name] / r["clrl none"] for r in per_round)
+            row["ratio_of"] = "clrl none's speed"
+        elif name == SB3_LOOP:
             # no target: what the lean rollout path gains over SB3's loop on the same PPO
             row["ratio"] = statistics.median(r["clrl none"] / r[name] for r in per_round)
             row["ratio_of"] = "(clrl none over this)"
@@ -483,8 +530,11 @@ def run_ppo_bench(
         "settings": {"n_envs": n_envs, "n_steps": n_steps, "n_epochs": n_epochs, "n_minibatches": n_minibatches,
                      "updates_per_round": updates, "rounds": rounds, "device": str(device),
                      "torch_threads": int(threads) if threads else old_threads, "network": _net_name(net_shape),
+                     "rollout_groups": int(rollout_groups), "pipelined_groups": int(pipelined_groups),
                      "channels": list(net_shape[0]), "hidden": net_shape[1],
-                     "malloc": {"clrl": malloc, **{v.name: v.malloc for v in variants if isinstance(v, _SB3Process)}}},
+                     "malloc": {"clrl": malloc, **{v.name: v.malloc for v in variants if isinstance(v, _SB3Process)}},
+                     "openmp": {"clrl": openmp_mode() or "default",
+                                **{v.name: v.openmp for v in variants if isinstance(v, _SB3Process)}}},
         "rows": rows,
         "per_round": per_round,
         "phases_per_round": phases_per_round,
@@ -570,9 +620,11 @@ def _phase_rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
 def _settings_line(result: dict[str, Any]) -> str:
     s = result["settings"]
     malloc = "; ".join(f"{k}: {v}" for k, v in s["malloc"].items())
+    openmp = "; ".join(f"{k}: {v}" for k, v in s["openmp"].items())
     return (f"{s['n_envs']} envs x {s['n_steps']} steps, {s['n_epochs']} epochs, {s['n_minibatches']} minibatches; "
             f"{s['rounds']} interleaved rounds of {s['updates_per_round']} updates; device {s['device']}, "
-            f"{s['torch_threads']} torch threads; malloc: {malloc}. Ratios are medians of within-round ratios.")
+            f"{s['torch_threads']} torch threads, {s['rollout_groups']} rollout groups; malloc: {malloc}; "
+            f"OpenMP: {openmp}. Ratios are medians of within-round ratios.")
 
 
 def format_markdown(result: dict[str, Any]) -> str:
@@ -614,6 +666,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-stock", action="store_true", help="skip SB3's stock PPO")
     parser.add_argument("--no-sb3-loop", action="store_true",
                         help=f"skip '{SB3_LOOP}' (fine-tuning with SB3's own rollout loop and buffer)")
+    parser.add_argument("--pipelined-groups", type=int, default=2, metavar="G",
+                        help="also time fine-tuning with the envs stepped in G groups, inference for one overlapping "
+                        "the others' emulation (train.rollout_groups; default 2; 1 skips it)")
     parser.add_argument("--net", choices=sorted(NETS), default="nature",
                         help="nature: 32-64-64/512 (default); quick: 16-32-32/256, the CPU configs' trunk")
     parser.add_argument("--channels", type=int, nargs=3, default=None, metavar="C",
@@ -634,9 +689,9 @@ def main(args: argparse.Namespace) -> int:
 
     game = resolve_game(args.game)
     device = str(resolve_device(args.device))
-    for key in ("updates", "rounds"):
+    for key in ("updates", "rounds", "pipelined_groups"):
         if getattr(args, key) < 1:
-            raise UserError(f"--{key} must be >= 1")
+            raise UserError(f"--{key.replace('_', '-')} must be >= 1")
     channels, hidden = NETS[args.net]
     channels = tuple(args.channels) if args.channels is not None else channels
     hidden = args.hidden if args.hidden is not None else hidden
@@ -647,6 +702,7 @@ def main(args: argparse.Namespace) -> int:
         kw = {"n_envs": 2, "n_steps": 32, "updates": 1, "rounds": 1, "consolidation_samples": 32, "bound_seconds": 1.0}
     result = run_ppo_bench(game=game, methods=tuple(args.methods), device=device, threads=args.threads,
                            stock=not args.no_stock, channels=channels, hidden=hidden, sb3_loop=not args.no_sb3_loop,
+                           pipelined_groups=args.pipelined_groups,
                            **kw)
     _print_table(result)
     if args.out:
