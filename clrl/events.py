@@ -1,10 +1,15 @@
 """Named training events that both front ends emit and measurements subscribe to.
 
-The RL runner and the supervised trainer announce what just happened; logging, TensorBoard and
-the representation analysis (:mod:`clrl.analysis.monitor`) listen, so a new measurement touches
-no training loop (the way Avalanche plugins hook into training). Events and their payloads
-(keyword arguments; subscribers take ``**payload`` and ignore what they do not need):
+The RL runner and the supervised trainer announce what just happened; logging, TensorBoard, the
+progress display (:mod:`clrl.progress`), checkpoints (:mod:`clrl.rl.schedule`; the supervised
+trainer's task-end saver) and the representation analysis (:mod:`clrl.analysis.monitor`) listen,
+so a new measurement touches no training loop (the way Avalanche plugins hook into training).
+Events and their payloads (keyword arguments; subscribers take ``**payload`` and ignore what
+they do not need):
 
+* ``task_start``: task ``task`` begins or resumes training. ``task``, ``step``, ``name``,
+  ``total`` (training units of the task: PPO updates; epochs in the supervised offline regime,
+  batches in the single pass), ``done`` (units already done: a resumed task).
 * ``update_end``: one training unit finished (a PPO update; an epoch in the supervised offline
   regime). ``task``, ``step``, ``stats`` (dict of floats), ``seconds`` (RL).
 * ``task_end``: task ``task`` was consolidated (after ``reg.end_task``; the network is the one
@@ -13,6 +18,11 @@ no training loop (the way Avalanche plugins hook into training). Events and thei
 * ``evaluation``: a curve point was appended. ``task`` (being trained), ``step``, ``point`` (the
   :class:`clrl.results.CurvePoint`, which subscribers may annotate before it is saved),
   ``end_of_task`` (bool).
+* ``safe_point``: the run's state is consistent and may be saved. ``reason`` (``"start"``: before
+  any training; ``"update"``: between two updates, after any evaluation the update triggered;
+  ``"task_end"``: the task is consolidated and evaluated), ``task``, ``step``; for ``"update"``
+  also ``update`` (units done in the task) and ``last_update``. A checkpoint subscriber decides
+  which points it saves; the loop stops for a signal only after the subscribers ran.
 
 Subscribers run in the order they subscribed; an exception in one propagates to the loop (a
 broken measurement should stop a run, not silently vanish).
@@ -25,7 +35,7 @@ from typing import Any
 
 __all__ = ["EVENTS", "EventBus"]
 
-EVENTS: tuple[str, ...] = ("update_end", "task_end", "evaluation")
+EVENTS: tuple[str, ...] = ("task_start", "update_end", "task_end", "evaluation", "safe_point")
 
 Handler = Callable[..., Any]
 

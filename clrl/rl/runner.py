@@ -38,10 +38,7 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -60,6 +57,7 @@ from clrl.lifecycle import (
     resume_without_checkpoint,
 )
 from clrl.preflight import rl_regularizer_hparams
+from clrl.progress import RunProgress
 from clrl.regularizers import Regularizer, build_regularizer
 from clrl.regularizers.base import diagnostic_scalars
 from clrl.results import (
@@ -77,6 +75,7 @@ from clrl.rl.checkpoint import Counters
 from clrl.rl.envs import action_count, make_vec_env
 from clrl.rl.evaluation import EvalJob, EvalResult, evaluate_many
 from clrl.rl.policy import ActorCritic, build_actor_critic
+from clrl.rl.schedule import CheckpointSchedule
 from clrl.rundir import RunDir, run_lock, setup_logging
 from clrl.seeding import derive_seed, get_rng_state, seed_everything, set_rng_state
 
@@ -116,13 +115,10 @@ class SequentialRun:
         self.counters = Counters(next_eval=cfg.eval.every_steps)
         self.model: TaskPPO | None = None
         self.writer = None
-        self.progress = None
-        self._last_ckpt_time = time.monotonic()
-        self._last_eval_text = "-"
         self._started: float | None = None
         self._wall_base = 0.0
         self.torch_threads = torch.get_num_threads()
-        self.events = EventBus()  # update_end, task_end, evaluation (clrl.events)
+        self.events = EventBus()  # task_start, update_end, evaluation, task_end, safe_point (clrl.events)
         self.analysis: RepresentationMonitor | None = None
 
     # ================================================================== setup
@@ -147,7 +143,13 @@ class SequentialRun:
         except ValueError as exc:
             raise ConfigError(f"regularizer: {exc}") from exc
         self.n_actions = [action_count(g, cfg.env) for g in self.games]
+        # what happens around training subscribes to its events: logging, progress, checkpoints, analysis
         self.events.subscribe("update_end", lambda task, stats, seconds, **_: self._log_update(task, stats, seconds))
+        self.display = RunProgress(self.games, self.batch, enabled=cfg.output.progress).attach(self.events)
+        self.schedule = CheckpointSchedule(
+            self._checkpoint, deterministic=self.deterministic, every_updates=cfg.train.checkpoint_every_updates,
+            every_minutes=cfg.output.checkpoint_every_minutes, stop_requested=lambda: self.interrupt.requested is not None,
+        ).attach(self.events)
         if cfg.eval.analysis:
             n = cfg.eval.analysis_probes
             self.analysis = RepresentationMonitor(
@@ -234,12 +236,13 @@ class SequentialRun:
                     self._save_results()  # from the start: a signal during start-up is recorded
                     if self.cfg.eval.baseline:
                         self._baseline()
-                    self._checkpoint()  # the initial state: a run killed early resumes from here
+                    # the initial state: a run killed early resumes from here
+                    self.events.emit("safe_point", reason="start", task=0, step=0)
                 self._honour_interrupt()  # a signal during start-up stops here, with a checkpoint
                 self._open_writer()
                 self._wall_base = float(self.results.timings.get("wall_seconds", 0.0))
                 self._started = time.monotonic()
-                with self._progress_display():
+                with self.display.shown():
                     self._save_results()
                     while self.counters.task < self.T:
                         self._run_task(self.counters.task)
@@ -306,7 +309,7 @@ class SequentialRun:
             c.begun, c.update = True, 0
             self.logger.info("task %d/%d: %s (%d actions), %d updates of %d steps", t + 1, self.T, game,
                              self.n_actions[t], self.J, self.batch)
-        self._progress_task(t)
+        self.events.emit("task_start", task=t, step=c.global_steps, name=game, total=self.J, done=c.update)
         timings = self.results.timings
         task_started = time.monotonic()
         K = self.cfg.train.checkpoint_every_updates
@@ -328,17 +331,9 @@ class SequentialRun:
             last = c.update == self.J
             if not last and c.global_steps >= c.next_eval:
                 self._evaluate(t, end_of_task=False)
-            self._progress_update()
+            self.events.emit("safe_point", reason="update", task=t, step=c.global_steps, update=c.update,
+                             last_update=last)
             if not last:
-                if self.deterministic:
-                    due = c.update % K == 0
-                else:
-                    due = time.monotonic() - self._last_ckpt_time >= 60 * self.cfg.output.checkpoint_every_minutes
-                # deterministic mode: only checkpoints at the fixed update counts, also on a
-                # signal (the envs are re-seeded exactly there, so a resumed run stays bit-exact;
-                # the updates since the last one are lost)
-                if due or (self.interrupt.requested and not self.deterministic):
-                    self._checkpoint()
                 self._honour_interrupt()
         self._add_task_time("seconds_per_task", t, time.monotonic() - task_started)
         self._finish_task(t)
@@ -371,7 +366,7 @@ class SequentialRun:
         self._add_task_time("seconds_per_task", t, time.monotonic() - tick)
         self.logger.info("task %d/%d (%s) done: R[%d] = %s", t + 1, self.T, self.games[t], t, self.results.R[t][: t + 1])
         c.task, c.update, c.begun = t + 1, 0, False
-        self._checkpoint(task_file=t)
+        self.events.emit("safe_point", reason="task_end", task=t, step=c.global_steps)
         if c.task < self.T:  # after the last task the run is complete: a late signal changes nothing
             self._honour_interrupt()
 
@@ -428,7 +423,6 @@ class SequentialRun:
         self.results.metrics = compute_metrics(self.results)
         self._save_results()
         text = ", ".join(f"{self.games[j]} {s:.1f}" for j, s in enumerate(scores))
-        self._last_eval_text = text
         self.logger.info("eval at step %d (task %d%s, %.1fs): %s", c.global_steps, t,
                          ", end of task" if end_of_task else "", seconds, text)
         if self.writer is not None and self.results.reference is not None:
@@ -497,8 +491,7 @@ class SequentialRun:
         ckpt.write(self.rd.latest_checkpoint, state)
         if task_file is not None:
             ckpt.write(self.rd.task_checkpoint(task_file), state)
-        self._last_ckpt_time = time.monotonic()
-        self._add_time("checkpoint_seconds", self._last_ckpt_time - tick)
+        self._add_time("checkpoint_seconds", time.monotonic() - tick)
         c = self.counters
         self.logger.info("checkpoint: task %d, update %d, step %d", c.task, c.update, c.global_steps)
 
@@ -560,52 +553,3 @@ class SequentialRun:
         for tag, value in diagnostic_scalars(diag).items():
             self.writer.add_scalar(tag, value, t)
         self.writer.flush()
-
-    # ================================================================== progress display
-
-    @contextmanager
-    def _progress_display(self) -> Iterator[None]:
-        if not (self.cfg.output.progress and sys.stdout.isatty()):
-            yield
-            return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("steps  {task.fields[sps]} steps/s"),
-            TimeElapsedColumn(),
-            TextColumn("last eval: {task.fields[last_eval]}"),
-        )
-        self.progress = progress
-        self._bar = None
-        with progress:
-            yield
-        self.progress = None
-
-    def _progress_task(self, t: int) -> None:
-        if self.progress is None:
-            return
-        if self._bar is not None:
-            self.progress.remove_task(self._bar)
-        self._bar = self.progress.add_task(
-            f"task {t + 1}/{self.T} {self.games[t]}", total=self.J * self.batch,
-            completed=self.counters.update * self.batch, sps="-", last_eval=self._last_eval_text,
-        )
-        self._bar_t0 = (time.monotonic(), self.counters.update)
-
-    def _progress_update(self) -> None:
-        if self.progress is None or self._bar is None:
-            return
-        t0, u0 = self._bar_t0
-        done = self.counters.update - u0
-        sps = done * self.batch / max(time.monotonic() - t0, 1e-9)
-        self.progress.update(self._bar, completed=self.counters.update * self.batch, sps=f"{sps:.0f}",
-                             last_eval=self._last_eval_text)

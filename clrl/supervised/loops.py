@@ -52,7 +52,7 @@ class TaskContext:
     counters: dict[str, int] = field(default_factory=lambda: {"epochs": 0, "examples": 0, "batches": 0})
     on_epoch: Callable[[int, int, dict[str, float]], None] | None = None
     prox_every_auto: bool = True
-    events: EventBus = field(default_factory=EventBus)  # update_end, task_end, evaluation (clrl.events)
+    events: EventBus = field(default_factory=EventBus)  # task_start, update_end, evaluation, task_end, safe_point
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         if self.writer is not None and value is not None and math.isfinite(value):

@@ -190,6 +190,15 @@ def _run(cfg: SupervisedConfig, rd: RunDir, resume: bool) -> Results:
         ctx = TaskContext(cfg, bench, model, reg, device, log, buffer=buffer,
                           prox_every_auto=getattr(cfg.regularizer, "prox_every", 1) is None)
 
+        def save_checkpoints(reason: str, task: int, **_: Any) -> None:
+            """The supervised run's checkpoints: the initial state and every finished task."""
+            state = _checkpoint_state(ctx, results, task)
+            if reason == "task_end":
+                save_checkpoint(rd.task_checkpoint(task), state)
+            save_checkpoint(rd.latest_checkpoint, state)
+
+        ctx.events.subscribe("safe_point", save_checkpoints)
+
         if resume and rd.latest_checkpoint.is_file():
             restored = _restore_checkpoint(ctx, load_checkpoint(rd.latest_checkpoint, map_location=device), rd.latest_checkpoint)
             restored.status, restored.reason = "running", None
@@ -216,7 +225,7 @@ def _run(cfg: SupervisedConfig, rd: RunDir, resume: bool) -> Results:
                 results.baseline = evaluate_tasks(model, bench.tasks, range(T), cfg.eval.batch_size, device)
                 results.timings["baseline_s"] = _wall(t0)
             # the initial state (task -1): a run stopped during its first task resumes from here
-            save_checkpoint(rd.latest_checkpoint, _checkpoint_state(ctx, results, -1))
+            ctx.events.emit("safe_point", reason="start", task=-1, step=0)
             save_results(rd.results_path, results)
 
         writer = _tensorboard(cfg, rd, log)
@@ -261,13 +270,16 @@ def _run_task(ctx: TaskContext, results: Results, rd: RunDir, t: int, train_task
     T = len(bench.tasks)
     log = ctx.log
     t0 = time.time()
+    offline = cfg.train.regime == "offline"
+    ctx.events.emit("task_start", task=t, step=ctx.counters["epochs"] if offline else ctx.counters["examples"],
+                    name=bench.tasks[t].name, total=cfg.train.epochs if offline else 1, done=0)
     info = train_task(ctx, t)
     t1 = time.time()
     ctx.reg.end_task(t, consolidation_batches(ctx, t), lambda x: model.heads(model.trunk(x), t))
     if model.vcl is not None:
         model.vcl.clear()
     t2 = time.time()
-    step = ctx.counters["epochs"] if cfg.train.regime == "offline" else ctx.counters["examples"]
+    step = ctx.counters["epochs"] if offline else ctx.counters["examples"]
     ctx.events.emit("task_end", task=t, step=step, inputs=bench.tasks[t].x_test)
     t2a = time.time()
     row = evaluate_tasks(model, bench.tasks, range(T), cfg.eval.batch_size, ctx.device)
@@ -289,7 +301,5 @@ def _run_task(ctx: TaskContext, results: Results, rd: RunDir, t: int, train_task
         ctx.scalar(tag, value, t)
     log.info("task %d %s done in %.1fs (%s): R[%d] = %s", t, bench.tasks[t].name, t3 - t0, info, t,
              " ".join(f"{v:.3f}" for v in row))
-    state = _checkpoint_state(ctx, results, t)
-    save_checkpoint(rd.task_checkpoint(t), state)
-    save_checkpoint(rd.latest_checkpoint, state)
+    ctx.events.emit("safe_point", reason="task_end", task=t, step=step)
     save_results(rd.results_path, results)

@@ -1,0 +1,97 @@
+"""Checkpoints and the progress display are subscribers of the training events (clrl.events)."""
+
+from __future__ import annotations
+
+import io
+from types import SimpleNamespace
+
+import pytest
+
+from clrl.events import EVENTS, EventBus
+from clrl.progress import RunProgress
+from clrl.rl.schedule import CheckpointSchedule
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _schedule(deterministic: bool, stop=lambda: False, every_updates: int = 3, every_minutes: float = 1.0):
+    saved: list[int | None] = []
+    clock = Clock()
+    events = EventBus()
+    CheckpointSchedule(saved.append, deterministic=deterministic, every_updates=every_updates,
+                       every_minutes=every_minutes, stop_requested=stop, clock=clock).attach(events)
+    return events, saved, clock
+
+
+def test_the_event_names_include_the_lifecycle_points():
+    assert {"task_start", "update_end", "evaluation", "task_end", "safe_point"} <= set(EVENTS)
+
+
+def test_start_and_task_end_always_save_task_end_keeps_the_task_file():
+    events, saved, _ = _schedule(deterministic=False)
+    events.emit("safe_point", reason="start", task=0, step=0)
+    events.emit("safe_point", reason="task_end", task=0, step=100)
+    assert saved == [None, 0]
+
+
+def test_deterministic_mode_saves_exactly_every_k_updates_even_on_a_signal():
+    stop = {"now": False}
+    events, saved, clock = _schedule(deterministic=True, stop=lambda: stop["now"], every_updates=3)
+    for update in range(1, 10):
+        clock.now += 3600  # wall time never matters in this mode
+        stop["now"] = update == 4  # a signal between the fixed counts saves nothing (bit-exact resume)
+        events.emit("safe_point", reason="update", task=1, step=update, update=update, last_update=update == 9)
+    assert saved == [None, None]  # after updates 3 and 6; 9 is the task's last (its task end follows)
+
+
+def test_timed_mode_saves_by_minutes_and_at_once_on_a_signal():
+    stop = {"now": False}
+    events, saved, clock = _schedule(deterministic=False, stop=lambda: stop["now"], every_minutes=1.0)
+    points = []
+    for update, (dt, signal) in enumerate([(30, False), (31, False), (10, False), (10, True), (59, False)], 1):
+        clock.now += dt
+        stop["now"] = signal
+        before = len(saved)
+        events.emit("safe_point", reason="update", task=0, step=update, update=update, last_update=False)
+        points.append(len(saved) > before)
+    # 61 s after the start: saved; 10 s later: not; a signal: saved; 59 s after that: not yet
+    assert points == [False, True, False, True, False]
+
+
+def test_unknown_reason_is_an_error():
+    events, _, _ = _schedule(deterministic=False)
+    with pytest.raises(ValueError, match="reason"):
+        events.emit("safe_point", reason="sometime", task=0, step=0)
+
+
+def test_progress_bar_follows_the_events():
+    from rich.console import Console
+
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=160, color_system=None)
+    events = EventBus()
+    progress = RunProgress(["Pong", "Boxing"], units=1024, console=console).attach(events)
+    with progress.shown():
+        events.emit("task_start", task=1, step=0, name="Boxing", total=4, done=1)
+        events.emit("update_end", task=1, step=2048, stats={}, seconds=1.0)
+        events.emit("evaluation", task=1, step=2048, point=SimpleNamespace(scores=[-20.5, 3.25]), end_of_task=False)
+        events.emit("update_end", task=1, step=3072, stats={}, seconds=1.0)
+        bar = progress._progress.tasks[0]
+        assert (bar.completed, bar.total) == (3 * 1024, 4 * 1024)
+    text = out.getvalue()
+    assert "task 2/2 Boxing" in text and "Pong -20.5, Boxing 3.2" in text
+
+
+def test_progress_is_silent_off_a_terminal(capsys):
+    events = EventBus()
+    progress = RunProgress(["Pong"], units=8).attach(events)  # pytest's stdout is not a terminal
+    with progress.shown():
+        events.emit("task_start", task=0, step=0, name="Pong", total=2)
+        events.emit("update_end", task=0, step=8, stats={}, seconds=1.0)
+    assert not progress.enabled and capsys.readouterr().out == ""
