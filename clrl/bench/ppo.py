@@ -68,6 +68,9 @@ SB3_LOOP = "clrl none (sb3 loop)"
 TARGET_SPEEDUP = 2.0
 TARGET_OVERHEAD = 1.05
 TARGET_MACHINE_SHARE = {"nature": 0.9, "other": 0.85}
+# the bounds are the best of this many equal windows of their measuring time: a bound is what the
+# machine can do, and a window slowed by another process would understate it
+BOUND_WINDOWS = 3
 
 
 def pipelined_name(groups: int) -> str:
@@ -301,7 +304,8 @@ class _Clrl(_Variant):
 
 def compute_bound(n_envs: int, n_epochs: int, minibatch: int, device: str, seconds: float = 3.0,
                   net_shape: tuple[tuple[int, ...], int] = NATURE) -> dict[str, float]:
-    """Samples/s of forward+backward+Adam (minibatch) and of inference (n_envs) for the network."""
+    """Samples/s of forward+backward+Adam (minibatch) and of inference (n_envs) for the network
+    (each the best of ``BOUND_WINDOWS`` windows of ``seconds / BOUND_WINDOWS``)."""
     from clrl.rl.policy import build_actor_critic
 
     net = build_actor_critic(net_shape[0], net_shape[1], "relu").to(device)
@@ -313,12 +317,16 @@ def compute_bound(n_envs: int, n_epochs: int, minibatch: int, device: str, secon
     def rate(fn, batch: int) -> float:
         fn()
         _sync(device)
-        n, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds or n < 3:
-            fn()
-            n += 1
-        _sync(device)
-        return n * batch / (time.perf_counter() - start)
+
+        def window() -> float:
+            n, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds / BOUND_WINDOWS or n < 3:
+                fn()
+                n += 1
+            _sync(device)
+            return n * batch / (time.perf_counter() - start)
+
+        return max(window() for _ in range(BOUND_WINDOWS))  # a bound: the best window
 
     def train_step() -> None:
         logits, value = net(x, 0)
@@ -371,11 +379,15 @@ def env_rate(game: str, n_envs: int, seconds: float = 3.0, seed: int = 0) -> flo
         actions = rng.integers(0, action_count(game, cfg), size=(256, n_envs), dtype=np.int64)
         for a in actions[:8]:  # warm-up
             venv.step(a)
-        steps, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds or steps < 3:
-            venv.step(actions[steps % len(actions)])
-            steps += 1
-        return steps * n_envs / (time.perf_counter() - start)
+
+        def window() -> float:
+            steps, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds / BOUND_WINDOWS or steps < 3:
+                venv.step(actions[steps % len(actions)])
+                steps += 1
+            return steps * n_envs / (time.perf_counter() - start)
+
+        return max(window() for _ in range(BOUND_WINDOWS))  # a bound: the best window
     finally:
         venv.close()
         del venv.ale  # joins the C++ worker threads now
