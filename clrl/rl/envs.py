@@ -23,6 +23,11 @@ The shared logic is :class:`_AtariBatch`; two backends give it per-env emulators
 * ``gymnasium``: ``ALE/<Game>-v5`` with ``frameskip=1`` + ``AtariPreprocessing``, stepped in a
   Python loop; slower; a fallback and a cross-check (same frames bit for bit without no-ops).
 
+A step can also be split over groups of envs (``AtariVecEnv.send_group`` / ``recv_group``): a
+group's emulators start at its send and are waited for at its receive, so the rollout loop can
+run inference for one group while others step (``train.rollout_groups``); each env sees exactly
+what a full ``step`` gives it (``tests/test_life_loss.py``).
+
 Known differences from the baselines' wrappers: the no-ops are ``k ~ U{0..noop_max-1}`` single
 frames (the C++ env's rule; ``NoopResetEnv`` draws ``U{1..noop_max}``), and both backends
 max-pool *gray* frames where SB3 max-pools RGB frames and then converts to gray, which changes
