@@ -8,8 +8,11 @@ Events and their payloads (keyword arguments; subscribers take ``**payload`` and
 they do not need):
 
 * ``task_start``: task ``task`` begins or resumes training. ``task``, ``step``, ``name``,
-  ``total`` (training units of the task: PPO updates; epochs in the supervised offline regime,
-  batches in the single pass), ``done`` (units already done: a resumed task).
+  ``total`` (training units of the task: PPO updates; at most ``train.epochs`` epochs in the
+  supervised offline regime, 1 pass in the single pass), ``done`` (units already done: a resumed
+  task); supervised also ``batches`` (optimizer steps planned).
+* ``batch_end``: one optimizer step of the supervised loops. ``task``, ``step`` (batches so far),
+  ``loss``. (A PPO update's minibatches are not announced: the update is RL's unit.)
 * ``update_end``: one training unit finished (a PPO update; an epoch in the supervised offline
   regime). ``task``, ``step``, ``stats`` (dict of floats), ``seconds`` (RL).
 * ``task_end``: task ``task`` was consolidated (after ``reg.end_task``; the network is the one
@@ -35,7 +38,7 @@ from typing import Any
 
 __all__ = ["EVENTS", "EventBus"]
 
-EVENTS: tuple[str, ...] = ("task_start", "update_end", "task_end", "evaluation", "safe_point")
+EVENTS: tuple[str, ...] = ("task_start", "batch_end", "update_end", "task_end", "evaluation", "safe_point")
 
 Handler = Callable[..., Any]
 

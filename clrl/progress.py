@@ -1,8 +1,10 @@
-"""The live progress display of a run: a subscriber of the training events (:mod:`clrl.events`).
+"""Live progress displays of a run: subscribers of the training events (:mod:`clrl.events`).
 
-One bar per task (``task_start``), advanced by each ``update_end`` with the steps per second of
-this session, and the scores of the latest ``evaluation`` beside it. It only renders on a
-terminal (and with ``output.progress``), so logs and CI output stay clean.
+:class:`RunProgress` (sequential Atari): one rich bar per task (``task_start``), advanced by each
+``update_end`` with the steps per second of this session, and the scores of the latest
+``evaluation`` beside it; it only renders on a terminal (and with ``output.progress``), so logs and
+CI output stay clean. :class:`TaskBar` (supervised): a tqdm bar per task over its optimizer steps
+(``batch_end``), with the epoch's loss and validation accuracy.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 from clrl.events import EventBus
 
-__all__ = ["RunProgress"]
+__all__ = ["RunProgress", "TaskBar"]
 
 
 class RunProgress:
@@ -92,3 +94,45 @@ class RunProgress:
         self.last_eval = ", ".join(f"{self.task_names[j]} {s:.1f}" for j, s in enumerate(point.scores))
         if self._progress is not None and self._bar is not None:
             self._progress.update(self._bar, last_eval=self.last_eval)
+
+
+class TaskBar:
+    """The supervised trainer's per-task tqdm bar, fed by the training events: one bar per
+    ``task_start`` (its planned optimizer steps), one tick per ``batch_end``, the epoch's loss and
+    validation accuracy from ``update_end``, closed at ``task_end`` (also after early stopping)."""
+
+    def __init__(self, n_tasks: int, enabled: bool = True, file: Any = None) -> None:
+        self.n_tasks = int(n_tasks)
+        self.enabled = bool(enabled)
+        self._file = file
+        self._bar: Any = None
+
+    def attach(self, events: EventBus) -> TaskBar:
+        events.subscribe("task_start", self.on_task_start)
+        events.subscribe("batch_end", self.on_batch_end)
+        events.subscribe("update_end", self.on_update_end)
+        events.subscribe("task_end", self.on_task_end)
+        return self
+
+    def on_task_start(self, task: int, name: str, batches: int, **_: Any) -> None:
+        from tqdm.auto import tqdm
+
+        self.close()
+        self._bar = tqdm(total=int(batches), desc=f"task {task + 1}/{self.n_tasks} {name}", leave=False,
+                         dynamic_ncols=True, disable=not self.enabled, file=self._file)
+
+    def on_batch_end(self, **_: Any) -> None:
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def on_update_end(self, stats: dict[str, float], **_: Any) -> None:
+        if self._bar is not None and "train_loss" in stats:
+            self._bar.set_postfix(loss=f"{stats['train_loss']:.3f}", val=f"{stats.get('val_acc', float('nan')):.3f}")
+
+    def on_task_end(self, **_: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

@@ -95,3 +95,51 @@ def test_progress_is_silent_off_a_terminal(capsys):
         events.emit("task_start", task=0, step=0, name="Pong", total=2)
         events.emit("update_end", task=0, step=8, stats={}, seconds=1.0)
     assert not progress.enabled and capsys.readouterr().out == ""
+
+
+def test_supervised_task_bar_follows_the_events():
+    from clrl.progress import TaskBar
+
+    out = io.StringIO()
+    events = EventBus()
+    bar = TaskBar(2, enabled=True, file=out).attach(events)
+    events.emit("task_start", task=0, step=0, name="0-1", total=3, done=0, batches=6)
+    for b in range(4):
+        events.emit("batch_end", task=0, step=b + 1, loss=0.5)
+    events.emit("update_end", task=0, step=1, stats={"train_loss": 0.25, "val_acc": 0.875})
+    assert (bar._bar.n, bar._bar.total) == (4, 6)
+    assert bar._bar.postfix == "loss=0.250, val=0.875"
+    events.emit("task_end", task=0, step=2, inputs=[])  # early stop: the bar closes anyway
+    assert bar._bar is None
+    assert "task 1/2 0-1" in out.getvalue()
+
+
+def test_supervised_run_announces_every_batch_and_saves_at_task_ends(tmp_path):
+    """The supervised trainer's progress and checkpoints hang on its events: batch_end per
+    optimizer step, task_start with the planned steps, a safe_point per finished task."""
+    import clrl.supervised.trainer as trainer
+    from clrl.config import load_config
+    from clrl.rundir import prepare_run_dir
+
+    seen: dict[str, list] = {"task_start": [], "batch_end": [], "safe_point": []}
+    real = trainer.TaskBar
+
+    class Spy(real):
+        def attach(self, events):
+            for name in seen:
+                events.subscribe(name, lambda _n=name, **p: seen[_n].append(p))
+            return super().attach(events)
+
+    cfg = load_config("configs/split_digits.yaml", ["output.progress=false", "output.figures=false",
+                                                    "output.tensorboard=false", "train.epochs=2",
+                                                    "tasks.n_tasks=2", "eval.analysis=false"])
+    trainer.TaskBar = Spy
+    try:
+        res = trainer.run_experiment(cfg, prepare_run_dir(cfg, out=tmp_path / "run", overwrite=True))
+    finally:
+        trainer.TaskBar = real
+    assert res.status == "complete"
+    planned = sum(p["batches"] for p in seen["task_start"])
+    assert len(seen["task_start"]) == 2 and planned == len(seen["batch_end"]) > 0
+    assert [p["reason"] for p in seen["safe_point"]] == ["start", "task_end", "task_end"]
+    assert (tmp_path / "run" / "checkpoints").is_dir()

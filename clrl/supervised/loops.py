@@ -52,7 +52,9 @@ class TaskContext:
     counters: dict[str, int] = field(default_factory=lambda: {"epochs": 0, "examples": 0, "batches": 0})
     on_epoch: Callable[[int, int, dict[str, float]], None] | None = None
     prox_every_auto: bool = True
-    events: EventBus = field(default_factory=EventBus)  # task_start, update_end, evaluation, task_end, safe_point
+    # task_start, batch_end, update_end, evaluation, task_end, safe_point (clrl.events)
+    events: EventBus = field(default_factory=EventBus)
+    task: int = 0  # the task being trained (set by each task's start)
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         if self.writer is not None and value is not None and math.isfinite(value):
@@ -79,6 +81,11 @@ def _start_task(ctx, t: int):
     _set_prox_every(ctx, n_batches)
     ctx.reg.begin_task(t, opt)
     gen = torch.Generator().manual_seed(derive_seed(ctx.cfg.seed, "shuffle", t))
+    ctx.task = t
+    offline = ctx.cfg.train.regime == "offline"
+    epochs = ctx.cfg.train.epochs if offline else 1
+    ctx.events.emit("task_start", task=t, step=ctx.counters["epochs"] if offline else ctx.counters["examples"],
+                    name=task.name, total=epochs, done=0, batches=epochs * n_batches)
     return task, n, bs, n_batches, opt, gen
 
 
@@ -86,19 +93,6 @@ def _set_prox_every(ctx: TaskContext, n_batches: int) -> None:
     """One proximal step per epoch of this task (AGS-CL only; a configured value is kept)."""
     if ctx.prox_every_auto and "prox_every" in ctx.reg.hparams:
         ctx.reg.hparams["prox_every"] = max(1, int(n_batches))
-
-
-def _progress(ctx: TaskContext, total: int, t: int):
-    from tqdm.auto import tqdm
-
-    name = ctx.bench.tasks[t].name
-    return tqdm(
-        total=total,
-        desc=f"task {t + 1}/{len(ctx.bench.tasks)} {name}",
-        leave=False,
-        dynamic_ncols=True,
-        disable=not ctx.cfg.output.progress,
-    )
 
 
 def _check_finite(loss: Tensor, where: str) -> None:
@@ -115,7 +109,9 @@ def _step(ctx: TaskContext, opt: torch.optim.Optimizer, loss: Tensor, where: str
     if ctx.model.vcl is not None:
         ctx.model.vcl.clear()
     ctx.counters["batches"] += 1
-    return float(loss.detach())
+    value = float(loss.detach())
+    ctx.events.emit("batch_end", task=ctx.task, step=ctx.counters["batches"], loss=value)
+    return value
 
 
 def _snapshot(model: SupervisedModel, t: int) -> dict[str, dict[str, Tensor]]:
@@ -166,44 +162,41 @@ def train_offline_task(ctx: TaskContext, t: int) -> dict[str, Any]:
     best_loss, best_epoch, snap = math.inf, -1, None
     patience, drops, epochs_run = tr.lr_patience, 0, 0
     ctx.model.train(True)
-    with _progress(ctx, tr.epochs * n_batches, t) as bar:
-        for epoch in range(tr.epochs):
-            perm = torch.randperm(n, generator=gen).numpy()
-            total = 0.0
-            for b in range(n_batches):
-                x, y = task.tensors("train", perm[b * bs : (b + 1) * bs], ctx.device)
-                loss = _task_loss(ctx, x, y, t)
-                total += _step(ctx, opt, loss, f"task {t} epoch {epoch} batch {b}") * len(y)
-                ctx.counters["examples"] += len(y)
-                bar.update(1)
-            epochs_run += 1
-            ctx.counters["epochs"] += 1
-            stats = {"train_loss": total / n, "lr": lr}
-            if has_val:
-                val_acc, val_loss = evaluate_task(ctx.model, task, t, "val", cfg.eval.batch_size, ctx.device)
-                stats.update(val_loss=val_loss, val_acc=val_acc)
-                if not math.isfinite(val_loss):
-                    raise TrainingDiverged(f"non-finite validation loss at task {t} epoch {epoch}")
-                if val_loss < best_loss:
-                    best_loss, best_epoch, snap = val_loss, epoch, _snapshot(ctx.model, t)
+    for epoch in range(tr.epochs):
+        perm = torch.randperm(n, generator=gen).numpy()
+        total = 0.0
+        for b in range(n_batches):
+            x, y = task.tensors("train", perm[b * bs : (b + 1) * bs], ctx.device)
+            loss = _task_loss(ctx, x, y, t)
+            total += _step(ctx, opt, loss, f"task {t} epoch {epoch} batch {b}") * len(y)
+            ctx.counters["examples"] += len(y)
+        epochs_run += 1
+        ctx.counters["epochs"] += 1
+        stats = {"train_loss": total / n, "lr": lr}
+        if has_val:
+            val_acc, val_loss = evaluate_task(ctx.model, task, t, "val", cfg.eval.batch_size, ctx.device)
+            stats.update(val_loss=val_loss, val_acc=val_acc)
+            if not math.isfinite(val_loss):
+                raise TrainingDiverged(f"non-finite validation loss at task {t} epoch {epoch}")
+            if val_loss < best_loss:
+                best_loss, best_epoch, snap = val_loss, epoch, _snapshot(ctx.model, t)
+                patience = tr.lr_patience
+            else:
+                patience -= 1
+                if patience <= 0:
+                    lr /= tr.lr_factor
+                    drops += 1
                     patience = tr.lr_patience
-                else:
-                    patience -= 1
-                    if patience <= 0:
-                        lr /= tr.lr_factor
-                        drops += 1
-                        patience = tr.lr_patience
-                        for group in opt.param_groups:
-                            group["lr"] = lr
-            bar.set_postfix(loss=f"{stats['train_loss']:.3f}", val=f"{stats.get('val_acc', float('nan')):.3f}")
-            step = ctx.counters["epochs"]
-            for key, value in stats.items():
-                ctx.scalar(f"train/{key}", value, step)
-            if ctx.on_epoch is not None:
-                ctx.on_epoch(t, epoch, stats)
-            if lr < tr.min_lr or (tr.early_stop is not None and drops >= tr.early_stop):
-                ctx.log.info("task %d: stopping after epoch %d (lr %.3g, %d drops)", t, epoch, lr, drops)
-                break
+                    for group in opt.param_groups:
+                        group["lr"] = lr
+        step = ctx.counters["epochs"]
+        for key, value in stats.items():
+            ctx.scalar(f"train/{key}", value, step)
+        if ctx.on_epoch is not None:
+            ctx.on_epoch(t, epoch, stats)
+        if lr < tr.min_lr or (tr.early_stop is not None and drops >= tr.early_stop):
+            ctx.log.info("task %d: stopping after epoch %d (lr %.3g, %d drops)", t, epoch, lr, drops)
+            break
     if snap is not None:
         _restore(ctx.model, t, snap)
     return {"epochs": epochs_run, "best_epoch": best_epoch, "best_val_loss": best_loss if has_val else None,
@@ -226,31 +219,29 @@ def train_single_pass_task(ctx: TaskContext, t: int) -> dict[str, Any]:
     buf = ctx.buffer
     total, log_every = 0.0, max(1, n_batches // 20)
     ctx.model.train(True)
-    with _progress(ctx, n_batches, t) as bar:
-        for b in range(n_batches):
-            x, y = task.tensors("train", perm[b * bs : (b + 1) * bs], ctx.device)
-            k = len(y)
-            if buf is not None and len(buf) > 0:
-                rx, ry, rt = buf.sample(tr.replay_batch)
-                feats = ctx.model.trunk(torch.cat([x, rx]))
-                loss = F.cross_entropy(ctx.model.heads(feats[:k], t), y)
-                replay = feats.new_zeros(())
-                for task_id in torch.unique(rt).tolist():
-                    rows = (rt == task_id).nonzero().flatten()
-                    replay = replay + F.cross_entropy(ctx.model.heads(feats[k:][rows], task_id), ry[rows], reduction="sum")
-                loss = loss + replay / len(ry)
-            else:
-                loss = F.cross_entropy(ctx.model(x, t), y)
-            if ctx.model.vcl is not None:
-                loss = loss + ctx.model.vcl.loss()
-            value = _step(ctx, opt, loss, f"task {t} batch {b}")
-            total += value * k
-            if buf is not None:
-                buf.add(x, y, t)
-            ctx.counters["examples"] += k
-            bar.update(1)
-            if b % log_every == 0:
-                ctx.scalar("train/loss", value, ctx.counters["examples"])
+    for b in range(n_batches):
+        x, y = task.tensors("train", perm[b * bs : (b + 1) * bs], ctx.device)
+        k = len(y)
+        if buf is not None and len(buf) > 0:
+            rx, ry, rt = buf.sample(tr.replay_batch)
+            feats = ctx.model.trunk(torch.cat([x, rx]))
+            loss = F.cross_entropy(ctx.model.heads(feats[:k], t), y)
+            replay = feats.new_zeros(())
+            for task_id in torch.unique(rt).tolist():
+                rows = (rt == task_id).nonzero().flatten()
+                replay = replay + F.cross_entropy(ctx.model.heads(feats[k:][rows], task_id), ry[rows], reduction="sum")
+            loss = loss + replay / len(ry)
+        else:
+            loss = F.cross_entropy(ctx.model(x, t), y)
+        if ctx.model.vcl is not None:
+            loss = loss + ctx.model.vcl.loss()
+        value = _step(ctx, opt, loss, f"task {t} batch {b}")
+        total += value * k
+        if buf is not None:
+            buf.add(x, y, t)
+        ctx.counters["examples"] += k
+        if b % log_every == 0:
+            ctx.scalar("train/loss", value, ctx.counters["examples"])
     ctx.counters["epochs"] += 1
     stats = {"train_loss": total / n}
     return {"epochs": 1, "batches": n_batches, "train_loss": stats["train_loss"],

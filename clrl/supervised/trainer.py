@@ -43,6 +43,7 @@ from clrl.lifecycle import (
     failure_guard,
     resume_without_checkpoint,
 )
+from clrl.progress import TaskBar
 from clrl.regularizers import Regularizer, build_regularizer
 from clrl.regularizers.base import diagnostic_scalars
 from clrl.results import (
@@ -198,6 +199,7 @@ def _run(cfg: SupervisedConfig, rd: RunDir, resume: bool) -> Results:
             save_checkpoint(rd.latest_checkpoint, state)
 
         ctx.events.subscribe("safe_point", save_checkpoints)
+        bar = TaskBar(T, enabled=cfg.output.progress).attach(ctx.events)
 
         if resume and rd.latest_checkpoint.is_file():
             restored = _restore_checkpoint(ctx, load_checkpoint(rd.latest_checkpoint, map_location=device), rd.latest_checkpoint)
@@ -255,8 +257,11 @@ def _run(cfg: SupervisedConfig, rd: RunDir, resume: bool) -> Results:
         ctx.on_epoch = on_epoch if cfg.train.regime == "offline" else None
         train_task = train_offline_task if cfg.train.regime == "offline" else train_single_pass_task
         with writer if writer is not None else nullcontext():
-            for t in range(first, T):
-                _run_task(ctx, results, rd, t, train_task, run_start)
+            try:
+                for t in range(first, T):
+                    _run_task(ctx, results, rd, t, train_task, run_start)
+            finally:
+                bar.close()  # a failed task leaves no half-drawn bar
         results.status = "complete"
         results.metrics = compute_metrics(results)
         results.timings["total_s"] = round(results.timings.get("total_s", 0.0) + time.time() - start, 3)
@@ -271,9 +276,7 @@ def _run_task(ctx: TaskContext, results: Results, rd: RunDir, t: int, train_task
     log = ctx.log
     t0 = time.time()
     offline = cfg.train.regime == "offline"
-    ctx.events.emit("task_start", task=t, step=ctx.counters["epochs"] if offline else ctx.counters["examples"],
-                    name=bench.tasks[t].name, total=cfg.train.epochs if offline else 1, done=0)
-    info = train_task(ctx, t)
+    info = train_task(ctx, t)  # emits task_start, batch_end and (offline) update_end
     t1 = time.time()
     ctx.reg.end_task(t, consolidation_batches(ctx, t), lambda x: model.heads(model.trunk(x), t))
     if model.vcl is not None:
