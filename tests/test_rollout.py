@@ -363,3 +363,28 @@ def test_grouped_envs_refuse_a_second_send_and_reset_waits_for_the_first():
         assert obs.shape == (4, 4, 84, 84)
     finally:
         env.close()
+
+
+def test_rollout_threads_apply_to_the_rollout_only():
+    """``rollout_threads`` sets torch's threads while the rollout is collected and gives training
+    its own back (also when the rollout raises)."""
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    net = build_actor_critic(**SMALL, activation="relu")
+    net.add_task(0, 3)
+    model = TaskPPO(fake_env(), net, 0, ppo_config(rollout_threads=1))
+    model.reset_envs(seed=0)
+    seen: list[int] = []
+    policy_forward = model.policy.forward
+    model.policy.forward = lambda obs, deterministic=False: (seen.append(torch.get_num_threads()),
+                                                             policy_forward(obs, deterministic))[1]
+    collect(model, seed=0)
+    assert set(seen) == {1} and torch.get_num_threads() == 2
+
+    def broken(obs, deterministic=False):
+        raise RuntimeError("inference failed")
+
+    model.policy.forward = broken
+    with pytest.raises(RuntimeError, match="inference failed"):
+        collect(model, seed=0)
+    assert torch.get_num_threads() == 2

@@ -74,8 +74,9 @@ BOUND_WINDOWS = 3
 
 
 def pipelined_name(groups: int) -> str:
-    """The variant that steps the envs in ``groups`` groups, overlapping emulation and inference."""
-    return f"clrl none ({groups} groups)"
+    """The variant that steps the envs in ``groups`` groups, overlapping emulation and inference
+    on one torch thread (training keeps the bench's threads)."""
+    return f"clrl none ({groups} groups, 1 rollout thread)"
 NATURE = ((32, 64, 64), 512)
 NETS = {"nature": NATURE, "quick": ((16, 32, 32), 256)}  # quick: configs/atari_quick.yaml's trunk
 PHASES = ("env", "inference", "buffer", "conversions", "other")  # clrl.rl.agent.ROLLOUT_PHASES
@@ -261,7 +262,7 @@ class _Clrl(_Variant):
     def __init__(self, method: str, game: str, n_envs: int, n_steps: int, n_epochs: int,
                  n_minibatches: int, device: str, seed: int, consolidation_samples: int,
                  net: tuple[tuple[int, ...], int] = NATURE, lean: bool = True, groups: int = 1,
-                 name: str | None = None) -> None:
+                 rollout_threads: int = 0, name: str | None = None) -> None:
         from clrl.config import EnvConfig, PPOConfig
         from clrl.regularizers import build_regularizer
         from clrl.rl.agent import TaskPPO, collect_states
@@ -272,7 +273,8 @@ class _Clrl(_Variant):
         torch.manual_seed(seed)
         env_cfg = EnvConfig()
         self.ppo = PPOConfig(n_envs=n_envs, n_steps=n_steps, n_epochs=n_epochs, n_minibatches=n_minibatches,
-                             learning_rate=2.5e-4, clip_range=0.1, ent_coef=0.01, rollout_groups=groups)
+                             learning_rate=2.5e-4, clip_range=0.1, ent_coef=0.01, rollout_groups=groups,
+                             rollout_threads=rollout_threads)
         n_actions = action_count(game, env_cfg)
         self.net = build_actor_critic(net[0], net[1], "relu").to(device)
         hp: dict[str, Any] = {"prox_every": n_minibatches} if method == "agscl" else {}
@@ -451,11 +453,12 @@ def run_ppo_bench(
             log(f"building clrl {m} (consolidating a first task) ...")
             variants.append(_Clrl(m, game, n_envs, n_steps, n_epochs, n_minibatches, device, seed, consolidation_samples,
                                   net_shape, groups=rollout_groups))
-            if m == "none" and pipelined_groups != rollout_groups:
+            if m == "none" and pipelined_groups > 1:
                 name = pipelined_name(pipelined_groups)
                 log(f"building {name} ...")
                 variants.append(_Clrl(m, game, n_envs, n_steps, n_epochs, n_minibatches, device, seed,
-                                      consolidation_samples, net_shape, groups=pipelined_groups, name=name))
+                                      consolidation_samples, net_shape, groups=pipelined_groups, rollout_threads=1,
+                                      name=name))
             if m == "none" and sb3_loop:
                 log(f"building {SB3_LOOP} ...")
                 variants.append(_Clrl(m, game, n_envs, n_steps, n_epochs, n_minibatches, device, seed,
@@ -536,7 +539,15 @@ def run_ppo_bench(
         fine = next(r for r in rows if r["variant"] == "clrl none")
         bound["clrl_none_share"] = fine["env_steps_per_s"] / bound["env_steps_per_s"]
         machine["clrl_none_share"] = fine["env_steps_per_s"] / machine["env_steps_per_s"]
-        machine["meets_target"] = machine["clrl_none_share"] >= target_share
+        # the target is met by clrl fine-tuning in its default rollout or in the pipelined one the
+        # CPU configs use, whichever is faster (both shares are reported)
+        machine["best_variant"], machine["best_share"] = "clrl none", machine["clrl_none_share"]
+        piped = next((r for r in rows if r["variant"] == pipelined_name(pipelined_groups)), None)
+        if piped is not None:
+            machine["pipelined_share"] = piped["env_steps_per_s"] / machine["env_steps_per_s"]
+            if machine["pipelined_share"] > machine["best_share"]:
+                machine["best_variant"], machine["best_share"] = piped["variant"], machine["pipelined_share"]
+        machine["meets_target"] = machine["best_share"] >= target_share
     return {
         "game": game,
         "settings": {"n_envs": n_envs, "n_steps": n_steps, "n_epochs": n_epochs, "n_minibatches": n_minibatches,
@@ -602,7 +613,9 @@ def _table_rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
     mshare = ""
     if "clrl_none_share" in m:
         ok = "ok" if m["meets_target"] else "MISSED"
-        mshare = f"; clrl none at {m['clrl_none_share']:.0%} (target >= {m['target_share']:.0%}: {ok})"
+        piped = f", pipelined at {m['pipelined_share']:.0%}" if "pipelined_share" in m else ""
+        mshare = (f"; clrl none at {m['clrl_none_share']:.0%}{piped} (target >= {m['target_share']:.0%}, the "
+                  f"faster of the two: {ok})")
     rows.append((
         "machine bound", f"{m['env_steps_per_s']:.0f}",
         f"{batch / b['inference_samples_per_s'] + batch / m['env_rate']:.3f}",
@@ -679,8 +692,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-sb3-loop", action="store_true",
                         help=f"skip '{SB3_LOOP}' (fine-tuning with SB3's own rollout loop and buffer)")
     parser.add_argument("--pipelined-groups", type=int, default=2, metavar="G",
-                        help="also time fine-tuning with the envs stepped in G groups, inference for one overlapping "
-                        "the others' emulation (train.rollout_groups; default 2; 1 skips it)")
+                        help="also time fine-tuning with the envs stepped in G groups, inference for one (on one torch "
+                        "thread) overlapping the others' emulation (train.rollout_groups G, train.rollout_threads 1; "
+                        "default 2; 1 skips it)")
     parser.add_argument("--net", choices=sorted(NETS), default="nature",
                         help="nature: 32-64-64/512 (default); quick: 16-32-32/256, the CPU configs' trunk")
     parser.add_argument("--channels", type=int, nargs=3, default=None, metavar="C",

@@ -34,8 +34,9 @@ Per env step it makes one device->host copy (the actions the env needs) and, on 
 host->device copy (the observations inference needs); a rollout reaches the device once.
 ``lean=False`` is SB3's loop and buffer, for comparisons. ``train.rollout_groups`` > 1 pipelines
 groups of envs (one group's inference while the others' emulators step; same chains, other random
-draws); on a 2-core machine it pays only with one torch thread (``clrl bench ppo``'s
-``clrl none (2 groups)`` row), so the default is SB3's order.
+draws); on a 2-core machine it pays only with one inference thread (``train.rollout_threads: 1``,
+training keeping its threads): ``clrl bench ppo``'s pipelined row. The default is SB3's order;
+the CPU configs pipeline.
 """
 
 from __future__ import annotations
@@ -171,6 +172,7 @@ class TaskPPO(PPO):
         self.value_loss_convention = ppo.value_loss
         self.advantage_norm = ppo.advantage_norm
         self.rollout_groups = int(ppo.rollout_groups)
+        self.rollout_threads = int(ppo.rollout_threads)
         self.aux_loss: Callable[[], Tensor] | None = net.vcl.loss if net.vcl is not None and net.vcl.gamma > 0 else None
         self.optimizer_steps = 0
         self.last_stats: dict[str, float] = {}
@@ -220,9 +222,21 @@ class TaskPPO(PPO):
         others step in their C++ threads. Each env still gets exactly one policy call per step on
         its own observation, so the rollout is the same Markov chain; only the batches the policy
         sees (and hence the order of the random draws, and float rounding of batched kernels)
-        differ from G = 1, which is SB3's order bit for bit. Falls back to SB3's loop when the
+        differ from G = 1, which is SB3's order bit for bit. ``rollout_threads`` sets torch's
+        threads for the rollout alone (one inference thread leaves a core to the emulators; the
+        batch of a rollout step is too small to gain from more). Falls back to SB3's loop when the
         buffer is not a :class:`RolloutStore` (``lean=False``).
         """
+        threads = torch.get_num_threads()
+        if not self.rollout_threads or self.rollout_threads == threads:
+            return self._collect(env, callback, rollout_buffer, n_rollout_steps)
+        torch.set_num_threads(self.rollout_threads)  # inference only: training keeps its threads
+        try:
+            return self._collect(env, callback, rollout_buffer, n_rollout_steps)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _collect(self, env: VecEnv, callback: BaseCallback, rollout_buffer, n_rollout_steps: int) -> bool:
         if not isinstance(rollout_buffer, RolloutStore) or self.use_sde:
             return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
         assert self._last_obs is not None, "No previous observation was provided"
