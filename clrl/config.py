@@ -247,13 +247,14 @@ class PPOConfig(Strict):
     rollout_groups: int = Field(
         1, ge=1, description="rollouts step the envs in this many groups, inference for one group running while "
         "the others' emulators step (clrl.rl.agent.TaskPPO.collect_rollouts); 1 = SB3's order: all envs, then "
-        "the network. Each env's trajectory is the same chain either way; the random draws differ. On 2 cores "
+        "the network. The sampling draws come in the same env order either way (on the CPU here the rollout is the "
+        "same bit for bit; smaller inference batches may round differently elsewhere). On 2 cores "
         "2 groups pay only with one inference thread (rollout_threads 1; clrl bench ppo)"
     )
     rollout_threads: int = Field(
         0, ge=0, description="torch CPU threads while collecting rollouts (inference at the rollout batch), "
         "training keeping torch_threads; 0 = the same as training. 1 with rollout_groups 2 frees a core for "
-        "the emulators: 1.16x faster on the small trunk on 2 cores (clrl bench ppo --net quick)"
+        "the emulators: 1.05x faster on the small trunk on 2 cores (clrl bench ppo --net quick)"
     )
     consolidation_samples: int = Field(2560, ge=1, description="states of the trained policy used by end_task")
     vcl: VCLConfig = VCLConfig()

@@ -33,6 +33,7 @@ CONFIG = {
         "n_epochs": 2,
         "consolidation_samples": 64,
         "torch_threads": 1,
+        "rollout_groups": 2,  # the pipelined rollout (the CPU configs') resumes bit-exactly too
         "deterministic": True,
         "checkpoint_every_updates": 2,  # 6 updates per task: checkpoints after updates 2 and 4
     },

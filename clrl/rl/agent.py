@@ -33,10 +33,10 @@ step, so no synchronization interrupts the rollout; SB3's GAE and minibatch perm
 Per env step it makes one device->host copy (the actions the env needs) and, on a GPU, one
 host->device copy (the observations inference needs); a rollout reaches the device once.
 ``lean=False`` is SB3's loop and buffer, for comparisons. ``train.rollout_groups`` > 1 pipelines
-groups of envs (one group's inference while the others' emulators step; same chains, other random
-draws); on a 2-core machine it pays only with one inference thread (``train.rollout_threads: 1``,
+groups of envs (one group's inference while the others' emulators step; the same draws in the same
+env order); on a 2-core machine it pays only with one inference thread (``train.rollout_threads: 1``,
 training keeping its threads): ``clrl bench ppo``'s pipelined row. The default is SB3's order;
-the CPU configs pipeline.
+the main job's config (configs/atari_quick.yaml) pipelines.
 """
 
 from __future__ import annotations
@@ -220,9 +220,10 @@ class TaskPPO(PPO):
         others wait, :meth:`clrl.rl.envs.AtariVecEnv.send_group`), the envs are split into G
         adjacent groups and pipelined: inference for one group runs while the emulators of the
         others step in their C++ threads. Each env still gets exactly one policy call per step on
-        its own observation, so the rollout is the same Markov chain; only the batches the policy
-        sees (and hence the order of the random draws, and float rounding of batched kernels)
-        differ from G = 1, which is SB3's order bit for bit. ``rollout_threads`` sets torch's
+        its own observation and the groups sample in env order, so the rollout is the same chain
+        with the same draws as G = 1 (SB3's order); only the inference batches are smaller, which
+        may change float rounding (on this CPU it does not: the main job's R is the same with 1 or
+        2 groups). ``rollout_threads`` sets torch's
         threads for the rollout alone (one inference thread leaves a core to the emulators; the
         batch of a rollout step is too small to gain from more). Falls back to SB3's loop when the
         buffer is not a :class:`RolloutStore` (``lean=False``).
