@@ -252,8 +252,8 @@ class PPOConfig(Strict):
         "2 groups pay only with one inference thread (rollout_threads 1; clrl bench ppo)"
     )
     rollout_threads: int = Field(
-        0, ge=0, description="torch CPU threads while collecting rollouts (inference at the rollout batch), "
-        "training keeping torch_threads; 0 = the same as training. 1 with rollout_groups 2 frees a core for "
+        0, ge=0, description="torch CPU threads while collecting rollouts and playing evaluation games (small-"
+        "batch inference between emulator steps), training keeping torch_threads; 0 = the same as training. 1 with rollout_groups 2 frees a core for "
         "the emulators: 1.05x faster on the small trunk on 2 cores (clrl bench ppo --net quick)"
     )
     consolidation_samples: int = Field(2560, ge=1, description="states of the trained policy used by end_task")

@@ -53,6 +53,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from torch import Tensor
 
 from clrl.config import PPOConfig
+from clrl.device import torch_threads
 from clrl.rl.policy import ActorCritic, TaskPolicy
 from clrl.rl.rollout import RolloutStore, to_host
 
@@ -228,14 +229,8 @@ class TaskPPO(PPO):
         batch of a rollout step is too small to gain from more). Falls back to SB3's loop when the
         buffer is not a :class:`RolloutStore` (``lean=False``).
         """
-        threads = torch.get_num_threads()
-        if not self.rollout_threads or self.rollout_threads == threads:
+        with torch_threads(self.rollout_threads):  # inference only: training keeps its threads
             return self._collect(env, callback, rollout_buffer, n_rollout_steps)
-        torch.set_num_threads(self.rollout_threads)  # inference only: training keeps its threads
-        try:
-            return self._collect(env, callback, rollout_buffer, n_rollout_steps)
-        finally:
-            torch.set_num_threads(threads)
 
     def _collect(self, env: VecEnv, callback: BaseCallback, rollout_buffer, n_rollout_steps: int) -> bool:
         if not isinstance(rollout_buffer, RolloutStore) or self.use_sde:

@@ -220,6 +220,8 @@ def run_eval(args: argparse.Namespace) -> list[dict[str, Any]]:
     net.to(device).eval()
     if cfg.train.torch_threads:
         torch.set_num_threads(cfg.train.torch_threads)
+    if cfg.train.rollout_threads:  # as the run evaluates: the rollouts' inference threads
+        torch.set_num_threads(cfg.train.rollout_threads)
 
     jobs = []
     for t in targets:

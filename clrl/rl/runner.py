@@ -47,7 +47,7 @@ import torch
 from clrl.allocator import tune_malloc
 from clrl.analysis.monitor import RepresentationMonitor, rollout_states
 from clrl.config import RLConfig, config_to_dict
-from clrl.device import resolve_device
+from clrl.device import resolve_device, torch_threads
 from clrl.errors import CheckpointError, ConfigError, TrainingDiverged
 from clrl.events import EventBus
 from clrl.lifecycle import (
@@ -386,8 +386,10 @@ class SequentialRun:
         was = net.training
         net.eval()  # once, here: the threads must not toggle the shared modules' mode
         try:
-            return evaluate_many(jobs, self.cfg.env, episodes=ev.episodes, n_envs=ev.n_envs,
-                                 max_frames=ev.max_frames)
+            # small-batch inference between emulator steps, as in a rollout: the rollout's threads
+            with torch_threads(self.cfg.train.rollout_threads):
+                return evaluate_many(jobs, self.cfg.env, episodes=ev.episodes, n_envs=ev.n_envs,
+                                     max_frames=ev.max_frames)
         finally:
             net.train(was)
 
