@@ -224,10 +224,10 @@ class TaskPPO(PPO):
         its own observation and the groups sample in env order, so the rollout is the same chain
         with the same draws as G = 1 (SB3's order); only the inference batches are smaller, which
         may change float rounding (on this CPU it does not: the main job's R is the same with 1 or
-        2 groups). ``rollout_threads`` sets torch's
-        threads for the rollout alone (one inference thread leaves a core to the emulators; the
-        batch of a rollout step is too small to gain from more). Falls back to SB3's loop when the
-        buffer is not a :class:`RolloutStore` (``lean=False``).
+        2 groups). ``rollout_threads`` sets torch's threads for the rollout alone (one inference
+        thread leaves a core to the emulators; a rollout step's batch is too small to gain from
+        more). Falls back to SB3's loop when the buffer is not a :class:`RolloutStore`
+        (``lean=False``).
         """
         with torch_threads(self.rollout_threads):  # inference only: training keeps its threads
             return self._collect(env, callback, rollout_buffer, n_rollout_steps)
