@@ -256,7 +256,9 @@ class TaskPPO(PPO):
                 return env.step(pending.pop())
         bootstrap: list[tuple[int, int]] = []  # (step, env) of timeouts, SB3 issue #633
         terminal_obs: list[np.ndarray] = []
-        current = np.array(self._last_obs)  # each group's latest observations, updated in place
+        # the latest observations: with one group the env's fresh batch each step (no copy); with
+        # several, one array whose group slices are overwritten as the groups come back
+        current = self._last_obs if len(groups) == 1 else np.array(self._last_obs)
         starts = np.array(self._last_episode_starts, dtype=bool)
         sent: dict[int, tuple[int, np.ndarray]] = {}  # group -> (step, actions) in flight
         spent["buffer"] += clock() - t0
@@ -280,6 +282,7 @@ class TaskPPO(PPO):
             spent["env"] += clock() - t4
 
         def receive(g: int) -> bool:
+            nonlocal current
             lo, hi = groups[g]
             step, actions_np = sent.pop(g)
             t4 = clock()
@@ -298,7 +301,10 @@ class TaskPPO(PPO):
                         terminal_obs.append(np.array(info["terminal_observation"]))
             t6 = clock()
             buf.put_step(step, actions_np, rewards, starts[lo:hi], slice(lo, hi))
-            current[lo:hi] = new_obs
+            if len(groups) == 1:
+                current = new_obs
+            else:
+                current[lo:hi] = new_obs
             starts[lo:hi] = dones
             spent["env"] += t5 - t4
             spent["other"] += t6 - t5
