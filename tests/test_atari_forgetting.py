@@ -56,13 +56,6 @@ def tiny_sweep(folder: Path, methods: dict, seeds: list[int]) -> Path:
     return path
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
-
-
 # --------------------------------------------------------------------------- the shipped configs
 
 

@@ -45,13 +45,6 @@ def tiny_run(tmp_path_factory):
     return rd
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
-
-
 def test_results_json_keeps_every_game_and_its_interval(tiny_run):
     res = load_results(tiny_run.root)
     for i in range(2):

@@ -9,8 +9,8 @@ the test process.
 
 from __future__ import annotations
 
-import copy
 import errno
+import json
 import os
 import signal
 from pathlib import Path
@@ -21,6 +21,7 @@ import yaml
 
 from clrl import cli
 from clrl import io as clrl_io
+from clrl.config import apply_overrides
 from clrl.io import load_checkpoint, save_checkpoint
 from clrl.lifecycle import EXIT_DIVERGED, EXIT_INTERRUPTED
 from clrl.results import load_results
@@ -67,13 +68,8 @@ def _guards():
 
 
 def _config(tmp_path: Path, data: dict, **changes) -> Path:
-    data = copy.deepcopy(data)
-    for key, value in changes.items():
-        node = data
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
+    """``data`` with dotted-key changes (applied as ``--set`` applies them), written as YAML."""
+    data = apply_overrides(data, [f"{key}={json.dumps(value)}" for key, value in changes.items()])
     path = tmp_path / f"{data['kind']}.yaml"
     path.write_text(yaml.safe_dump(data))
     return path

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import copy
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from _fake_atari import RandomFrames
 from gymnasium import spaces
 from stable_baselines3.common.vec_env import DummyVecEnv
 
@@ -33,21 +33,8 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-class FakeAtari(gym.Env):
+class FakeAtari(RandomFrames):
     """uint8 (4, 84, 84) frames; reward 1 for action 0; episodes of 12 steps."""
-
-    def __init__(self, n_actions: int) -> None:
-        self.observation_space = spaces.Box(0, 255, (4, 84, 84), np.uint8)
-        self.action_space = spaces.Discrete(n_actions)
-        self.t = 0
-
-    def reset(self, seed=None, options=None):
-        super().reset(seed=seed)
-        self.t = 0
-        return self._obs(), {}
-
-    def _obs(self) -> np.ndarray:
-        return self.np_random.integers(0, 256, (4, 84, 84), dtype=np.uint8)
 
     def step(self, action):
         self.t += 1

@@ -3,7 +3,7 @@ AGS-CL prox cadence, normalized rewards, the NaN guard and the CLI's errors."""
 
 from __future__ import annotations
 
-import copy
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +13,7 @@ import yaml
 
 from clrl import cli
 from clrl.allocator import malloc_mode
-from clrl.config import config_from_dict
+from clrl.config import apply_overrides, config_from_dict
 from clrl.io import load_checkpoint
 from clrl.results import load_results
 from clrl.rl import agent as agent_mod
@@ -43,28 +43,15 @@ TINY = {
 
 
 def tiny(**changes) -> dict:
-    """TINY with dotted-key changes, e.g. tiny(**{"train.n_epochs": 1})."""
-    data = copy.deepcopy(TINY)
-    for key, value in changes.items():
-        node = data
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
-    return data
+    """TINY with dotted-key changes, e.g. tiny(**{"train.n_epochs": 1}), applied as ``--set`` applies
+    them (JSON values are YAML)."""
+    return apply_overrides(TINY, [f"{key}={json.dumps(value)}" for key, value in changes.items()])
 
 
 def run(data: dict, out: Path):
     cfg = config_from_dict(data)
     rd = prepare_run_dir(cfg, out=out)
     return run_experiment(cfg, rd), rd
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
