@@ -24,13 +24,7 @@ from clrl.rl.policy import TaskPolicy, build_actor_critic, preprocess
 SMALL = dict(channels=(4, 8, 8), hidden=16)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny nets: one thread is faster, and much faster on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 class FakeAtari(RandomFrames):
