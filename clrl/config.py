@@ -210,6 +210,11 @@ class EnvConfig(Strict):
     num_threads: int = Field(
         0, ge=0, description="kept for old configs: every env now has its own C++ worker thread (FIRE after a lost life needs per-env stepping)"
     )
+    emulator_nice: int = Field(
+        10, ge=0, le=19, description="the envs' C++ worker threads run this many nice levels below the learner "
+        "(Linux; clrl.rl.priority): with fewer cores than envs the learner's inference then never waits behind "
+        "emulators, which fill the remaining core time; 0 = same priority. Changes only timing, never results"
+    )
 
 
 class PPOConfig(Strict):

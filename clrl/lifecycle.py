@@ -177,7 +177,8 @@ def resume_without_checkpoint(rd: RunDir) -> Results | None:
 # Keys that may change between a checkpoint and its resume: they do not change the experiment.
 # ``reference`` is read once, when a run starts; a resumed run keeps the scores it stored (and a
 # sweep folder that was moved names its reference trial by another path).
-ALLOWED_ON_RESUME = ("output", "device", "reference", "train.torch_threads", "env.num_threads")
+ALLOWED_ON_RESUME = ("output", "device", "reference", "train.torch_threads", "env.num_threads",
+                     "env.emulator_nice")
 
 _MISSING = object()
 

@@ -55,6 +55,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices,
 
 from clrl.config import EnvConfig
 from clrl.rl.games import minimal_action_count, resolve_game, rom_id
+from clrl.rl.priority import build_with_lower_priority
 
 __all__ = ["AtariVecEnv", "action_count", "make_vec_env", "FULL_ACTION_COUNT", "OBS_SIZE"]
 
@@ -129,6 +130,12 @@ class _AleEmulators:
     def __init__(self, game: str, n_envs: int, env: EnvConfig, max_frames: int) -> None:
         self.num_envs = n_envs
         self._envs: list[Any] = []
+        # built (worker threads started) below the learner's priority: clrl.rl.priority
+        build_with_lower_priority(lambda: self._build(game, n_envs, env, max_frames), env.emulator_nice)
+        self.has_fire = _has_fire(list(self._envs[0].ale.get_action_set()))
+        self._paddle = np.ones(1, dtype=np.float32)  # paddle strength: unused by discrete actions
+
+    def _build(self, game: str, n_envs: int, env: EnvConfig, max_frames: int) -> None:
         try:
             for _ in range(n_envs):
                 self._envs.append(
@@ -156,8 +163,6 @@ class _AleEmulators:
         except BaseException:
             self.close()
             raise
-        self.has_fire = _has_fire(list(self._envs[0].ale.get_action_set()))
-        self._paddle = np.ones(1, dtype=np.float32)  # paddle strength: unused by discrete actions
 
     def reset(self, idx: np.ndarray, seeds: Sequence[int | None]) -> tuple[np.ndarray, np.ndarray]:
         frames = np.zeros((len(idx), OBS_SIZE, OBS_SIZE), dtype=np.uint8)
