@@ -319,6 +319,11 @@ def test_bench_ppo_table_ratios_and_compute_bound(tmp_path):
     assert b["env_steps_per_s"] == pytest.approx(1 / (1 / b["train_samples_per_s"] + 1 / b["inference_samples_per_s"]))
     m = res["machine_bound"]  # the compute bound plus the raw env, measured in the same run
     assert set(m) >= {"env_steps_per_s", "env_rate", "clrl_none_share"} and m["env_rate"] > 0
+    from clrl.bench.ppo import BOUND_WINDOWS
+
+    # the raw env is timed once per round and BOUND_WINDOWS times at the end; the bound takes the best
+    assert len(m["env_rate_windows"]) == len(rounds) + BOUND_WINDOWS
+    assert m["env_rate"] == pytest.approx(max(m["env_rate_windows"]), abs=0.05)
     assert m["env_steps_per_s"] == pytest.approx(
         1 / (1 / b["train_samples_per_s"] + 1 / b["inference_samples_per_s"] + 1 / m["env_rate"]))
     assert m["clrl_none_share"] == pytest.approx(rows["clrl none"]["env_steps_per_s"] / m["env_steps_per_s"])

@@ -176,6 +176,20 @@ def test_minibatches_are_sb3s_samples():
                 assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b), field
 
 
+def test_minibatch_observations_come_channels_last_and_preprocess_keeps_them():
+    """The rollout is transposed once per update, not once per minibatch: each minibatch is
+    already in the network's channels-last layout (same values as SB3's NCHW samples, above)."""
+    _, lean = twin_models(fake_env, 3, ppo_config())
+    collect(lean, seed=2)
+    for epoch in lean.rollout_buffer.epochs(9, 2):
+        for sample in epoch:
+            obs = sample.observations
+            assert obs.dim() == 4 and obs.is_contiguous(memory_format=torch.channels_last)
+            assert obs.contiguous(memory_format=torch.channels_last).data_ptr() == obs.data_ptr()
+    one = next(iter(lean.rollout_buffer.epochs(1, 1)[0])).observations
+    assert one.shape[0] == 1 and one.is_contiguous()  # a batch of one keeps the plain layout
+
+
 class CountTransfers:
     """Counts calls of rollout.to_device / to_host (in both modules that use them)."""
 

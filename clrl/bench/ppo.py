@@ -314,7 +314,10 @@ def compute_bound(n_envs: int, n_epochs: int, minibatch: int, device: str, secon
     net.add_task(0, 18)
     opt = torch.optim.Adam(net.task_parameters(0), lr=1e-4)
     x = torch.randint(0, 256, (minibatch, 4, 84, 84), dtype=torch.uint8, device=device)
-    xi = x[:n_envs].clone()
+    xi = x[:n_envs].clone()  # inference reads the env's (n, C, H, W) frames, as the rollout does
+    # training minibatches come channels-last (RolloutStore transposes a rollout once), so the
+    # bound trains on them that way too: it does not pay the per-minibatch transpose clrl avoids
+    x = x.contiguous(memory_format=torch.channels_last)
 
     def rate(fn, batch: int) -> float:
         fn()
@@ -350,49 +353,74 @@ def compute_bound(n_envs: int, n_epochs: int, minibatch: int, device: str, secon
     }
 
 
-def env_rate(game: str, n_envs: int, seconds: float = 3.0, seed: int = 0) -> float:
-    """Steps/s (env steps, all envs together) of ale-py's raw C++ vector env with random actions.
+class RawVecEnv:
+    """ale-py's raw C++ vector env with random actions: the env side of the machine bound.
 
     The same emulator settings as clrl's training envs (:class:`clrl.config.EnvConfig`'s
     defaults: frame skip 4 with max-pool, 84x84 gray, 4 stacked frames, no-op and FIRE resets,
     no sticky actions, minimal action set, same-step auto-reset, as many worker threads as
-    clrl's envs get), but no Python wrapper: the env side of the machine bound.
+    clrl's envs get), but no Python wrapper. :meth:`window` times one window of steps; the bench
+    takes one in every round besides the final ones, and the bound is the best of them all: right
+    after seconds of full-core training the same env can run 20-25% slower for a second or more
+    on this machine (``/tmp``-style reruns: 2,900-3,200 against 4,000 steps/s), and a bound read
+    only then would flatter every share.
     """
-    import os
 
-    import numpy as np
-    from ale_py.vector_env import AtariVectorEnv
+    def __init__(self, game: str, n_envs: int, seed: int = 0) -> None:
+        import os
 
-    from clrl.config import EnvConfig
-    from clrl.rl.envs import OBS_SIZE, action_count
-    from clrl.rl.games import rom_id
+        import numpy as np
+        from ale_py.vector_env import AtariVectorEnv
 
-    cfg = EnvConfig()
-    venv = AtariVectorEnv(
-        rom_id(game), n_envs, num_threads=cfg.num_threads or min(n_envs, os.cpu_count() or 1),
-        max_num_frames_per_episode=cfg.max_frames_per_episode, repeat_action_probability=cfg.sticky_actions,
-        full_action_space=cfg.full_action_space, autoreset_mode="SameStep", img_height=OBS_SIZE,
-        img_width=OBS_SIZE, grayscale=True, stack_num=cfg.frame_stack, frameskip=cfg.frame_skip, maxpool=True,
-        noop_max=cfg.noop_max, episodic_life=False, reward_clipping=False, use_fire_reset=cfg.fire_reset,
-    )
-    try:
-        venv.reset(seed=seed)
+        from clrl.config import EnvConfig
+        from clrl.rl.envs import OBS_SIZE, action_count
+        from clrl.rl.games import rom_id
+
+        cfg = EnvConfig()
+        self.n_envs = n_envs
+        self._venv = AtariVectorEnv(
+            rom_id(game), n_envs, num_threads=cfg.num_threads or min(n_envs, os.cpu_count() or 1),
+            max_num_frames_per_episode=cfg.max_frames_per_episode, repeat_action_probability=cfg.sticky_actions,
+            full_action_space=cfg.full_action_space, autoreset_mode="SameStep", img_height=OBS_SIZE,
+            img_width=OBS_SIZE, grayscale=True, stack_num=cfg.frame_stack, frameskip=cfg.frame_skip, maxpool=True,
+            noop_max=cfg.noop_max, episodic_life=False, reward_clipping=False, use_fire_reset=cfg.fire_reset,
+        )
+        self._venv.reset(seed=seed)
         rng = np.random.default_rng(seed)
-        actions = rng.integers(0, action_count(game, cfg), size=(256, n_envs), dtype=np.int64)
-        for a in actions[:8]:  # warm-up
-            venv.step(a)
+        self._actions = rng.integers(0, action_count(game, cfg), size=(256, n_envs), dtype=np.int64)
+        self._k = 0
+        for _ in range(8):  # warm-up
+            self._step()
+        self.windows: list[float] = []  # steps/s of every window so far
 
-        def window() -> float:
-            steps, start = 0, time.perf_counter()
-            while time.perf_counter() - start < seconds / BOUND_WINDOWS or steps < 3:
-                venv.step(actions[steps % len(actions)])
-                steps += 1
-            return steps * n_envs / (time.perf_counter() - start)
+    def _step(self) -> None:
+        self._venv.step(self._actions[self._k % len(self._actions)])
+        self._k += 1
 
-        return max(window() for _ in range(BOUND_WINDOWS))  # a bound: the best window
+    def window(self, seconds: float) -> float:
+        """Env steps/s (all envs together) over one window of about ``seconds``."""
+        steps, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds or steps < 3:
+            self._step()
+            steps += 1
+        rate = steps * self.n_envs / (time.perf_counter() - start)
+        self.windows.append(rate)
+        return rate
+
+    def close(self) -> None:
+        venv, self._venv = self._venv, None
+        if venv is not None:
+            venv.close()
+            del venv.ale  # joins the C++ worker threads now
+
+
+def env_rate(game: str, n_envs: int, seconds: float = 3.0, seed: int = 0) -> float:
+    """Steps/s of :class:`RawVecEnv`: the best of ``BOUND_WINDOWS`` windows of ``seconds / BOUND_WINDOWS``."""
+    raw = RawVecEnv(game, n_envs, seed)
+    try:
+        return max(raw.window(seconds / BOUND_WINDOWS) for _ in range(BOUND_WINDOWS))  # a bound: the best window
     finally:
-        venv.close()
-        del venv.ale  # joins the C++ worker threads now
+        raw.close()
 
 
 def machine_bound(bound: dict[str, float], env_steps_per_s: float, n_epochs: int) -> dict[str, float]:
@@ -442,6 +470,7 @@ def run_ppo_bench(
     if threads:
         torch.set_num_threads(int(threads))
     variants: list[_Variant] = []
+    raw: RawVecEnv | None = None
     try:
         if stock:
             sb3 = {"game": game, "n_envs": n_envs, "n_steps": n_steps, "n_epochs": n_epochs,
@@ -465,6 +494,7 @@ def run_ppo_bench(
                                       consolidation_samples, net_shape, lean=False))
         for v in variants:
             v.warmup()
+        raw = RawVecEnv(game, n_envs, seed)
         per_round: list[dict[str, float]] = []
         phases_per_round: list[dict[str, dict[str, float]]] = []  # seconds per update
         rollout_phases_per_round: list[dict[str, dict[str, float]]] = []  # seconds per update (clrl)
@@ -489,13 +519,20 @@ def run_ppo_bench(
             per_round.append(sps)
             phases_per_round.append(phases)
             rollout_phases_per_round.append(split)
-            log(f"round {r + 1}/{rounds}: " + ", ".join(f"{k} {s:.0f}" for k, s in sps.items()))
+            raw_rate = raw.window(bound_seconds / BOUND_WINDOWS)  # one raw-env window per round
+            log(f"round {r + 1}/{rounds}: " + ", ".join(f"{k} {s:.0f}" for k, s in sps.items())
+                + f"; raw C++ env {raw_rate:.0f}")
+        log("measuring the raw C++ vector env (random actions) ...")
+        for _ in range(BOUND_WINDOWS):
+            raw.window(bound_seconds / BOUND_WINDOWS)
         log("measuring the compute bound ...")
         bound = compute_bound(n_envs, n_epochs, n_envs * n_steps // n_minibatches, device, seconds=bound_seconds,
                               net_shape=net_shape)
-        log("measuring the raw C++ vector env (random actions) ...")
-        machine = machine_bound(bound, env_rate(game, n_envs, seconds=bound_seconds, seed=seed), n_epochs)
+        machine = machine_bound(bound, max(raw.windows), n_epochs)  # a bound: the best window
+        machine["env_rate_windows"] = [round(w, 1) for w in raw.windows]
     finally:
+        if raw is not None:
+            raw.close()
         for v in variants:
             v.close()
         torch.set_num_threads(old_threads)

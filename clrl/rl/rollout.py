@@ -25,7 +25,7 @@ so that the device-independent parts of that path are tested without a GPU.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -173,6 +173,28 @@ class RolloutStore(RolloutBuffer):
 
     # ------------------------------------------------------------------ training
 
+    def _training_observations(self, batch_size: int) -> Callable[[Tensor], Tensor]:
+        """Minibatch gatherer over the rollout's observations, in the network's input layout.
+
+        The network reads image batches channels-last (:func:`clrl.rl.policy.preprocess`). A
+        minibatch gathered from the step-major (N, C, H, W) rollout would be transposed on every
+        gather, i.e. ``n_epochs`` times per sample; here the whole rollout is transposed once into
+        an (N, H, W, C) copy (kept between rollouts) and a minibatch is a gather from it, handed
+        over as the same (B, C, H, W) values with channels-last strides, which ``preprocess``
+        then leaves in place. Same values, same layout at the network: the same training, bit for
+        bit (``tests/test_rollout.py``). A minibatch of one keeps the plain layout, as before.
+        """
+        total = self.buffer_size * self.n_envs
+        nchw = self.obs_device.view(total, *self.obs_shape)
+        if batch_size <= 1 or len(self.obs_shape) != 3:
+            return lambda i: nchw.index_select(0, i)
+        c, h, w = self.obs_shape
+        nhwc = getattr(self, "_obs_nhwc", None)
+        if nhwc is None or nhwc.shape != (total, h, w, c) or nhwc.device != nchw.device:
+            nhwc = self._obs_nhwc = torch.empty((total, h, w, c), dtype=nchw.dtype, device=nchw.device)
+        nhwc.copy_(nchw.permute(0, 2, 3, 1))
+        return lambda i: nhwc.index_select(0, i).permute(0, 3, 1, 2)
+
     def epochs(self, batch_size: int, n_epochs: int) -> list[Iterator[RolloutBufferSamples]]:
         """The minibatches of ``n_epochs`` epochs, as SB3's ``get(batch_size)`` once per epoch.
 
@@ -201,7 +223,7 @@ class RolloutStore(RolloutBuffer):
                 rows = rows.pin_memory()
             rows = to_device(torch.empty(rows.shape, dtype=rows.dtype, device=dev), rows)
         flat = self._packed_device.view(3, total)
-        obs = self.obs_device.view(total, *self.obs_shape)
+        obs = self._training_observations(batch_size)
         values = self.values_device.view(total)
         log_probs = self.log_probs_device.view(total)
 
@@ -209,7 +231,7 @@ class RolloutStore(RolloutBuffer):
             for start in range(0, total, batch_size):
                 i = idx[start : start + batch_size]
                 yield RolloutBufferSamples(
-                    observations=obs.index_select(0, i),
+                    observations=obs(i),
                     actions=flat[0].index_select(0, i).unsqueeze(1),
                     old_values=values.index_select(0, i),
                     old_log_prob=log_probs.index_select(0, i),
