@@ -55,6 +55,7 @@ from typing import Any
 import torch
 
 from clrl.allocator import tune_malloc
+from clrl.config import EnvConfig
 from clrl.openmp import ENV_VAR as OPENMP_ENV
 from clrl.openmp import openmp_mode
 
@@ -262,8 +263,8 @@ class _Clrl(_Variant):
     def __init__(self, method: str, game: str, n_envs: int, n_steps: int, n_epochs: int,
                  n_minibatches: int, device: str, seed: int, consolidation_samples: int,
                  net: tuple[tuple[int, ...], int] = NATURE, lean: bool = True, groups: int = 1,
-                 rollout_threads: int = 0, name: str | None = None) -> None:
-        from clrl.config import EnvConfig, PPOConfig
+                 rollout_threads: int = 0, name: str | None = None, emulator_nice: int | None = None) -> None:
+        from clrl.config import PPOConfig
         from clrl.regularizers import build_regularizer
         from clrl.rl.agent import TaskPPO, collect_states
         from clrl.rl.envs import action_count, make_vec_env
@@ -271,7 +272,7 @@ class _Clrl(_Variant):
 
         self.name = name or (f"clrl {method}" if lean else SB3_LOOP)
         torch.manual_seed(seed)
-        env_cfg = EnvConfig()
+        env_cfg = EnvConfig() if emulator_nice is None else EnvConfig(emulator_nice=emulator_nice)
         self.ppo = PPOConfig(n_envs=n_envs, n_steps=n_steps, n_epochs=n_epochs, n_minibatches=n_minibatches,
                              learning_rate=2.5e-4, clip_range=0.1, ent_coef=0.01, rollout_groups=groups,
                              rollout_threads=rollout_threads)
@@ -362,7 +363,7 @@ class RawVecEnv:
     clrl's envs get), but no Python wrapper. :meth:`window` times one window of steps; the bench
     takes one in every round besides the final ones, and the bound is the best of them all: right
     after seconds of full-core training the same env can run 20-25% slower for a second or more
-    on this machine (``/tmp``-style reruns: 2,900-3,200 against 4,000 steps/s), and a bound read
+    on this machine (2,900-3,200 against 4,000 steps/s in repeated measurements), and a bound read
     only then would flatter every share.
     """
 
@@ -457,10 +458,12 @@ def run_ppo_bench(
     sb3_loop: bool = True,
     rollout_groups: int = 1,
     pipelined_groups: int = 2,
+    emulator_nice: int | None = None,
     log=print,
 ) -> dict[str, Any]:
     """Time every variant for ``updates`` PPO updates per round, ``rounds`` interleaved rounds."""
     net_shape = (tuple(int(c) for c in channels), int(hidden))
+    nice = EnvConfig().emulator_nice if emulator_nice is None else int(emulator_nice)
     nature = net_shape == NATURE
     if stock and not nature:
         log("SB3's stock PPO has only the Nature CNN: skipped for this network")
@@ -481,17 +484,17 @@ def run_ppo_bench(
         for m in methods:
             log(f"building clrl {m} (consolidating a first task) ...")
             variants.append(_Clrl(m, game, n_envs, n_steps, n_epochs, n_minibatches, device, seed, consolidation_samples,
-                                  net_shape, groups=rollout_groups))
+                                  net_shape, groups=rollout_groups, emulator_nice=emulator_nice))
             if m == "none" and pipelined_groups > 1:
                 name = pipelined_name(pipelined_groups)
                 log(f"building {name} ...")
                 variants.append(_Clrl(m, game, n_envs, n_steps, n_epochs, n_minibatches, device, seed,
                                       consolidation_samples, net_shape, groups=pipelined_groups, rollout_threads=1,
-                                      name=name))
+                                      name=name, emulator_nice=emulator_nice))
             if m == "none" and sb3_loop:
                 log(f"building {SB3_LOOP} ...")
                 variants.append(_Clrl(m, game, n_envs, n_steps, n_epochs, n_minibatches, device, seed,
-                                      consolidation_samples, net_shape, lean=False))
+                                      consolidation_samples, net_shape, lean=False, emulator_nice=emulator_nice))
         for v in variants:
             v.warmup()
         raw = RawVecEnv(game, n_envs, seed)
@@ -591,7 +594,7 @@ def run_ppo_bench(
                      "updates_per_round": updates, "rounds": rounds, "device": str(device),
                      "torch_threads": int(threads) if threads else old_threads, "network": _net_name(net_shape),
                      "rollout_groups": int(rollout_groups), "pipelined_groups": int(pipelined_groups),
-                     "channels": list(net_shape[0]), "hidden": net_shape[1],
+                     "channels": list(net_shape[0]), "hidden": net_shape[1], "emulator_nice": nice,
                      "malloc": {"clrl": malloc, **{v.name: v.malloc for v in variants if isinstance(v, _SB3Process)}},
                      "openmp": {"clrl": openmp_mode() or "default",
                                 **{v.name: v.openmp for v in variants if isinstance(v, _SB3Process)}}},
@@ -686,7 +689,8 @@ def _settings_line(result: dict[str, Any]) -> str:
     return (f"{s['n_envs']} envs x {s['n_steps']} steps, {s['n_epochs']} epochs, {s['n_minibatches']} minibatches; "
             f"{s['rounds']} interleaved rounds of {s['updates_per_round']} updates; device {s['device']}, "
             f"{s['torch_threads']} torch threads, {s['rollout_groups']} rollout groups; malloc: {malloc}; "
-            f"OpenMP: {openmp}. Ratios are medians of within-round ratios.")
+            f"OpenMP: {openmp}; emulator threads at nice +{s.get('emulator_nice', 0)}. "
+            "Ratios are medians of within-round ratios.")
 
 
 def format_markdown(result: dict[str, Any]) -> str:
@@ -739,6 +743,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hidden", type=int, default=None, help="hidden units of the trunk (overrides --net)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=None, help="torch threads for every variant (default: torch's)")
+    parser.add_argument("--emulator-nice", type=int, default=None, metavar="N", choices=range(20),
+                        help="clrl's emulator threads run N nice levels below the learner (env.emulator_nice; "
+                        f"default {EnvConfig().emulator_nice}; 0 = same priority, the figures before it existed)")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: 2 envs x 32 steps, 1 update per round, 1 round")
     parser.add_argument("--out", default=None, metavar="DIR", help="also write bench_ppo.json and bench_ppo.md here")
@@ -765,7 +772,7 @@ def main(args: argparse.Namespace) -> int:
         kw = {"n_envs": 2, "n_steps": 32, "updates": 1, "rounds": 1, "consolidation_samples": 32, "bound_seconds": 1.0}
     result = run_ppo_bench(game=game, methods=tuple(args.methods), device=device, threads=args.threads,
                            stock=not args.no_stock, channels=channels, hidden=hidden, sb3_loop=not args.no_sb3_loop,
-                           pipelined_groups=args.pipelined_groups,
+                           pipelined_groups=args.pipelined_groups, emulator_nice=args.emulator_nice,
                            **kw)
     _print_table(result)
     if args.out:
