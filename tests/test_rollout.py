@@ -188,6 +188,8 @@ def test_minibatch_observations_come_channels_last_and_preprocess_keeps_them():
             assert obs.contiguous(memory_format=torch.channels_last).data_ptr() == obs.data_ptr()
     one = next(iter(lean.rollout_buffer.epochs(1, 1)[0])).observations
     assert one.shape[0] == 1 and one.is_contiguous()  # a batch of one keeps the plain layout
+    *_, last = lean.rollout_buffer.epochs(lean.rollout_buffer.observations.shape[0] * 3 - 1, 1)[0]
+    assert last.observations.shape[0] == 1 and last.observations.is_contiguous()  # so does a last one
 
 
 class CountTransfers:

@@ -373,7 +373,6 @@ class RawVecEnv:
         import numpy as np
         from ale_py.vector_env import AtariVectorEnv
 
-        from clrl.config import EnvConfig
         from clrl.rl.envs import OBS_SIZE, action_count
         from clrl.rl.games import rom_id
 
@@ -413,15 +412,6 @@ class RawVecEnv:
         if venv is not None:
             venv.close()
             del venv.ale  # joins the C++ worker threads now
-
-
-def env_rate(game: str, n_envs: int, seconds: float = 3.0, seed: int = 0) -> float:
-    """Steps/s of :class:`RawVecEnv`: the best of ``BOUND_WINDOWS`` windows of ``seconds / BOUND_WINDOWS``."""
-    raw = RawVecEnv(game, n_envs, seed)
-    try:
-        return max(raw.window(seconds / BOUND_WINDOWS) for _ in range(BOUND_WINDOWS))  # a bound: the best window
-    finally:
-        raw.close()
 
 
 def machine_bound(bound: dict[str, float], env_steps_per_s: float, n_epochs: int) -> dict[str, float]:

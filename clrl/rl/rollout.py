@@ -182,7 +182,8 @@ class RolloutStore(RolloutBuffer):
         an (N, H, W, C) copy (kept between rollouts) and a minibatch is a gather from it, handed
         over as the same (B, C, H, W) values with channels-last strides, which ``preprocess``
         then leaves in place. Same values, same layout at the network: the same training, bit for
-        bit (``tests/test_rollout.py``). A minibatch of one keeps the plain layout, as before.
+        bit (``tests/test_rollout.py``). A minibatch of one (also a last one) keeps the plain layout,
+        as before.
         """
         total = self.buffer_size * self.n_envs
         nchw = self.obs_device.view(total, *self.obs_shape)
@@ -193,7 +194,13 @@ class RolloutStore(RolloutBuffer):
         if nhwc is None or nhwc.shape != (total, h, w, c) or nhwc.device != nchw.device:
             nhwc = self._obs_nhwc = torch.empty((total, h, w, c), dtype=nchw.dtype, device=nchw.device)
         nhwc.copy_(nchw.permute(0, 2, 3, 1))
-        return lambda i: nhwc.index_select(0, i).permute(0, 3, 1, 2)
+
+        def gather(i: Tensor) -> Tensor:
+            if len(i) == 1:  # a last minibatch of one, as preprocess keeps a batch of one
+                return nchw.index_select(0, i)
+            return nhwc.index_select(0, i).permute(0, 3, 1, 2)
+
+        return gather
 
     def epochs(self, batch_size: int, n_epochs: int) -> list[Iterator[RolloutBufferSamples]]:
         """The minibatches of ``n_epochs`` epochs, as SB3's ``get(batch_size)`` once per epoch.
