@@ -299,7 +299,7 @@ def test_bench_ppo_table_ratios_and_compute_bound(tmp_path):
     assert "target" not in tuned and "ratio" not in rows["sb3 stock"]
     piped = rows[piped_name]  # its speed over fine-tuning's default (1 group)
     assert piped["ratio"] == pytest.approx(np.median([r[piped_name] / r["clrl none"] for r in rounds]))
-    assert "target" not in piped and res["settings"]["rollout_groups"] == 1
+    assert "target" not in piped and res["settings"]["pipelined_groups"] == 2
     # SB3 runs in its own processes: stock keeps glibc's and libgomp's defaults, the other gets clrl's settings
     from clrl.allocator import malloc_mode
     from clrl.openmp import SPINCOUNT

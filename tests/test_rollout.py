@@ -24,7 +24,7 @@ import clrl.rl.agent as agent_mod
 import clrl.rl.rollout as rollout_mod
 from clrl.config import EnvConfig, PPOConfig
 from clrl.rl.agent import TaskPPO
-from clrl.rl.policy import build_actor_critic
+from clrl.rl.policy import build_actor_critic, preprocess
 from clrl.rl.rollout import RolloutStore
 
 SMALL = dict(channels=(4, 8, 8), hidden=16)
@@ -186,10 +186,11 @@ def test_minibatch_observations_come_channels_last_and_preprocess_keeps_them():
             obs = sample.observations
             assert obs.dim() == 4 and obs.is_contiguous(memory_format=torch.channels_last)
             assert obs.contiguous(memory_format=torch.channels_last).data_ptr() == obs.data_ptr()
-    one = next(iter(lean.rollout_buffer.epochs(1, 1)[0])).observations
-    assert one.shape[0] == 1 and one.is_contiguous()  # a batch of one keeps the plain layout
+    # a minibatch of one (here a last one) is read in the plain layout, as SB3's samples are
     *_, last = lean.rollout_buffer.epochs(lean.rollout_buffer.observations.shape[0] * 3 - 1, 1)[0]
-    assert last.observations.shape[0] == 1 and last.observations.is_contiguous()  # so does a last one
+    one = last.observations
+    assert one.shape[0] == 1 and not one.is_contiguous()
+    assert preprocess(one).is_contiguous() and torch.equal(preprocess(one), preprocess(one.contiguous()))
 
 
 class CountTransfers:

@@ -48,7 +48,7 @@ import os
 import statistics
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,8 @@ def pipelined_name(groups: int) -> str:
     """The variant that steps the envs in ``groups`` groups, overlapping emulation and inference
     on one torch thread (training keeps the bench's threads)."""
     return f"clrl none ({groups} groups, 1 rollout thread)"
+
+
 NATURE = ((32, 64, 64), 512)
 NETS = {"nature": NATURE, "quick": ((16, 32, 32), 256)}  # quick: configs/atari_quick.yaml's trunk
 PHASES = ("env", "inference", "buffer", "conversions", "other")  # clrl.rl.agent.ROLLOUT_PHASES
@@ -267,7 +269,8 @@ class _Clrl(_Variant):
     def __init__(self, method: str, game: str, n_envs: int, n_steps: int, n_epochs: int,
                  n_minibatches: int, device: str, seed: int, consolidation_samples: int,
                  net: tuple[tuple[int, ...], int] = NATURE, lean: bool = True, groups: int = 1,
-                 rollout_threads: int = 0, name: str | None = None, emulator_nice: int | None = None) -> None:
+                 rollout_threads: int = 0, name: str | None = None,
+                 emulator_nice: int = EnvConfig().emulator_nice) -> None:
         from clrl.config import PPOConfig
         from clrl.regularizers import build_regularizer
         from clrl.rl.agent import TaskPPO, collect_states
@@ -276,7 +279,7 @@ class _Clrl(_Variant):
 
         self.name = name or (f"clrl {method}" if lean else SB3_LOOP)
         torch.manual_seed(seed)
-        env_cfg = EnvConfig() if emulator_nice is None else EnvConfig(emulator_nice=emulator_nice)
+        env_cfg = EnvConfig(emulator_nice=emulator_nice)
         self.ppo = PPOConfig(n_envs=n_envs, n_steps=n_steps, n_epochs=n_epochs, n_minibatches=n_minibatches,
                              learning_rate=2.5e-4, clip_range=0.1, ent_coef=0.01, rollout_groups=groups,
                              rollout_threads=rollout_threads)
@@ -309,6 +312,18 @@ class _Clrl(_Variant):
         self.model.env.close()
 
 
+def _window_rate(fn: Callable[[], None], per_call: int, seconds: float,
+                 sync: Callable[[], None] = lambda: None) -> float:
+    """``per_call`` x calls of ``fn`` per second over one window of about ``seconds`` (3 calls at
+    least), ``sync`` waiting for queued device work before the clock stops."""
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or n < 3:
+        fn()
+        n += 1
+    sync()
+    return n * per_call / (time.perf_counter() - start)
+
+
 def compute_bound(n_envs: int, n_epochs: int, minibatch: int, device: str, seconds: float = 3.0,
                   net_shape: tuple[tuple[int, ...], int] = NATURE) -> dict[str, float]:
     """Samples/s of forward+backward+Adam (minibatch) and of inference (n_envs) for the network
@@ -327,16 +342,8 @@ def compute_bound(n_envs: int, n_epochs: int, minibatch: int, device: str, secon
     def rate(fn, batch: int) -> float:
         fn()
         _sync(device)
-
-        def window() -> float:
-            n, start = 0, time.perf_counter()
-            while time.perf_counter() - start < seconds / BOUND_WINDOWS or n < 3:
-                fn()
-                n += 1
-            _sync(device)
-            return n * batch / (time.perf_counter() - start)
-
-        return max(window() for _ in range(BOUND_WINDOWS))  # a bound: the best window
+        # a bound: the best window
+        return max(_window_rate(fn, batch, seconds / BOUND_WINDOWS, lambda: _sync(device)) for _ in range(BOUND_WINDOWS))
 
     def train_step() -> None:
         logits, value = net(x, 0)
@@ -408,11 +415,7 @@ class RawVecEnv:
         start = time.perf_counter()
         while time.perf_counter() - start < settle:
             self._step()
-        steps, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds or steps < 3:
-            self._step()
-            steps += 1
-        rate = steps * self.n_envs / (time.perf_counter() - start)
+        rate = _window_rate(self._step, self.n_envs, seconds)
         self.windows.append(rate)
         return rate
 
@@ -455,7 +458,6 @@ def run_ppo_bench(
     channels: tuple[int, ...] = NATURE[0],
     hidden: int = NATURE[1],
     sb3_loop: bool = True,
-    rollout_groups: int = 1,
     pipelined_groups: int = 2,
     emulator_nice: int | None = None,
     log=print,
@@ -483,17 +485,17 @@ def run_ppo_bench(
         for m in methods:
             log(f"building clrl {m} (consolidating a first task) ...")
             variants.append(_Clrl(m, game, n_envs, n_steps, n_epochs, n_minibatches, device, seed, consolidation_samples,
-                                  net_shape, groups=rollout_groups, emulator_nice=emulator_nice))
+                                  net_shape, emulator_nice=nice))
             if m == "none" and pipelined_groups > 1:
                 name = pipelined_name(pipelined_groups)
                 log(f"building {name} ...")
                 variants.append(_Clrl(m, game, n_envs, n_steps, n_epochs, n_minibatches, device, seed,
                                       consolidation_samples, net_shape, groups=pipelined_groups, rollout_threads=1,
-                                      name=name, emulator_nice=emulator_nice))
+                                      name=name, emulator_nice=nice))
             if m == "none" and sb3_loop:
                 log(f"building {SB3_LOOP} ...")
                 variants.append(_Clrl(m, game, n_envs, n_steps, n_epochs, n_minibatches, device, seed,
-                                      consolidation_samples, net_shape, lean=False, emulator_nice=emulator_nice))
+                                      consolidation_samples, net_shape, lean=False, emulator_nice=nice))
         for v in variants:
             v.warmup()
         raw = RawVecEnv(game, n_envs, seed)
@@ -592,7 +594,7 @@ def run_ppo_bench(
         "settings": {"n_envs": n_envs, "n_steps": n_steps, "n_epochs": n_epochs, "n_minibatches": n_minibatches,
                      "updates_per_round": updates, "rounds": rounds, "device": str(device),
                      "torch_threads": int(threads) if threads else old_threads, "network": _net_name(net_shape),
-                     "rollout_groups": int(rollout_groups), "pipelined_groups": int(pipelined_groups),
+                     "pipelined_groups": int(pipelined_groups),
                      "channels": list(net_shape[0]), "hidden": net_shape[1], "emulator_nice": nice,
                      "malloc": {"clrl": malloc, **{v.name: v.malloc for v in variants if isinstance(v, _SB3Process)}},
                      "openmp": {"clrl": openmp_mode() or "default",
@@ -687,7 +689,7 @@ def _settings_line(result: dict[str, Any]) -> str:
     openmp = "; ".join(f"{k}: {v}" for k, v in s["openmp"].items())
     return (f"{s['n_envs']} envs x {s['n_steps']} steps, {s['n_epochs']} epochs, {s['n_minibatches']} minibatches; "
             f"{s['rounds']} interleaved rounds of {s['updates_per_round']} updates; device {s['device']}, "
-            f"{s['torch_threads']} torch threads, {s['rollout_groups']} rollout groups; malloc: {malloc}; "
+            f"{s['torch_threads']} torch threads; malloc: {malloc}; "
             f"OpenMP: {openmp}; emulator threads at nice +{s.get('emulator_nice', 0)}. "
             "Ratios are medians of within-round ratios.")
 

@@ -521,9 +521,7 @@ class AtariVecEnv(VecEnv):
         if self._actions is None:
             raise RuntimeError("step_wait() without step_async()")
         actions, self._actions = self._actions, None
-        batch = self._live_batch()
-        batch.send(0, self.num_envs, actions)
-        return self._learner_step(batch.recv(0, self.num_envs), 0)
+        return self._learner_step(self._live_batch().step(actions), 0)
 
     def send_group(self, lo: int, hi: int, actions: np.ndarray) -> None:
         """``step_async`` for envs ``lo..hi-1`` only: their emulators start stepping at once (in

@@ -33,16 +33,17 @@ def preprocess(obs: Tensor) -> Tensor:
 
     Same values, another memory layout: on CPU the convolutions' forward+backward then run about
     1.2x faster (`clrl bench ppo`'s compute bound: 1,958 -> 2,387 samples/s); the weights stay
-    contiguous, so the regularizers' views of them are unaffected. A batch of one keeps its
-    layout: it gains nothing, and the per-sample gradients of EWC and MAS (``torch.func.vmap``
-    over single samples) cannot change memory formats.
+    contiguous, so the regularizers' views of them are unaffected. A batch of one is read in the
+    plain layout, whatever its strides: it gains nothing from channels-last, and the per-sample
+    gradients of EWC and MAS (``torch.func.vmap`` over single samples) cannot change memory
+    formats.
     """
     batch = obs.dim() == 4 and obs.shape[0] > 1
     if obs.dtype == torch.uint8:
         # the layout change on the uint8 frames (a quarter of the bytes), then one conversion
-        # pass and one in-place division: same values as float -> /255 -> channels-last
-        if batch:
-            obs = obs.contiguous(memory_format=torch.channels_last)
+        # pass and one in-place division: same values as float -> /255 -> channels-last. Input
+        # already in the target layout (RolloutStore's minibatches) is not copied.
+        obs = obs.contiguous(memory_format=torch.channels_last) if batch else obs.contiguous()
         return obs.float().div_(255.0)
     x = obs.float() / 255.0
     return x.contiguous(memory_format=torch.channels_last) if batch else x

@@ -89,6 +89,10 @@ class RolloutStore(RolloutBuffer):
             setattr(self, name, np.zeros((n, e), dtype=np.float32))
         # what training reads: actions (as float32, like SB3's samples), advantages, returns
         self._packed_host = torch.zeros((3, n, e), dtype=torch.float32, pin_memory=self.pinned)
+        # training reads image rollouts from a channels-last copy: _training_observations
+        images = len(self.obs_shape) == 3
+        c, h, w = self.obs_shape if images else (0, 0, 0)
+        self._obs_nhwc = torch.empty((n * e, h, w, c), dtype=obs_dtype, device=dev) if images else None
         if self.separate:
             self.obs_device = torch.zeros(self._obs_host.shape, dtype=obs_dtype, device=dev)
             self.values_device = torch.zeros((n, e), dtype=torch.float32, device=dev)
@@ -173,34 +177,23 @@ class RolloutStore(RolloutBuffer):
 
     # ------------------------------------------------------------------ training
 
-    def _training_observations(self, batch_size: int) -> Callable[[Tensor], Tensor]:
+    def _training_observations(self) -> Callable[[Tensor], Tensor]:
         """Minibatch gatherer over the rollout's observations, in the network's input layout.
 
         The network reads image batches channels-last (:func:`clrl.rl.policy.preprocess`). A
         minibatch gathered from the step-major (N, C, H, W) rollout would be transposed on every
         gather, i.e. ``n_epochs`` times per sample; here the whole rollout is transposed once into
-        an (N, H, W, C) copy (kept between rollouts) and a minibatch is a gather from it, handed
-        over as the same (B, C, H, W) values with channels-last strides, which ``preprocess``
-        then leaves in place. Same values, same layout at the network: the same training, bit for
-        bit (``tests/test_rollout.py``). A minibatch of one (also a last one) keeps the plain layout,
-        as before.
+        the (N, H, W, C) copy allocated with the arrays, and a minibatch is a gather from it,
+        handed over as the same (B, C, H, W) values with channels-last strides, which
+        ``preprocess`` then takes as they are. Same values, same layout at the network: the same
+        training, bit for bit (``tests/test_rollout.py``).
         """
-        total = self.buffer_size * self.n_envs
-        nchw = self.obs_device.view(total, *self.obs_shape)
-        if batch_size <= 1 or len(self.obs_shape) != 3:
+        nchw = self.obs_device.view(self.buffer_size * self.n_envs, *self.obs_shape)
+        nhwc = self._obs_nhwc
+        if nhwc is None:  # not images: nothing to transpose
             return lambda i: nchw.index_select(0, i)
-        c, h, w = self.obs_shape
-        nhwc = getattr(self, "_obs_nhwc", None)
-        if nhwc is None or nhwc.shape != (total, h, w, c) or nhwc.device != nchw.device:
-            nhwc = self._obs_nhwc = torch.empty((total, h, w, c), dtype=nchw.dtype, device=nchw.device)
         nhwc.copy_(nchw.permute(0, 2, 3, 1))
-
-        def gather(i: Tensor) -> Tensor:
-            if len(i) == 1:  # a last minibatch of one, as preprocess keeps a batch of one
-                return nchw.index_select(0, i)
-            return nhwc.index_select(0, i).permute(0, 3, 1, 2)
-
-        return gather
+        return lambda i: nhwc.index_select(0, i).permute(0, 3, 1, 2)
 
     def epochs(self, batch_size: int, n_epochs: int) -> list[Iterator[RolloutBufferSamples]]:
         """The minibatches of ``n_epochs`` epochs, as SB3's ``get(batch_size)`` once per epoch.
@@ -230,7 +223,7 @@ class RolloutStore(RolloutBuffer):
                 rows = rows.pin_memory()
             rows = to_device(torch.empty(rows.shape, dtype=rows.dtype, device=dev), rows)
         flat = self._packed_device.view(3, total)
-        obs = self._training_observations(batch_size)
+        obs = self._training_observations()
         values = self.values_device.view(total)
         log_probs = self.log_probs_device.view(total)
 
