@@ -14,7 +14,8 @@ they do not need):
 * ``batch_end``: one optimizer step of the supervised loops. ``task``, ``step`` (batches so far),
   ``loss``. (A PPO update's minibatches are not announced: the update is RL's unit.)
 * ``update_end``: one training unit finished (a PPO update; an epoch in the supervised offline
-  regime). ``task``, ``step``, ``stats`` (dict of floats), ``seconds`` (RL).
+  regime). ``task``, ``step``, ``stats`` (dict of floats); RL also ``seconds`` and ``update``
+  (updates done in the task, this one included); supervised also ``epoch`` (within the task).
 * ``task_end``: task ``task`` was consolidated (after ``reg.end_task``; the network is the one
   its end-of-task evaluation scores). ``task``, ``step``, ``inputs``: that task's inputs as raw
   uint8 arrays, a list of batches (RL: the consolidation states; supervised: the test images).
@@ -23,9 +24,12 @@ they do not need):
   ``end_of_task`` (bool).
 * ``safe_point``: the run's state is consistent and may be saved. ``reason`` (``"start"``: before
   any training; ``"update"``: between two updates, after any evaluation the update triggered;
-  ``"task_end"``: the task is consolidated and evaluated), ``task``, ``step``; for ``"update"``
-  also ``update`` (units done in the task) and ``last_update``. A checkpoint subscriber decides
-  which points it saves; the loop stops for a signal only after the subscribers ran.
+  ``"task_end"``: the task is consolidated and evaluated), ``task`` (the task being trained, or
+  about to be: 0 at the start), ``step``; for ``"update"``
+  also ``update`` (units done in the task; a task's last update has no such point, its task end
+  follows) and ``exact`` (a run resumed from here repeats the uninterrupted one bit for bit: RL's
+  deterministic mode re-seeds its envs there). A checkpoint subscriber decides which points it
+  saves; the loop stops for a signal only after the subscribers ran.
 
 Subscribers run in the order they subscribed; an exception in one propagates to the loop (a
 broken measurement should stop a run, not silently vanish).

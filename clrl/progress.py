@@ -82,8 +82,8 @@ class RunProgress:
             completed=self._done * self.units, sps="-", last_eval=self.last_eval,
         )
 
-    def on_update_end(self, **_: Any) -> None:
-        self._done += 1
+    def on_update_end(self, update: int, **_: Any) -> None:
+        self._done = int(update)
         if self._progress is None or self._bar is None:
             return
         t0, u0 = self._t0

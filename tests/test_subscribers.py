@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import io
+import re
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+import clrl
 from clrl.events import EVENTS, EventBus
 from clrl.progress import RunProgress
 from clrl.rl.schedule import CheckpointSchedule
@@ -20,17 +23,22 @@ class Clock:
         return self.now
 
 
-def _schedule(deterministic: bool, stop=lambda: False, every_updates: int = 3, every_minutes: float = 1.0):
+def _schedule(deterministic: bool, stop=lambda: False, every_minutes: float = 1.0):
     saved: list[int | None] = []
     clock = Clock()
     events = EventBus()
-    CheckpointSchedule(saved.append, deterministic=deterministic, every_updates=every_updates,
-                       every_minutes=every_minutes, stop_requested=stop, clock=clock).attach(events)
+    CheckpointSchedule(saved.append, deterministic=deterministic, every_minutes=every_minutes,
+                       stop_requested=stop, clock=clock).attach(events)
     return events, saved, clock
 
 
-def test_the_event_names_include_the_lifecycle_points():
-    assert {"task_start", "update_end", "evaluation", "task_end", "safe_point"} <= set(EVENTS)
+def test_every_declared_event_is_emitted_by_a_front_end():
+    """No event name is declared that nothing announces (and emitting an undeclared one raises:
+    tests/test_representation.py)."""
+    root = Path(clrl.__file__).parent
+    sources = "".join(p.read_text() for p in [*root.glob("rl/*.py"), *root.glob("supervised/*.py")])
+    emitted = set(re.findall(r"""emit\(\s*["']([a-z_]+)["']""", sources))
+    assert emitted == set(EVENTS)
 
 
 def test_start_and_task_end_always_save_task_end_keeps_the_task_file():
@@ -40,14 +48,18 @@ def test_start_and_task_end_always_save_task_end_keeps_the_task_file():
     assert saved == [None, 0]
 
 
-def test_deterministic_mode_saves_exactly_every_k_updates_even_on_a_signal():
+def test_deterministic_mode_saves_exactly_the_exact_points_even_on_a_signal():
     stop = {"now": False}
-    events, saved, clock = _schedule(deterministic=True, stop=lambda: stop["now"], every_updates=3)
-    for update in range(1, 10):
+    events, saved, clock = _schedule(deterministic=True, stop=lambda: stop["now"])
+    points = []
+    for update in range(1, 9):
         clock.now += 3600  # wall time never matters in this mode
-        stop["now"] = update == 4  # a signal between the fixed counts saves nothing (bit-exact resume)
-        events.emit("safe_point", reason="update", task=1, step=update, update=update, last_update=update == 9)
-    assert saved == [None, None]  # after updates 3 and 6; 9 is the task's last (its task end follows)
+        stop["now"] = update == 4  # a signal between the exact points saves nothing (bit-exact resume)
+        before = len(saved)
+        events.emit("safe_point", reason="update", task=1, step=update, update=update, exact=update % 3 == 0)
+        points.append(len(saved) > before)
+    assert points == [False, False, True, False, False, True, False, False]
+    assert saved == [None, None]  # update points are not task files
 
 
 def test_timed_mode_saves_by_minutes_and_at_once_on_a_signal():
@@ -58,7 +70,7 @@ def test_timed_mode_saves_by_minutes_and_at_once_on_a_signal():
         clock.now += dt
         stop["now"] = signal
         before = len(saved)
-        events.emit("safe_point", reason="update", task=0, step=update, update=update, last_update=False)
+        events.emit("safe_point", reason="update", task=0, step=update, update=update, exact=update % 2 == 0)
         points.append(len(saved) > before)
     # 61 s after the start: saved; 10 s later: not; a signal: saved; 59 s after that: not yet
     assert points == [False, True, False, True, False]
@@ -79,9 +91,9 @@ def test_progress_bar_follows_the_events():
     progress = RunProgress(["Pong", "Boxing"], units=1024, console=console).attach(events)
     with progress.shown():
         events.emit("task_start", task=1, step=0, name="Boxing", total=4, done=1)
-        events.emit("update_end", task=1, step=2048, stats={}, seconds=1.0)
+        events.emit("update_end", task=1, step=2048, stats={}, seconds=1.0, update=2)
         events.emit("evaluation", task=1, step=2048, point=SimpleNamespace(scores=[-20.5, 3.25]), end_of_task=False)
-        events.emit("update_end", task=1, step=3072, stats={}, seconds=1.0)
+        events.emit("update_end", task=1, step=3072, stats={}, seconds=1.0, update=3)
         bar = progress._progress.tasks[0]
         assert (bar.completed, bar.total) == (3 * 1024, 4 * 1024)
     text = out.getvalue()
@@ -93,7 +105,7 @@ def test_progress_is_silent_off_a_terminal(capsys):
     progress = RunProgress(["Pong"], units=8).attach(events)  # pytest's stdout is not a terminal
     with progress.shown():
         events.emit("task_start", task=0, step=0, name="Pong", total=2)
-        events.emit("update_end", task=0, step=8, stats={}, seconds=1.0)
+        events.emit("update_end", task=0, step=8, stats={}, seconds=1.0, update=1)
     assert not progress.enabled and capsys.readouterr().out == ""
 
 
@@ -142,4 +154,6 @@ def test_supervised_run_announces_every_batch_and_saves_at_task_ends(tmp_path):
     planned = sum(p["batches"] for p in seen["task_start"])
     assert len(seen["task_start"]) == 2 and planned == len(seen["batch_end"]) > 0
     assert [p["reason"] for p in seen["safe_point"]] == ["start", "task_end", "task_end"]
-    assert (tmp_path / "run" / "checkpoints").is_dir()
+    assert [(p["reason"], p["task"]) for p in seen["safe_point"]] == [("start", 0), ("task_end", 0), ("task_end", 1)]
+    ckpt = tmp_path / "run" / "checkpoints"
+    assert sorted(f.name for f in ckpt.iterdir()) == ["latest.pt", "task_00.pt", "task_01.pt"]

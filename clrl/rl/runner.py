@@ -48,7 +48,7 @@ from clrl.allocator import tune_malloc
 from clrl.analysis.monitor import RepresentationMonitor, rollout_states
 from clrl.config import RLConfig, config_to_dict
 from clrl.device import resolve_device, torch_threads
-from clrl.errors import CheckpointError, ConfigError, TrainingDiverged
+from clrl.errors import CheckpointError, TrainingDiverged
 from clrl.events import EventBus
 from clrl.lifecycle import (
     Interrupt,
@@ -58,7 +58,7 @@ from clrl.lifecycle import (
 )
 from clrl.preflight import rl_regularizer_hparams
 from clrl.progress import RunProgress
-from clrl.regularizers import Regularizer, build_regularizer
+from clrl.regularizers import Regularizer, build_from_config
 from clrl.regularizers.base import diagnostic_scalars
 from clrl.results import (
     CurvePoint,
@@ -137,18 +137,13 @@ class SequentialRun:
         ).to(self.device)
         if cfg.train.vcl.gamma > 0:
             self.net.enable_vcl(cfg.train.vcl.gamma, cfg.train.vcl.n)
-        name, hparams = rl_regularizer_hparams(cfg)
-        try:
-            self.reg: Regularizer = build_regularizer(name, self.net.trunk, heads=self.net.actor, **hparams)
-        except ValueError as exc:
-            raise ConfigError(f"regularizer: {exc}") from exc
+        self.reg: Regularizer = build_from_config(*rl_regularizer_hparams(cfg), self.net.trunk, self.net.actor)
         self.n_actions = [action_count(g, cfg.env) for g in self.games]
         # what happens around training subscribes to its events: logging, progress, checkpoints, analysis
         self.events.subscribe("update_end", lambda task, stats, seconds, **_: self._log_update(task, stats, seconds))
         self.display = RunProgress(self.games, self.batch, enabled=cfg.output.progress).attach(self.events)
         self.schedule = CheckpointSchedule(
-            self._checkpoint, deterministic=self.deterministic, every_updates=cfg.train.checkpoint_every_updates,
-            every_minutes=cfg.output.checkpoint_every_minutes, stop_requested=lambda: self.interrupt.requested is not None,
+            self._checkpoint, deterministic=self.deterministic, every_minutes=cfg.output.checkpoint_every_minutes, stop_requested=lambda: self.interrupt.requested is not None,
         ).attach(self.events)
         if cfg.eval.analysis:
             n = cfg.eval.analysis_probes
@@ -297,6 +292,12 @@ class SequentialRun:
         self.model = TaskPPO(env, self.net, t, self.cfg.train, device=self.device)
         self.model.reset_envs(self._env_seed(t, env_seed_update))
 
+    def _reseeds_at(self, update: int) -> bool:
+        """Whether the training envs restart (re-seeded) before update ``update`` of a task: in the
+        deterministic mode every ``checkpoint_every_updates``, so that a checkpoint taken there
+        resumes bit for bit (the ``exact`` of those ``safe_point`` events)."""
+        return self.deterministic and update % self.cfg.train.checkpoint_every_updates == 0
+
     def _env_seed(self, t: int, update: int) -> int:
         return derive_seed(self.cfg.seed, "train-env", t, update)
 
@@ -312,9 +313,8 @@ class SequentialRun:
         self.events.emit("task_start", task=t, step=c.global_steps, name=game, total=self.J, done=c.update)
         timings = self.results.timings
         task_started = time.monotonic()
-        K = self.cfg.train.checkpoint_every_updates
         while c.update < self.J:
-            if self.deterministic and c.update % K == 0 and c.update > 0:
+            if c.update > 0 and self._reseeds_at(c.update):
                 self.model.reset_envs(self._env_seed(t, c.update))
             tick = time.monotonic()
             stats = self.model.update(progress_remaining=1.0 - c.update / self.J)
@@ -327,14 +327,14 @@ class SequentialRun:
             self._add_task_time("train_seconds_per_task", t, train_s)
             self._add_task_count("env_steps_per_task", t, self.batch)
             timings["env_steps_per_s"] = sum(timings["env_steps_per_task"]) / max(timings["train_seconds"], 1e-9)
-            self.events.emit("update_end", task=t, step=c.global_steps, stats=stats, seconds=train_s)
-            last = c.update == self.J
-            if not last and c.global_steps >= c.next_eval:
+            self.events.emit("update_end", task=t, step=c.global_steps, stats=stats, seconds=train_s, update=c.update)
+            if c.update == self.J:  # the task end follows at once, with its own safe point
+                break
+            if c.global_steps >= c.next_eval:
                 self._evaluate(t, end_of_task=False)
             self.events.emit("safe_point", reason="update", task=t, step=c.global_steps, update=c.update,
-                             last_update=last)
-            if not last:
-                self._honour_interrupt()
+                             exact=self._reseeds_at(c.update))
+            self._honour_interrupt()
         self._add_task_time("seconds_per_task", t, time.monotonic() - task_started)
         self._finish_task(t)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +39,7 @@ __all__ = ["TaskContext", "consolidation_batches", "make_optimizer", "train_offl
 
 @dataclass
 class TaskContext:
-    """What a task's training loop needs; ``on_epoch(t, epoch, stats)`` records curve points."""
+    """What a task's training loop needs; it announces its progress on ``events`` (clrl.events)."""
 
     cfg: SupervisedConfig
     bench: Benchmark
@@ -50,11 +50,9 @@ class TaskContext:
     buffer: ReservoirBuffer | None = None
     writer: Any = None  # a tensorboard SummaryWriter or None
     counters: dict[str, int] = field(default_factory=lambda: {"epochs": 0, "examples": 0, "batches": 0})
-    on_epoch: Callable[[int, int, dict[str, float]], None] | None = None
     prox_every_auto: bool = True
     # task_start, batch_end, update_end, evaluation, task_end, safe_point (clrl.events)
     events: EventBus = field(default_factory=EventBus)
-    task: int = 0  # the task being trained (set by each task's start)
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         if self.writer is not None and value is not None and math.isfinite(value):
@@ -81,7 +79,6 @@ def _start_task(ctx, t: int):
     _set_prox_every(ctx, n_batches)
     ctx.reg.begin_task(t, opt)
     gen = torch.Generator().manual_seed(derive_seed(ctx.cfg.seed, "shuffle", t))
-    ctx.task = t
     offline = ctx.cfg.train.regime == "offline"
     epochs = ctx.cfg.train.epochs if offline else 1
     ctx.events.emit("task_start", task=t, step=ctx.counters["epochs"] if offline else ctx.counters["examples"],
@@ -100,7 +97,7 @@ def _check_finite(loss: Tensor, where: str) -> None:
         raise TrainingDiverged(f"non-finite loss ({float(loss.detach())}) at {where}")
 
 
-def _step(ctx: TaskContext, opt: torch.optim.Optimizer, loss: Tensor, where: str) -> float:
+def _step(ctx: TaskContext, opt: torch.optim.Optimizer, loss: Tensor, t: int, where: str) -> float:
     _check_finite(loss, where)
     opt.zero_grad(set_to_none=True)
     ctx.model.heads.zero_grad(set_to_none=True)  # replayed past heads get gradients but no updates
@@ -110,7 +107,7 @@ def _step(ctx: TaskContext, opt: torch.optim.Optimizer, loss: Tensor, where: str
         ctx.model.vcl.clear()
     ctx.counters["batches"] += 1
     value = float(loss.detach())
-    ctx.events.emit("batch_end", task=ctx.task, step=ctx.counters["batches"], loss=value)
+    ctx.events.emit("batch_end", task=t, step=ctx.counters["batches"], loss=value)
     return value
 
 
@@ -168,7 +165,7 @@ def train_offline_task(ctx: TaskContext, t: int) -> dict[str, Any]:
         for b in range(n_batches):
             x, y = task.tensors("train", perm[b * bs : (b + 1) * bs], ctx.device)
             loss = _task_loss(ctx, x, y, t)
-            total += _step(ctx, opt, loss, f"task {t} epoch {epoch} batch {b}") * len(y)
+            total += _step(ctx, opt, loss, t, f"task {t} epoch {epoch} batch {b}") * len(y)
             ctx.counters["examples"] += len(y)
         epochs_run += 1
         ctx.counters["epochs"] += 1
@@ -192,8 +189,7 @@ def train_offline_task(ctx: TaskContext, t: int) -> dict[str, Any]:
         step = ctx.counters["epochs"]
         for key, value in stats.items():
             ctx.scalar(f"train/{key}", value, step)
-        if ctx.on_epoch is not None:
-            ctx.on_epoch(t, epoch, stats)
+        ctx.events.emit("update_end", task=t, step=step, stats=stats, epoch=epoch)
         if lr < tr.min_lr or (tr.early_stop is not None and drops >= tr.early_stop):
             ctx.log.info("task %d: stopping after epoch %d (lr %.3g, %d drops)", t, epoch, lr, drops)
             break
@@ -235,7 +231,7 @@ def train_single_pass_task(ctx: TaskContext, t: int) -> dict[str, Any]:
             loss = F.cross_entropy(ctx.model(x, t), y)
         if ctx.model.vcl is not None:
             loss = loss + ctx.model.vcl.loss()
-        value = _step(ctx, opt, loss, f"task {t} batch {b}")
+        value = _step(ctx, opt, loss, t, f"task {t} batch {b}")
         total += value * k
         if buf is not None:
             buf.add(x, y, t)

@@ -35,7 +35,7 @@ from clrl.allocator import tune_malloc
 from clrl.analysis.monitor import RepresentationMonitor
 from clrl.config import SupervisedConfig, config_to_dict, regularizer_hparams
 from clrl.device import resolve_device
-from clrl.errors import CheckpointError, ConfigError
+from clrl.errors import CheckpointError
 from clrl.io import check_finite_tensors, load_checkpoint, save_checkpoint
 from clrl.lifecycle import (
     Interrupt,
@@ -44,7 +44,7 @@ from clrl.lifecycle import (
     resume_without_checkpoint,
 )
 from clrl.progress import TaskBar
-from clrl.regularizers import Regularizer, build_regularizer
+from clrl.regularizers import Regularizer, build_from_config
 from clrl.regularizers.base import diagnostic_scalars
 from clrl.results import (
     CurvePoint,
@@ -181,10 +181,7 @@ def _run(cfg: SupervisedConfig, rd: RunDir, resume: bool) -> Results:
         T = len(bench.tasks)
         model = build_model(cfg, bench).to(device)
         name, hparams = regularizer_hparams(cfg)
-        try:
-            reg: Regularizer = build_regularizer(name, model.trunk, heads=model.heads, **hparams)
-        except ValueError as exc:  # e.g. agscl on a trunk with normalization layers
-            raise ConfigError(f"regularizer: {exc}") from exc
+        reg: Regularizer = build_from_config(name, hparams, model.trunk, model.heads)
         buffer = None
         if cfg.train.regime == "single_pass" and cfg.train.buffer_size > 0:
             buffer = ReservoirBuffer(cfg.train.buffer_size, seed=derive_seed(cfg.seed, "reservoir"))
@@ -192,8 +189,11 @@ def _run(cfg: SupervisedConfig, rd: RunDir, resume: bool) -> Results:
                           prox_every_auto=getattr(cfg.regularizer, "prox_every", 1) is None)
 
         def save_checkpoints(reason: str, task: int, **_: Any) -> None:
-            """The supervised run's checkpoints: the initial state and every finished task."""
-            state = _checkpoint_state(ctx, results, task)
+            """The supervised run's checkpoints: the initial state and every finished task (the
+            file's ``task`` is the last finished one, -1 at the start)."""
+            if reason not in ("start", "task_end"):
+                raise ValueError(f"unknown safe_point reason {reason!r} for a supervised run")
+            state = _checkpoint_state(ctx, results, task if reason == "task_end" else -1)
             if reason == "task_end":
                 save_checkpoint(rd.task_checkpoint(task), state)
             save_checkpoint(rd.latest_checkpoint, state)
@@ -226,8 +226,8 @@ def _run(cfg: SupervisedConfig, rd: RunDir, resume: bool) -> Results:
                 t0 = time.time()
                 results.baseline = evaluate_tasks(model, bench.tasks, range(T), cfg.eval.batch_size, device)
                 results.timings["baseline_s"] = _wall(t0)
-            # the initial state (task -1): a run stopped during its first task resumes from here
-            ctx.events.emit("safe_point", reason="start", task=-1, step=0)
+            # the initial state: a run stopped during its first task resumes from here
+            ctx.events.emit("safe_point", reason="start", task=0, step=0)
             save_results(rd.results_path, results)
 
         writer = _tensorboard(cfg, rd, log)
@@ -242,9 +242,9 @@ def _run(cfg: SupervisedConfig, rd: RunDir, resume: bool) -> Results:
         first = results.tasks_done()
         run_start = time.time()
 
-        def on_epoch(t: int, epoch: int, stats: dict[str, float]) -> None:
-            every = cfg.eval.every_epochs
-            ctx.events.emit("update_end", task=t, step=ctx.counters["epochs"], stats=stats)
+        def record_curve(task: int, epoch: int, **_: Any) -> None:
+            """A curve point every ``eval.every_epochs`` epochs of the offline regime."""
+            t, every = task, cfg.eval.every_epochs
             if every and (epoch + 1) % every == 0:
                 scores = evaluate_tasks(model, bench.tasks, range(t + 1), cfg.eval.batch_size, device)
                 step = ctx.counters["epochs"]
@@ -254,7 +254,7 @@ def _run(cfg: SupervisedConfig, rd: RunDir, resume: bool) -> Results:
                     ctx.scalar(f"eval/acc/{bench.tasks[j].name}", s, step)
                 save_results(rd.results_path, results)
 
-        ctx.on_epoch = on_epoch if cfg.train.regime == "offline" else None
+        ctx.events.subscribe("update_end", record_curve)  # update_end: an offline-regime epoch
         train_task = train_offline_task if cfg.train.regime == "offline" else train_single_pass_task
         with writer if writer is not None else nullcontext():
             try:
