@@ -107,12 +107,9 @@ def _check_rl(cfg: RLConfig) -> None:
 
 def _check_regularizer(name: str, hparams: dict, trunk: Any, heads: Any) -> None:
     """Build the regularizer the run will build (its hyperparameters and node view checked)."""
-    from clrl.regularizers import build_regularizer
+    from clrl.regularizers import build_from_config
 
-    try:
-        build_regularizer(name, trunk, heads=heads, **hparams)
-    except (ValueError, RuntimeError, TypeError) as exc:
-        raise ConfigError(f"regularizer: {_first_line(exc)}") from exc
+    build_from_config(name, hparams, trunk, heads)
 
 
 def _check_supervised(cfg: SupervisedConfig) -> None:

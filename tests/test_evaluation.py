@@ -15,14 +15,9 @@ from clrl.rl.policy import build_actor_critic
 GAMES = ["Boxing", "Breakout", "Seaquest"]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """As the CPU configs run (train.torch_threads: 1): torch's spinning workers and the
-    emulators' threads would otherwise fight over a small machine's cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# as the CPU configs run (train.torch_threads: 1): torch's workers and the emulators' threads
+# would otherwise fight over a small machine's cores
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _const(obs: np.ndarray) -> np.ndarray:

@@ -26,8 +26,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from clrl.device import torch_threads
 from clrl.events import EventBus
 
 from .batched import measure_tasks
@@ -89,22 +89,6 @@ def rollout_states(model: Any, n: int) -> np.ndarray | None:
     shape = tuple(getattr(buf, "obs_shape", np.asarray(obs).shape[2:]))
     flat = np.asarray(obs).reshape(-1, *shape)  # (steps, envs, ...) or, after training, (steps * envs, ...)
     return as_uint8(even_subsample(flat, n))
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """Run torch on one intra-op thread, then restore the count. The analysis's operations are
-    small (a few hundred probe inputs); on a busy machine a multi-threaded SVD or matmul of that
-    size spends most of its time waiting for threads (measured 20x slower with 2 threads)."""
-    n = torch.get_num_threads()
-    if n == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 
@@ -227,7 +211,7 @@ class RepresentationMonitor:
         self._ensure_restored()
         tick = time.perf_counter()
         x = even_subsample(as_uint8(inputs), self.probe_size)
-        with one_thread():
+        with torch_threads(1):  # small ops: a second thread only waits (measured 20x slower with 2)
             pres, _, feats = self.forward([(task, x)])
         probe = Probe(task=int(task), inputs=x, masks=self._masks(pres), features=feats)
         save_probe(self.folder, probe)
@@ -242,7 +226,7 @@ class RepresentationMonitor:
             return
         self._ensure_restored()
         tick = time.perf_counter()
-        with one_thread():
+        with torch_threads(1):  # small ops: a second thread only waits (measured 20x slower with 2)
             block = self.measure(int(task), end_of_task)
         block["seconds"] = round(time.perf_counter() - tick, 4)
         point.analysis = block

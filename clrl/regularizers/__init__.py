@@ -14,6 +14,8 @@ from typing import Any
 
 from torch import nn
 
+from clrl.errors import ConfigError
+
 from .agscl import AGSCL, prox_group
 from .base import Regularizer, check_hparams
 from .ewc import EWC
@@ -30,6 +32,7 @@ __all__ = [
     "REGULARIZER_NAMES",
     "Regularizer",
     "build_regularizer",
+    "build_from_config",
     "prox_group",
     "validate_hparams",
 ]
@@ -60,3 +63,14 @@ def build_regularizer(name: str, trunk: nn.Module, heads: nn.Module | None = Non
     """The regularizer ``name`` (one of ``REGULARIZER_NAMES``) for ``trunk`` and optional
     :class:`~clrl.nets.MultiHead` ``heads``."""
     return _lookup(name)(trunk, heads, **hparams)
+
+
+def build_from_config(name: str, hparams: dict[str, Any], trunk: nn.Module, heads: nn.Module | None) -> Regularizer:
+    """:func:`build_regularizer` for a run's config section: a bad value, or a trunk the method
+    cannot work on (AGS-CL on normalization layers), is the config's fault and raised as
+    ``ConfigError("regularizer: ...")``. Preflight and both front ends build through here."""
+    try:
+        return build_regularizer(name, trunk, heads=heads, **hparams)
+    except (ValueError, RuntimeError, TypeError) as exc:
+        text = str(exc).strip()
+        raise ConfigError(f"regularizer: {text.splitlines()[0] if text else type(exc).__name__}") from exc

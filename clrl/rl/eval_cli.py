@@ -218,10 +218,9 @@ def run_eval(args: argparse.Namespace) -> list[dict[str, Any]]:
         net.enable_vcl(cfg.train.vcl.gamma, cfg.train.vcl.n)
     ckpt.restore_net(net, state, path)
     net.to(device).eval()
-    if cfg.train.torch_threads:
-        torch.set_num_threads(cfg.train.torch_threads)
-    if cfg.train.rollout_threads:  # as the run evaluates: the rollouts' inference threads
-        torch.set_num_threads(cfg.train.rollout_threads)
+    threads = cfg.train.rollout_threads or cfg.train.torch_threads  # as the run evaluates: the rollouts' threads
+    if threads:
+        torch.set_num_threads(threads)
 
     jobs = []
     for t in targets:
