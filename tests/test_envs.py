@@ -78,6 +78,45 @@ def test_frame_stack_option(backend: str) -> None:
         assert venv.reset().shape == (1, 2, 84, 84)
 
 
+@pytest.mark.parametrize("stack", [1, 2, 3, 4, 5])
+def test_frame_stack_is_pixel_major_and_shifts_like_a_plain_stack(stack: int) -> None:
+    """The stack lives in (n, H, W, stack) memory and is shifted by moving every byte one place
+    (``_AtariBatch._push``); an independent plain (n, stack, H, W) stack, shifted by slicing,
+    must hold the same frames after every push, for any stack size and env range."""
+    from clrl.rl.envs import _AtariBatch
+
+    class _Frames:  # just enough of an emulator for the stack: 3 envs, no FIRE
+        num_envs, has_fire = 3, False
+
+    batch = _AtariBatch(_Frames(), stack, fire_reset=False, frame_skip=4)
+    plain = np.zeros((3, stack, 84, 84), dtype=np.uint8)
+    rng = np.random.default_rng(stack)
+    for lo, hi in [(0, 3), (1, 3), (0, 1), (0, 3), (2, 3), (0, 2)] * 2:
+        frames = rng.integers(0, 256, (hi - lo, 84, 84), dtype=np.uint8)
+        batch._push(lo, hi, frames)
+        plain[lo:hi, :-1] = plain[lo:hi, 1:].copy()
+        plain[lo:hi, -1] = frames
+        assert np.array_equal(batch.stack, plain)
+    assert batch.stack.strides == (84 * 84 * stack, 1, 84 * stack, stack)
+
+
+def test_observations_come_channels_last(backend: str) -> None:
+    """What the env hands out is already the network's input layout (no transpose at inference:
+    ``preprocess`` keeps the memory), and copies made as SB3 makes them keep it."""
+    import torch
+
+    from clrl.rl.policy import preprocess
+
+    with make_vec_env("Breakout", 3, _cfg(backend), seed=0, train=True) as venv:
+        for obs in (venv.reset(), venv.step(np.ones(3, dtype=np.int64))[0]):
+            assert obs.shape == (3, 4, 84, 84)
+            x = torch.as_tensor(obs)
+            assert x.is_contiguous(memory_format=torch.channels_last)
+            assert x.contiguous(memory_format=torch.channels_last).data_ptr() == x.data_ptr()
+            assert np.array(obs).strides == obs.strides
+            assert torch.equal(preprocess(x), preprocess(torch.as_tensor(np.ascontiguousarray(obs))))
+
+
 def test_action_count() -> None:
     assert action_count("Breakout", EnvConfig()) == 4
     assert action_count("boxing", EnvConfig()) == 18

@@ -71,6 +71,31 @@ def test_preprocess_frames_are_channels_last_with_the_same_values():
     assert torch.equal(preprocess(frames.float()), out)  # float frames (0..255) give the same input
 
 
+@pytest.mark.parametrize("n, actions", [(1, 2), (4, 6), (8, 18), (64, 9)])
+def test_sample_actions_draws_what_torch_multinomial_draws(n: int, actions: int):
+    """Same draws and the same generator state afterwards, from an explicit generator and from
+    torch's global one, including rows with zero-probability and single possible actions."""
+    from clrl.rl.policy import sample_actions
+
+    for seed in range(60):
+        probs = torch.softmax(torch.randn(n, actions, generator=torch.Generator().manual_seed(seed)) * 4, 1)
+        probs[0, : actions // 2] = 0.0  # impossible actions are never drawn
+        if n > 1:
+            probs[1] = 0.0
+            probs[1, seed % actions] = 1.0
+        g1, g2 = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        expected = torch.multinomial(probs, 1, generator=g1).squeeze(1)
+        got = sample_actions(probs, g2)
+        assert torch.equal(got, expected)
+        assert torch.equal(g1.get_state(), g2.get_state())
+        assert (probs.gather(1, got[:, None]) > 0).all()
+        torch.manual_seed(seed)
+        expected = torch.multinomial(probs, 1).squeeze(1)
+        after = torch.rand(3)
+        torch.manual_seed(seed)
+        assert torch.equal(sample_actions(probs), expected) and torch.equal(torch.rand(3), after)
+
+
 @pytest.mark.parametrize("method", ["ewc", "mas"])
 def test_per_sample_importance_of_the_atari_net_runs_under_vmap_and_matches_the_loop(method):
     """Frames reach the trunk through ``preprocess``; its layout change must not break vmap."""

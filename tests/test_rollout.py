@@ -177,10 +177,13 @@ def test_minibatches_are_sb3s_samples():
 
 
 def test_minibatch_observations_come_channels_last_and_preprocess_keeps_them():
-    """The rollout is transposed once per update, not once per minibatch: each minibatch is
-    already in the network's channels-last layout (same values as SB3's NCHW samples, above)."""
+    """The rollout is stored channels-last (pixel-major), so no minibatch is transposed: each is
+    already in the network's layout (same values as SB3's NCHW samples, above)."""
     _, lean = twin_models(fake_env, 3, ppo_config())
     collect(lean, seed=2)
+    buf = lean.rollout_buffer
+    step = torch.as_tensor(buf.observations[0])  # what inference reads: one slot, channels-last
+    assert step.is_contiguous(memory_format=torch.channels_last)
     for epoch in lean.rollout_buffer.epochs(9, 2):
         for sample in epoch:
             obs = sample.observations

@@ -333,11 +333,12 @@ def compute_bound(n_envs: int, n_epochs: int, minibatch: int, device: str, secon
     net = build_actor_critic(net_shape[0], net_shape[1], "relu").to(device)
     net.add_task(0, 18)
     opt = torch.optim.Adam(net.task_parameters(0), lr=1e-4)
+    # the env hands its frames over channels-last and the rollout keeps them so (AtariVecEnv,
+    # RolloutStore), so inference and training read that layout here too: the bound does not
+    # pay the transposes clrl does not pay
     x = torch.randint(0, 256, (minibatch, 4, 84, 84), dtype=torch.uint8, device=device)
-    xi = x[:n_envs].clone()  # inference reads the env's (n, C, H, W) frames, as the rollout does
-    # training minibatches come channels-last (RolloutStore transposes a rollout once), so the
-    # bound trains on them that way too: it does not pay the per-minibatch transpose clrl avoids
     x = x.contiguous(memory_format=torch.channels_last)
+    xi = x[:n_envs].clone()  # clone keeps the layout (preserve_format)
 
     def rate(fn, batch: int) -> float:
         fn()

@@ -329,7 +329,11 @@ class _AtariBatch:
         self.num_envs = n = emu.num_envs
         self.fire = bool(fire_reset and emu.has_fire)
         self.frame_skip = int(frame_skip)
-        self.stack = np.zeros((n, frame_stack, OBS_SIZE, OBS_SIZE), dtype=np.uint8)
+        # the frames are stored pixel-major, (n, H, W, stack), and handed out as (n, stack, H, W)
+        # views of that memory: the channels-last layout the network reads (clrl.rl.policy
+        # .preprocess), so neither a rollout step nor a training minibatch transposes them
+        self._pixels = np.zeros((n, OBS_SIZE, OBS_SIZE, frame_stack), dtype=np.uint8)
+        self.stack = self._pixels.transpose(0, 3, 1, 2)
         self.lives = np.zeros(n, dtype=np.int64)
         self.ep_return = np.zeros(n, dtype=np.float64)
         self.ep_steps = np.zeros(n, dtype=np.int64)  # learner steps
@@ -384,7 +388,19 @@ class _AtariBatch:
             self.in_flight[:] = False
         frames, lives = self.emu.reset(idx, seeds)
         self._start_games(idx, frames, lives)
-        return self.stack.copy(), self.lives.copy()
+        return self.stack.copy(order="K"), self.lives.copy()
+
+    def _push(self, lo: int, hi: int, frames: np.ndarray) -> None:
+        """Shift the stacks of envs ``lo..hi-1`` by one frame and put ``frames`` last.
+
+        In the pixel-major memory a shift is one move of every byte by one place (each pixel's
+        frames move down a slot; the byte that crosses into the previous pixel's last slot is
+        overwritten by the new frame): a contiguous move, where slicing the (n, stack, H, W) view
+        would be a strided copy 20x slower.
+        """
+        flat = self._pixels[lo:hi].reshape(hi - lo, -1)
+        flat[:, :-1] = flat[:, 1:]  # numpy copies overlapping operands as if through a buffer
+        self.stack[lo:hi, -1] = frames
 
     def step(self, actions: np.ndarray) -> dict[str, Any]:
         """One learner step of every env (``send`` then ``recv`` of all of them)."""
@@ -414,11 +430,10 @@ class _AtariBatch:
         self.ep_agent_steps[env] += 1
         ended = over | trunc
         stack = self.stack[env]
-        stack[:, :-1] = stack[:, 1:]
-        stack[:, -1] = frames
+        self._push(lo, hi, frames)
         stack[ended, -1] = final[ended]  # a finished game's terminal stack ends on its last frame
         life_lost = (lives > 0) & (lives < self.lives[env]) & ~ended
-        final_obs = stack.copy() if (ended | life_lost).any() else None
+        final_obs = stack.copy(order="K") if (ended | life_lost).any() else None
         lost = np.flatnonzero(life_lost)
         if len(lost):
             seq = [_NOOP, *self._fire_seq()]
@@ -447,7 +462,7 @@ class _AtariBatch:
         keep = ~(ended | life_lost)
         self.lives[env][keep] = lives[keep]
         return {
-            "obs": stack.copy(),
+            "obs": stack.copy(order="K"),
             "reward": raw,
             "game_over": over,
             "truncated": trunc,
@@ -473,6 +488,10 @@ class AtariVecEnv(VecEnv):
     ``terminal_observation`` (the learner's last observation before the frame stack restarts);
     at the end of a full game ``episode = {"r": raw score, "l": learner steps, "f": emulator
     frames, "t": s}``. FIRE after a lost life and the stack restarts: see ``_AtariBatch``.
+
+    Observations are ``(n, stack, 84, 84)`` uint8 arrays whose memory is pixel-major (the strides
+    of ``np.transpose`` of an ``(n, 84, 84, stack)`` array): the values any reader expects, in
+    the channels-last layout the network reads. ``np.copy`` and ``torch.as_tensor`` keep it.
     """
 
     def __init__(

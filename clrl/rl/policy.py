@@ -25,7 +25,7 @@ from clrl.layers import VCL
 from clrl.nets import MultiHead, atari_trunk
 from clrl.nets.init import POLICY_GAIN, TRUNK_GAIN, VALUE_GAIN, check_scheme, orthogonal_init_
 
-__all__ = ["ActorCritic", "TaskPolicy", "build_actor_critic", "preprocess"]
+__all__ = ["ActorCritic", "TaskPolicy", "build_actor_critic", "preprocess", "sample_actions"]
 
 
 def preprocess(obs: Tensor) -> Tensor:
@@ -47,6 +47,22 @@ def preprocess(obs: Tensor) -> Tensor:
         return obs.float().div_(255.0)
     x = obs.float() / 255.0
     return x.contiguous(memory_format=torch.channels_last) if batch else x
+
+
+def sample_actions(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """One action per row of ``probs`` (n, actions): ``torch.multinomial(probs, 1)``'s draw.
+
+    For a single sample ``torch.multinomial`` is the exponential race: ``argmax(p / q)`` with
+    ``q ~ Exp(1)`` drawn by ``exponential_`` from the same generator (Gumbel-max with the
+    exponential applied). This is that race without its input checks (a max, a min, a row sum
+    and two host reads per call): the same draws from the same generator state, bit for bit
+    (``tests/test_rl_policy.py`` compares them over seeds, batch sizes and action counts), for
+    half the time of a rollout step's sampling. What the checks caught, probabilities with NaN,
+    is left to the NaN guard (:mod:`clrl.rl.runner`): non-finite logits come only from
+    non-finite weights or losses, which it reads after every update.
+    """
+    race = torch.empty_like(probs).exponential_(1, generator=generator)
+    return torch.div(probs, race).argmax(dim=1)
 
 
 class ActorCritic(nn.Module):
@@ -131,8 +147,7 @@ class ActorCritic(nn.Module):
                     if deterministic:
                         actions = logits.argmax(dim=1)
                     else:
-                        probs = F.softmax(logits.float().cpu(), dim=1)
-                        actions = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+                        actions = sample_actions(F.softmax(logits.float().cpu(), dim=1), generator)
             finally:
                 self.train(was)
             return actions.cpu().numpy()
@@ -197,7 +212,7 @@ class TaskPolicy(BasePolicy):
         if deterministic:
             actions = logp.argmax(dim=1)
         else:
-            actions = torch.multinomial(logp.exp(), 1).squeeze(1)
+            actions = sample_actions(logp.exp())
         return actions, values, logp.gather(1, actions.unsqueeze(1)).squeeze(1)
 
     def evaluate_actions(self, obs: Tensor, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:

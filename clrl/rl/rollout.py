@@ -16,7 +16,9 @@ changes is how the arrays are filled and moved, which is where SB3's loop loses 
   ``RolloutBuffer.get``) and gathers minibatches on the device from the step-major arrays: no
   ``swap_and_flatten`` copy, no per-minibatch host->device transfer.
 
-Observations stay uint8 until the network's :func:`clrl.rl.policy.preprocess`.
+Observations stay uint8 until the network's :func:`clrl.rl.policy.preprocess`. Image rollouts
+are stored pixel-major (channels-last), the layout :class:`clrl.rl.envs.AtariVecEnv` hands frames
+in and the network reads, so neither inference nor training transposes them.
 
 Every host<->device copy goes through :func:`to_device` / :func:`to_host`, so tests count them;
 ``separate=True`` gives the GPU's copy path on a CPU (device tensors distinct from the host arrays)
@@ -82,19 +84,21 @@ class RolloutStore(RolloutBuffer):
         self.separate = (dev.type != "cpu") if self._separate_arg is None else bool(self._separate_arg)
         self.pinned = dev.type == "cuda" and torch.cuda.is_available()
         obs_dtype = torch.from_numpy(np.zeros(0, dtype=self.observation_space.dtype)).dtype
-        self._obs_host = torch.zeros((n, e, *self.obs_shape), dtype=obs_dtype, pin_memory=self.pinned)
+        # image rollouts are stored pixel-major, (n, e, H, W, C), and read through (n, e, C, H, W)
+        # views: the layout the env hands its frames in and the network reads (channels-last), so
+        # a step's copy is a plain one and training gathers minibatches without a transpose
+        images = len(self.obs_shape) == 3
+        order = (0, 1, 4, 2, 3) if images else tuple(range(2 + len(self.obs_shape)))
+        stored = (n, e, *self.obs_shape[1:], self.obs_shape[0]) if images else (n, e, *self.obs_shape)
+        self._obs_host = torch.zeros(stored, dtype=obs_dtype, pin_memory=self.pinned).permute(order)
         self.observations = self._obs_host.numpy()
         self.actions = np.zeros((n, e, self.action_dim), dtype=self.action_space.dtype)
         for name in ("rewards", "returns", "episode_starts", "values", "log_probs", "advantages"):
             setattr(self, name, np.zeros((n, e), dtype=np.float32))
         # what training reads: actions (as float32, like SB3's samples), advantages, returns
         self._packed_host = torch.zeros((3, n, e), dtype=torch.float32, pin_memory=self.pinned)
-        # training reads image rollouts from a channels-last copy: _training_observations
-        images = len(self.obs_shape) == 3
-        c, h, w = self.obs_shape if images else (0, 0, 0)
-        self._obs_nhwc = torch.empty((n * e, h, w, c), dtype=obs_dtype, device=dev) if images else None
         if self.separate:
-            self.obs_device = torch.zeros(self._obs_host.shape, dtype=obs_dtype, device=dev)
+            self.obs_device = torch.zeros(stored, dtype=obs_dtype, device=dev).permute(order)
             self.values_device = torch.zeros((n, e), dtype=torch.float32, device=dev)
             self.log_probs_device = torch.zeros((n, e), dtype=torch.float32, device=dev)
             self._packed_device = torch.zeros((3, n, e), dtype=torch.float32, device=dev)
@@ -180,20 +184,20 @@ class RolloutStore(RolloutBuffer):
     def _training_observations(self) -> Callable[[Tensor], Tensor]:
         """Minibatch gatherer over the rollout's observations, in the network's input layout.
 
-        The network reads image batches channels-last (:func:`clrl.rl.policy.preprocess`). A
-        minibatch gathered from the step-major (N, C, H, W) rollout would be transposed on every
-        gather, i.e. ``n_epochs`` times per sample; here the whole rollout is transposed once into
-        the (N, H, W, C) copy allocated with the arrays, and a minibatch is a gather from it,
-        handed over as the same (B, C, H, W) values with channels-last strides, which
-        ``preprocess`` then takes as they are. Same values, same layout at the network: the same
-        training, bit for bit (``tests/test_rollout.py``).
+        The network reads image batches channels-last (:func:`clrl.rl.policy.preprocess`), and
+        the rollout stores them that way (pixel-major, see ``_allocate``): a minibatch is a
+        gather of whole samples, handed over as the same (B, C, H, W) values with channels-last
+        strides, which ``preprocess`` takes as they are. A step-major (N, C, H, W) rollout would
+        be transposed at every gather, ``n_epochs`` times per sample. Same values, same layout at
+        the network: the same training, bit for bit (``tests/test_rollout.py``).
         """
-        nchw = self.obs_device.view(self.buffer_size * self.n_envs, *self.obs_shape)
-        nhwc = self._obs_nhwc
-        if nhwc is None:  # not images: nothing to transpose
-            return lambda i: nchw.index_select(0, i)
-        nhwc.copy_(nchw.permute(0, 2, 3, 1))
-        return lambda i: nhwc.index_select(0, i).permute(0, 3, 1, 2)
+        total = self.buffer_size * self.n_envs
+        if len(self.obs_shape) != 3:  # not images: the storage is the plain layout
+            flat = self.obs_device.reshape(total, *self.obs_shape)
+            return lambda i: flat.index_select(0, i)
+        c, h, w = self.obs_shape
+        pixels = self.obs_device.permute(0, 1, 3, 4, 2).view(total, h, w, c)  # the storage itself
+        return lambda i: pixels.index_select(0, i).permute(0, 3, 1, 2)
 
     def epochs(self, batch_size: int, n_epochs: int) -> list[Iterator[RolloutBufferSamples]]:
         """The minibatches of ``n_epochs`` epochs, as SB3's ``get(batch_size)`` once per epoch.
