@@ -42,7 +42,8 @@ def preprocess(obs: Tensor) -> Tensor:
     if obs.dtype == torch.uint8:
         # the layout change on the uint8 frames (a quarter of the bytes), then one conversion
         # pass and one in-place division: same values as float -> /255 -> channels-last. Input
-        # already in the target layout (RolloutStore's minibatches) is not copied.
+        # already in the target layout (the env's frames, the rollout's slots and minibatches)
+        # is not copied.
         obs = obs.contiguous(memory_format=torch.channels_last) if batch else obs.contiguous()
         return obs.float().div_(255.0)
     x = obs.float() / 255.0
