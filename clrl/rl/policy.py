@@ -57,8 +57,8 @@ def sample_actions(probs: Tensor, generator: torch.Generator | None = None) -> T
     ``q ~ Exp(1)`` drawn by ``exponential_`` from the same generator (Gumbel-max with the
     exponential applied). This is that race without its input checks (a max, a min, a row sum
     and two host reads per call): the same draws from the same generator state, bit for bit
-    (``tests/test_rl_policy.py`` compares them over seeds, batch sizes and action counts), for
-    half the time of a rollout step's sampling. What the checks caught, probabilities with NaN,
+    (``tests/test_rl_policy.py`` compares them over seeds, batch sizes and action counts), and
+    no device synchronization on a GPU. What the checks caught, probabilities with NaN,
     is left to the NaN guard (:mod:`clrl.rl.runner`): non-finite logits come only from
     non-finite weights or losses, which it reads after every update.
     """
