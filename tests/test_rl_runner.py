@@ -318,6 +318,9 @@ def test_bench_ppo_table_ratios_and_compute_bound(tmp_path):
     b = res["compute_bound"]
     assert b["env_steps_per_s"] == pytest.approx(1 / (1 / b["train_samples_per_s"] + 1 / b["inference_samples_per_s"]))
     m = res["machine_bound"]  # the compute bound plus the raw env, measured in the same run
+    # inference after a pause of one raw env step: reported beside the bound, not in it
+    assert b["pause_s"] == pytest.approx(2 / max(m["env_rate_windows"]), rel=1e-3)
+    assert b["inference_after_pause_samples_per_s"] > 0
     assert set(m) >= {"env_steps_per_s", "env_rate", "clrl_none_share"} and m["env_rate"] > 0
     from clrl.bench.ppo import BOUND_WINDOWS
 
@@ -348,6 +351,29 @@ def test_bench_ppo_table_ratios_and_compute_bound(tmp_path):
             assert 0 < phases[name]["rollout"] and 0 < phases[name]["train"]
             assert phases[name]["rollout"] + phases[name]["train"] < 16 / sps[name]
     json.dumps(res)  # plain data
+
+
+def test_paused_rate_counts_the_calls_own_time_only():
+    """Each call follows a sleep; the rate is calls x batch over the calls' time alone."""
+    import time as _time
+
+    from clrl.bench.ppo import _paused_rate
+
+    calls: list[float] = []
+
+    def fn() -> None:  # a 2 ms call
+        calls.append(_time.perf_counter())
+        _time.sleep(0.002)
+
+    start = _time.perf_counter()
+    rate = _paused_rate(fn, per_call=8, pause_s=0.01, seconds=0.05, sync=lambda: None)
+    wall = _time.perf_counter() - start
+    n = len(calls)
+    assert n >= 20  # at least 20 calls, each after its 10 ms pause
+    assert all(b - a >= 0.012 for a, b in zip(calls, calls[1:]))
+    assert wall >= n * 0.012
+    # 8 samples per ~2 ms of the call's own time: ~4,000/s; counting the pauses would give ~670/s
+    assert 2000 < rate <= 8 / 0.002 * 1.01
 
 
 def test_machine_bound_is_the_harmonic_sum_of_the_three_rates():

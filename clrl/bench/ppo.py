@@ -325,9 +325,17 @@ def _window_rate(fn: Callable[[], None], per_call: int, seconds: float,
 
 
 def compute_bound(n_envs: int, n_epochs: int, minibatch: int, device: str, seconds: float = 3.0,
-                  net_shape: tuple[tuple[int, ...], int] = NATURE) -> dict[str, float]:
+                  net_shape: tuple[tuple[int, ...], int] = NATURE, pause_s: float | None = None) -> dict[str, float]:
     """Samples/s of forward+backward+Adam (minibatch) and of inference (n_envs) for the network
-    (each the best of ``BOUND_WINDOWS`` windows of ``seconds / BOUND_WINDOWS``)."""
+    (each the best of ``BOUND_WINDOWS`` windows of ``seconds / BOUND_WINDOWS``).
+
+    With ``pause_s``, also inference when every call follows an idle pause that long (one env
+    step's worth): ``inference_after_pause_samples_per_s``. A rollout's inference always follows
+    the wait for the emulators, and a thread that has waited runs its next kernels slower (it
+    and torch's OpenMP worker, asleep by then, have to be woken and find cold caches), which a
+    back-to-back loop never pays. Not part of the bound: it says how much of the rollout's
+    inference time is that wake-up.
+    """
     from clrl.rl.policy import build_actor_critic
 
     net = build_actor_critic(net_shape[0], net_shape[1], "relu").to(device)
@@ -359,11 +367,31 @@ def compute_bound(n_envs: int, n_epochs: int, minibatch: int, device: str, secon
 
     train = rate(train_step, minibatch)
     inference = rate(infer, n_envs)
-    return {
+    out = {
         "train_samples_per_s": train,
         "inference_samples_per_s": inference,
         "env_steps_per_s": 1.0 / (n_epochs / train + 1.0 / inference),
     }
+    if pause_s:
+        out["pause_s"] = pause_s
+        out["inference_after_pause_samples_per_s"] = _paused_rate(infer, n_envs, pause_s, seconds / BOUND_WINDOWS,
+                                                                  lambda: _sync(device))
+    return out
+
+
+def _paused_rate(fn: Callable[[], None], per_call: int, pause_s: float, seconds: float,
+                 sync: Callable[[], None]) -> float:
+    """``per_call`` x calls of ``fn`` per second of ``fn``'s own time, each call after ``pause_s``
+    of sleep (about ``seconds`` of calls, 20 at least; the pauses are not counted)."""
+    spent, n = 0.0, 0
+    while spent < seconds or n < 20:
+        time.sleep(pause_s)
+        start = time.perf_counter()
+        fn()
+        sync()
+        spent += time.perf_counter() - start
+        n += 1
+    return n * per_call / spent
 
 
 class RawVecEnv:
@@ -532,7 +560,7 @@ def run_ppo_bench(
             raw.window(bound_seconds / BOUND_WINDOWS, settle=2 * RAW_SETTLE * bound_seconds if k == 0 else 0.0)
         log("measuring the compute bound ...")
         bound = compute_bound(n_envs, n_epochs, n_envs * n_steps // n_minibatches, device, seconds=bound_seconds,
-                              net_shape=net_shape)
+                              net_shape=net_shape, pause_s=n_envs / max(raw.windows))  # one raw env step
         machine = machine_bound(bound, max(raw.windows), n_epochs)  # a bound: the best window
         machine["env_rate_windows"] = [round(w, 1) for w in raw.windows]
     finally:
@@ -681,6 +709,9 @@ def _phase_rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
     batch = s["n_envs"] * s["n_steps"]
     env_s, inf_s = batch / m["env_rate"], batch / b["inference_samples_per_s"]
     rows.append(("machine bound", cell(env_s), cell(inf_s), "0", "0", "0", cell(env_s + inf_s)))
+    if "inference_after_pause_samples_per_s" in b:  # older bench_ppo.json files have no such entry
+        rows.append((f"its inference, each call after a {1e3 * b['pause_s']:.1f} ms pause (not in the bound)", "-",
+                     cell(batch / b["inference_after_pause_samples_per_s"]), "-", "-", "-", "-"))
     return rows
 
 
