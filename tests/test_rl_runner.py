@@ -355,6 +355,7 @@ def test_bench_ppo_table_ratios_and_compute_bound(tmp_path):
 
 def test_paused_rate_counts_the_calls_own_time_only():
     """Each call follows a sleep; the rate is calls x batch over the calls' time alone."""
+    import itertools
     import time as _time
 
     from clrl.bench.ppo import _paused_rate
@@ -370,7 +371,7 @@ def test_paused_rate_counts_the_calls_own_time_only():
     wall = _time.perf_counter() - start
     n = len(calls)
     assert n >= 20  # at least 20 calls, each after its 10 ms pause
-    assert all(b - a >= 0.012 for a, b in zip(calls, calls[1:]))
+    assert all(b - a >= 0.012 for a, b in itertools.pairwise(calls))
     assert wall >= n * 0.012
     # 8 samples per ~2 ms of the call's own time: ~4,000/s; counting the pauses would give ~670/s
     assert 2000 < rate <= 8 / 0.002 * 1.01
