@@ -26,7 +26,9 @@ One run, same game, same network (Nature CNN 32-64-64 / 512, ReLU), same PPO sha
 
 Every variant also reports where an update's time goes: seconds in ``collect_rollouts`` (env
 stepping and inference) and in ``train`` (the PPO epochs); clrl's variants split the rollout
-further into env steps, inference, buffer writes, device/host conversions and the rest.
+further into env steps, inference, buffer writes, device/host conversions and the rest. Beside
+the bound, the network's inference is also timed with every call after a sleep of one raw env
+step, the wake-up that every rollout step pays and a back-to-back loop does not.
 
 ``--net quick`` (or ``--channels/--hidden``) times the CPU configs' small trunk (16-32-32/256)
 instead of the Nature CNN; SB3's stock PPO has only the Nature CNN, so it is skipped then.
