@@ -401,8 +401,9 @@ class RawVecEnv:
 
     The same emulator settings as clrl's training envs (:class:`clrl.config.EnvConfig`'s
     defaults: frame skip 4 with max-pool, 84x84 gray, 4 stacked frames, no-op and FIRE resets,
-    no sticky actions, minimal action set, same-step auto-reset, as many worker threads as
-    clrl's envs get), but no Python wrapper. :meth:`window` times one window of steps; the bench
+    no sticky actions, minimal action set, same-step auto-reset), but one vector env of all the
+    envs on one worker thread per core (clrl's envs have one each, for per-env FIRE presses) and
+    no Python wrapper. :meth:`window` times one window of steps; the bench
     takes one in every round besides the final ones, each after a short untimed settle, and the
     bound is the best of them all: right after seconds of full-core training the same env can run
     20-30% slower for about a second on this machine (2,500-3,200 against 3,400-4,000 steps/s in
@@ -422,7 +423,7 @@ class RawVecEnv:
         cfg = EnvConfig()
         self.n_envs = n_envs
         self._venv = AtariVectorEnv(
-            rom_id(game), n_envs, num_threads=cfg.num_threads or min(n_envs, os.cpu_count() or 1),
+            rom_id(game), n_envs, num_threads=min(n_envs, os.cpu_count() or 1),
             max_num_frames_per_episode=cfg.max_frames_per_episode, repeat_action_probability=cfg.sticky_actions,
             full_action_space=cfg.full_action_space, autoreset_mode="SameStep", img_height=OBS_SIZE,
             img_width=OBS_SIZE, grayscale=True, stack_num=cfg.frame_stack, frameskip=cfg.frame_skip, maxpool=True,
