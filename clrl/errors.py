@@ -21,6 +21,13 @@ class TrainingDiverged(RuntimeError):
     """Non-finite loss or parameters; the run stops and keeps its last good checkpoint."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (its type's name when the message is empty): what a
+    one-line error quotes of an exception from a library."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def short_repr(value: object, limit: int = 80) -> str:
     """``repr(value)`` cut to ``limit`` characters, without expanding huge or shared structures
     (a YAML alias bomb printed in full would take all memory)."""

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from clrl.errors import CheckpointError
+from clrl.errors import CheckpointError, first_line
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -81,9 +81,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
-            f"checkpoint {path} is corrupt or not a clrl checkpoint ({first}); "
+            f"checkpoint {path} is corrupt or not a clrl checkpoint ({first_line(exc)}); "
             "delete it to fall back to an earlier one"
         ) from exc
     if not isinstance(state, dict) or state.get("format") != "clrl.checkpoint":

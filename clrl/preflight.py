@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from clrl.config import RLConfig, SupervisedConfig, regularizer_hparams
-from clrl.errors import ConfigError, UserError
+from clrl.errors import ConfigError, UserError, first_line
 
 __all__ = ["available_memory", "check_buildable", "rl_regularizer_hparams", "rollout_bytes"]
 
@@ -101,7 +101,7 @@ def _check_rl(cfg: RLConfig) -> None:
     except UserError:
         raise
     except (ValueError, RuntimeError, TypeError) as exc:
-        raise ConfigError(f"model: {_first_line(exc)}") from exc
+        raise ConfigError(f"model: {first_line(exc)}") from exc
     _check_regularizer(*rl_regularizer_hparams(cfg), net.trunk, net.actor)
 
 
@@ -138,7 +138,7 @@ def _check_supervised(cfg: SupervisedConfig) -> None:
     except UserError:
         raise
     except (ValueError, RuntimeError, TypeError) as exc:
-        raise ConfigError(f"model: {_first_line(exc)}") from exc
+        raise ConfigError(f"model: {first_line(exc)}") from exc
     _check_regularizer(*regularizer_hparams(cfg), model.trunk, model.heads)
 
 
@@ -149,8 +149,3 @@ def _check_reference(cfg: RLConfig | SupervisedConfig) -> None:
         reference_from_run(cfg.reference, list(cfg.tasks.games))
     else:
         load_results(cfg.reference)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

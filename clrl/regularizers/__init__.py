@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from clrl.errors import ConfigError
+from clrl.errors import ConfigError, first_line
 
 from .agscl import AGSCL, prox_group
 from .base import Regularizer, check_hparams
@@ -72,5 +72,4 @@ def build_from_config(name: str, hparams: dict[str, Any], trunk: nn.Module, head
     try:
         return build_regularizer(name, trunk, heads=heads, **hparams)
     except (ValueError, RuntimeError, TypeError) as exc:
-        text = str(exc).strip()
-        raise ConfigError(f"regularizer: {text.splitlines()[0] if text else type(exc).__name__}") from exc
+        raise ConfigError(f"regularizer: {first_line(exc)}") from exc

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from clrl.errors import CheckpointError
+from clrl.errors import CheckpointError, first_line
 from clrl.io import check_finite_tensors, load_checkpoint, save_checkpoint
 from clrl.results import Results, dumps
 from clrl.rl.policy import ActorCritic
@@ -103,8 +103,9 @@ def restore_net(net: ActorCritic, state: dict[str, Any], path: str | os.PathLike
     try:
         net.load_state_dict(state["net"])
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise CheckpointError(f"{path}: the network in the checkpoint does not match the config ({first})") from exc
+        raise CheckpointError(
+            f"{path}: the network in the checkpoint does not match the config ({first_line(exc)})"
+        ) from exc
 
 
 def results_of(state: dict[str, Any]) -> Results:

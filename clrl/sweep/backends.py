@@ -19,7 +19,7 @@ from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.connection import wait as mp_wait
 from typing import Any
 
-from clrl.errors import UserError
+from clrl.errors import UserError, first_line
 from clrl.sweep.trial import run_trial
 
 Job = dict[str, Any]
@@ -193,8 +193,7 @@ class RayBackend:
             try:
                 finished.append((job, ray.get(ref)))
             except ray.exceptions.RayError as exc:  # worker/node died and Ray's retries ran out
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                finished.append((job, _crashed(job, f"{type(exc).__name__}: {first}")))
+                finished.append((job, _crashed(job, f"{type(exc).__name__}: {first_line(exc)}")))
         return finished
 
     def close(self, cancel: bool = False) -> None:
