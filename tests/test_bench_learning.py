@@ -69,6 +69,19 @@ def test_sb3_adapter_samples_from_the_policys_distribution():
         policy.action_net.bias.zero_()  # uniform: the generator decides, reproducibly
     draw = [sb3_act(policy, torch.Generator().manual_seed(7))(obs) for _ in range(2)]
     assert np.array_equal(draw[0], draw[1])
+    # the same random stream as clrl's own evaluation: with equal (uniform) probabilities, the
+    # same draws as ActorCritic.actor_fn from an equally seeded generator
+    from clrl.rl.policy import build_actor_critic
+
+    net = build_actor_critic((4, 4, 4), 8, "relu")
+    net.add_task(0, 3)
+    with torch.no_grad():
+        net.actor.heads[0].weight.zero_()
+        net.actor.heads[0].bias.zero_()
+    many = np.zeros((64, 4, 84, 84), dtype=np.uint8)
+    ours = net.actor_fn(0, deterministic=False, generator=torch.Generator().manual_seed(7))(many)
+    assert np.array_equal(sb3_act(policy, torch.Generator().manual_seed(7))(many), ours)
+    assert len(set(ours.tolist())) == 3  # uniform draws, not one fixed action
 
 
 def test_bench_learning_runs_end_to_end_on_a_tiny_budget(tmp_path, capsys):

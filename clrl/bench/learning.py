@@ -70,6 +70,7 @@ def sb3_act(policy: Any, generator: torch.Generator | None = None, deterministic
     exactly as :meth:`clrl.rl.policy.ActorCritic.actor_fn` does, so both methods' evaluations
     consume the same random stream.
     """
+    from clrl.rl.policy import sample_actions
 
     def act(obs: np.ndarray) -> np.ndarray:
         policy.set_training_mode(False)
@@ -79,8 +80,7 @@ def sb3_act(policy: Any, generator: torch.Generator | None = None, deterministic
             if deterministic:
                 actions = logits.argmax(dim=1)
             else:
-                probs = F.softmax(logits.float().cpu(), dim=1)
-                actions = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+                actions = sample_actions(F.softmax(logits.float().cpu(), dim=1), generator)
         return actions.cpu().numpy()
 
     return act

@@ -58,9 +58,10 @@ def sample_actions(probs: Tensor, generator: torch.Generator | None = None) -> T
     exponential applied). This is that race without its input checks (a max, a min, a row sum
     and two host reads per call): the same draws from the same generator state, bit for bit
     (``tests/test_rl_policy.py`` compares them over seeds, batch sizes and action counts), and
-    no device synchronization on a GPU. What the checks caught, probabilities with NaN,
-    is left to the NaN guard (:mod:`clrl.rl.runner`): non-finite logits come only from
-    non-finite weights or losses, which it reads after every update.
+    no device synchronization on a GPU. What the checks caught, non-finite probabilities, is
+    left to the NaN guard (:mod:`clrl.rl.runner`): they come from non-finite weights or
+    activations, whose log-probabilities then make the next update's loss non-finite, and the
+    guard reads the loss and the weights after every update.
     """
     race = torch.empty_like(probs).exponential_(1, generator=generator)
     return torch.div(probs, race).argmax(dim=1)
