@@ -354,27 +354,30 @@ def test_bench_ppo_table_ratios_and_compute_bound(tmp_path):
 
 
 def test_paused_rate_counts_the_calls_own_time_only():
-    """Each call follows a sleep; the rate is calls x batch over the calls' time alone."""
-    import itertools
-    import time as _time
-
+    """Each call follows a sleep; the rate is calls x batch over the calls' own time alone (a fake
+    clock: 10 ms pauses, 2 ms calls, 1 ms syncs, so 8 samples per 3 ms)."""
     from clrl.bench.ppo import _paused_rate
 
-    calls: list[float] = []
+    now = [0.0]
+    log: list[str] = []
 
-    def fn() -> None:  # a 2 ms call
-        calls.append(_time.perf_counter())
-        _time.sleep(0.002)
+    def sleep(s: float) -> None:
+        log.append(f"sleep {s}")
+        now[0] += s
 
-    start = _time.perf_counter()
-    rate = _paused_rate(fn, per_call=8, pause_s=0.01, seconds=0.05, sync=lambda: None)
-    wall = _time.perf_counter() - start
-    n = len(calls)
-    assert n >= 20  # at least 20 calls, each after its 10 ms pause
-    assert all(b - a >= 0.012 for a, b in itertools.pairwise(calls))
-    assert wall >= n * 0.012
-    # 8 samples per ~2 ms of the call's own time: ~4,000/s; counting the pauses would give ~670/s
-    assert 2000 < rate <= 8 / 0.002 * 1.01
+    def fn() -> None:
+        log.append("call")
+        now[0] += 0.002
+
+    def sync() -> None:
+        log.append("sync")
+        now[0] += 0.001
+
+    rate = _paused_rate(fn, per_call=8, pause_s=0.01, seconds=0.1, sync=sync, clock=lambda: now[0], sleep=sleep)
+    n = log.count("call")
+    assert n == 34  # 0.1 s of 3 ms calls (20 at least); counting the pauses would give 8 in all
+    assert log == ["sleep 0.01", "call", "sync"] * n
+    assert rate == pytest.approx(8 / 0.003)
 
 
 def test_machine_bound_is_the_harmonic_sum_of_the_three_rates():

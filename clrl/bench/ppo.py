@@ -382,16 +382,17 @@ def compute_bound(n_envs: int, n_epochs: int, minibatch: int, device: str, secon
 
 
 def _paused_rate(fn: Callable[[], None], per_call: int, pause_s: float, seconds: float,
-                 sync: Callable[[], None]) -> float:
+                 sync: Callable[[], None], clock: Callable[[], float] = time.perf_counter,
+                 sleep: Callable[[float], None] = time.sleep) -> float:
     """``per_call`` x calls of ``fn`` per second of ``fn``'s own time, each call after ``pause_s``
     of sleep (about ``seconds`` of calls, 20 at least; the pauses are not counted)."""
     spent, n = 0.0, 0
     while spent < seconds or n < 20:
-        time.sleep(pause_s)
-        start = time.perf_counter()
+        sleep(pause_s)
+        start = clock()
         fn()
         sync()
-        spent += time.perf_counter() - start
+        spent += clock() - start
         n += 1
     return n * per_call / spent
 
