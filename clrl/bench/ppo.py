@@ -271,8 +271,7 @@ class _Clrl(_Variant):
     def __init__(self, method: str, game: str, n_envs: int, n_steps: int, n_epochs: int,
                  n_minibatches: int, device: str, seed: int, consolidation_samples: int,
                  net: tuple[tuple[int, ...], int] = NATURE, lean: bool = True, groups: int = 1,
-                 rollout_threads: int = 0, name: str | None = None,
-                 emulator_nice: int = EnvConfig().emulator_nice) -> None:
+                 rollout_threads: int = 0, name: str | None = None, *, emulator_nice: int) -> None:
         from clrl.config import PPOConfig
         from clrl.regularizers import build_regularizer
         from clrl.rl.agent import TaskPPO, collect_states
