@@ -143,7 +143,8 @@ class SequentialRun:
         self.events.subscribe("update_end", lambda task, stats, seconds, **_: self._log_update(task, stats, seconds))
         self.display = RunProgress(self.games, self.batch, enabled=cfg.output.progress).attach(self.events)
         self.schedule = CheckpointSchedule(
-            self._checkpoint, deterministic=self.deterministic, every_minutes=cfg.output.checkpoint_every_minutes, stop_requested=lambda: self.interrupt.requested is not None,
+            self._checkpoint, deterministic=self.deterministic, every_minutes=cfg.output.checkpoint_every_minutes,
+            stop_requested=lambda: self.interrupt.requested is not None,
         ).attach(self.events)
         if cfg.eval.analysis:
             n = cfg.eval.analysis_probes
