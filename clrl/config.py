@@ -358,6 +358,12 @@ class SupervisedTasks(Strict):
     root: str | None = Field(None, description="folder holding cifar-10-batches-py / cifar-100-python")
     n_tasks: int | None = Field(None, ge=1, description="default: the benchmark's (5, 10, 11, 20)")
     shuffle_classes: bool = True
+    class_split: Literal["auto", "blocks", "random"] = Field(
+        "auto",
+        description="how classes form tasks: 'blocks' = fixed blocks of consecutive class ids whose order the "
+        "seed shuffles (the AGS-CL/UCL code's Split CIFAR-100); 'random' = chunks of a seeded class permutation; "
+        "'auto' = blocks for the CIFAR benchmarks, random for split_digits",
+    )
     validation: float = Field(0.1, ge=0, lt=1)
     test_fraction: float = Field(0.3, gt=0, lt=1, description="split_digits only: held-out share")
 

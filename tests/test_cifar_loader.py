@@ -151,3 +151,11 @@ def test_wrong_content_gives_a_user_error(tmp_path):
     dump({b"data": np.zeros((2, 10), np.uint8), b"fine_labels": [0, 1]}, folder / "train")
     with pytest.raises(UserError, match=r"'data' should be uint8 of shape \(N, 3072\)"):
         load_cifar100(tmp_path)
+
+
+@pytest.mark.parametrize("value", [5, None, b"airplane"])
+def test_class_names_that_are_not_a_list_give_a_user_error(tmp_path, value):
+    folder = write_cifar10(tmp_path, train_per_class=1, test_per_class=1)
+    dump({b"label_names": value}, folder / "batches.meta")
+    with pytest.raises(UserError, match=r"batches.meta: 'label_names' should be a list of 10 class names"):
+        load_cifar10(tmp_path)

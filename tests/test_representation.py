@@ -122,6 +122,22 @@ def test_maxout_activity_is_the_winners_value():
     assert dormant_units(activity, 0.025).tolist() == [True, False, False, True]
 
 
+@pytest.mark.parametrize("shape", [(5, 8), (3, 8, 2, 2)])
+def test_chained_maxout_activity_is_the_chains_output_on_each_blocks_winner(shape):
+    # maxout>gnc: the next layer reads the normalized block maxima, so that is what each
+    # winning unit passes on (not its raw pre-activation); losers pass on nothing
+    act = build_activation("maxout:block=2>gnc:groups=2")
+    pre = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    out = act(pre)
+    activity = unit_activity(act, pre, out, submask(act, pre))
+    expected = torch.zeros_like(pre)
+    for j in range(shape[1] // 2):  # block j: input channels 2j, 2j + 1
+        win = pre[:, 2 * j : 2 * j + 2].argmax(dim=1, keepdim=True)
+        expected[:, 2 * j : 2 * j + 2].scatter_(1, win, out[:, j : j + 1])
+    assert torch.allclose(activity, expected)
+    assert not torch.allclose(activity, pre * submask(act, pre))  # the normalization is visible
+
+
 def test_conv_lwta_competes_per_position_over_channels():
     act = build_activation("lwta:block=2")
     pre = torch.zeros(1, 4, 2, 2)

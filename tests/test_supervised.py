@@ -74,6 +74,31 @@ def test_split_classes_partitions_and_depends_on_the_seed():
         split_classes(10, 4, 3, None)
 
 
+def test_class_blocks_keep_the_tasks_and_shuffle_their_order():
+    # the AGS-CL code's Split CIFAR-100: task k holds fine labels 10k..10k+9, the seed orders them
+    tasks = split_classes(100, 10, 10, np.random.default_rng(0), blocks=True)
+    assert sorted(tasks) == [list(range(10 * b, 10 * b + 10)) for b in range(10)]
+    assert tasks != sorted(tasks)  # this seed's order is not the identity
+    assert split_classes(100, 10, 10, np.random.default_rng(1), blocks=True) != tasks
+    first3 = split_classes(100, 10, 3, np.random.default_rng(0), blocks=True)
+    assert first3 == tasks[:3]
+    assert split_classes(100, 5, 20, None, blocks=True)[19] == [95, 96, 97, 98, 99]
+    # a class permutation, instead, puts classes of different blocks together
+    mixed = split_classes(100, 10, 10, np.random.default_rng(0))
+    assert any(len({c // 10 for c in t}) > 1 for t in mixed)
+
+
+def test_class_split_auto_is_blocks_on_cifar_and_a_permutation_on_digits():
+    from clrl.config import SupervisedTasks
+    from clrl.supervised.data import uses_class_blocks
+
+    assert uses_class_blocks(SupervisedTasks(dataset="split_cifar100", root="x"))
+    assert uses_class_blocks(SupervisedTasks(dataset="single_pass_cifar100", root="x"))
+    assert not uses_class_blocks(SupervisedTasks(dataset="split_digits"))
+    assert not uses_class_blocks(SupervisedTasks(dataset="split_cifar100", root="x", class_split="random"))
+    assert uses_class_blocks(SupervisedTasks(dataset="split_digits", class_split="blocks"))
+
+
 def test_stratified_holdout_takes_the_share_of_every_class():
     y = np.repeat([0, 1, 2], [10, 20, 3])
     keep, held = stratified_holdout(y, 0.1, np.random.default_rng(0))
@@ -134,6 +159,7 @@ def test_cifar_benchmarks_have_the_papers_shapes(cifar_root):
     b = build_benchmark(_cfg({"dataset": "split_cifar100", "root": str(cifar_root)}).tasks, seed=0)
     assert len(b.tasks) == 10 and all(t.n_classes == 10 for t in b.tasks)
     assert sorted(c for t in b.tasks for c in t.classes) == list(range(100))
+    assert all(t.classes == list(range(t.classes[0], t.classes[0] + 10)) for t in b.tasks)  # blocks
     assert b.tasks[0].x_train.dtype == np.uint8 and b.input_shape == (3, 32, 32)
     # 6 train images per class, 10% validation -> 1 per class held out
     assert len(b.tasks[0].y_val) == 10 and len(b.tasks[0].y_train) == 50 and len(b.tasks[0].y_test) == 20

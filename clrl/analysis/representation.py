@@ -100,10 +100,14 @@ def unit_activity(activation: nn.Module, pre: Tensor, out: Tensor, mask: Tensor)
 
     Width-preserving activations: their output restricted to active units (ReLU: the ReLU
     output; LWTA: the winner's value, losers 0; sT: the kept values). Width-changing ones
-    (maxout): the pre-activation of the block's winner, which is exactly the block's output."""
+    (maxout, alone or chained): each block's output, placed on its active unit (the channel
+    blocks are contiguous, :class:`clrl.layers.competitive.Maxout`). For a bare maxout that is
+    the winner's pre-activation; in a chain such as ``maxout>gnc`` it is the value after the
+    whole chain, what the next layer reads."""
     if out.shape == pre.shape:
         return out * mask
-    return pre * mask
+    block = pre.shape[1] // out.shape[1]
+    return out.repeat_interleave(block, dim=1) * mask
 
 
 def unit_flip_rate(mask_a: Tensor, mask_b: Tensor) -> Tensor:

@@ -211,7 +211,10 @@ def _labels(d: dict, name: str, path: Path, n: int, n_classes: int) -> np.ndarra
 
 
 def _names(meta: dict, name: str, path: Path, n_classes: int) -> list[str]:
-    names = [v.decode("latin1") if isinstance(v, bytes) else str(v) for v in _key(meta, name, path)]
+    listed = _key(meta, name, path)
+    if not isinstance(listed, (list, tuple)):
+        raise UserError(f"{path}: '{name}' should be a list of {n_classes} class names, got {type(listed).__name__}")
+    names = [v.decode("latin1") if isinstance(v, bytes) else str(v) for v in listed]
     if len(names) != n_classes:
         raise UserError(f"{path}: '{name}' should list {n_classes} classes, got {len(names)}")
     return names

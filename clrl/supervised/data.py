@@ -10,8 +10,12 @@ whose labels are remapped to ``0..k-1`` in the order of ``TaskData.classes`` (th
 * ``cifar10_100``: CIFAR-10 as task 0, then 10 CIFAR-100 tasks of 10 classes (AGS-CL, sec. 5.1).
 * ``single_pass_cifar100``: CIFAR-100, 20 tasks of 5 classes (GNC paper, single-pass regime).
 
-The class-to-task assignment is shuffled by the seed when ``tasks.shuffle_classes`` (the AGS-CL
-protocol shuffles the task sequence with each seed); ``tasks.n_tasks`` keeps the first tasks.
+Tasks and seeds (``tasks.class_split``, ``tasks.shuffle_classes``): on the CIFAR benchmarks a
+task is a fixed block of consecutive class ids and the seed shuffles the order of the blocks, as
+the AGS-CL code does (it shuffles the task sequence with each seed, the tasks themselves stay the
+same); Split Digits, which has no paper protocol, cuts a seeded permutation of its ten classes
+into pairs (``class_split: random``; also available for CIFAR). Without ``shuffle_classes`` the
+tasks come in class order. ``tasks.n_tasks`` keeps the first tasks.
 ``tasks.validation`` of each task's training set is held out, stratified by class, for the lr
 schedule and best-epoch selection. Images are normalized with per-channel mean/std of the
 benchmark's whole training set (for CIFAR-10/100 each source dataset with its own); CIFAR
@@ -133,12 +137,35 @@ class Benchmark:
 # --------------------------------------------------------------------------- splitting
 
 
-def split_classes(n_classes: int, per_task: int, n_tasks: int, rng: np.random.Generator | None) -> list[list[int]]:
-    """The first ``n_tasks`` chunks of ``per_task`` classes of a (seeded) class permutation."""
-    order = rng.permutation(n_classes) if rng is not None else np.arange(n_classes)
+def split_classes(
+    n_classes: int, per_task: int, n_tasks: int, rng: np.random.Generator | None, blocks: bool = False
+) -> list[list[int]]:
+    """The classes of each of ``n_tasks`` tasks of ``per_task`` classes.
+
+    ``blocks``: task contents are fixed blocks of consecutive class ids (block b = classes
+    ``b * per_task .. (b + 1) * per_task - 1``) and ``rng`` shuffles the order of the blocks, as
+    the AGS-CL/UCL code's Split CIFAR-100 does (``data{k}`` holds fine labels ``10(k-1)..10k-1``;
+    ``shuffle(np.arange(10), random_state=seed)`` orders them; the permutation drawn here comes
+    from clrl's own seeded generator, so it is not the same one for a given seed). Otherwise
+    the first ``n_tasks`` chunks of a (seeded) permutation of all classes: every seed groups
+    different classes together. Without ``rng`` both give the blocks in order.
+    """
     if n_tasks * per_task > n_classes:
         raise ValueError(f"{n_tasks} tasks of {per_task} classes need {n_tasks * per_task} classes, have {n_classes}")
+    if blocks:
+        n_blocks = n_classes // per_task
+        order = rng.permutation(n_blocks) if rng is not None else np.arange(n_blocks)
+        return [list(range(int(b) * per_task, (int(b) + 1) * per_task)) for b in order[:n_tasks]]
+    order = rng.permutation(n_classes) if rng is not None else np.arange(n_classes)
     return [sorted(int(c) for c in order[i * per_task : (i + 1) * per_task]) for i in range(n_tasks)]
+
+
+def uses_class_blocks(cfg: SupervisedTasks) -> bool:
+    """``tasks.class_split`` resolved: ``auto`` is blocks for the CIFAR benchmarks (the papers'
+    code), a class permutation for split_digits (no paper protocol; the documented runs)."""
+    if cfg.class_split == "auto":
+        return cfg.dataset != "split_digits"
+    return cfg.class_split == "blocks"
 
 
 def stratified_holdout(y: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -222,7 +249,7 @@ def build_benchmark(cfg: SupervisedTasks, seed: int) -> Benchmark:
     else:
         n100 = n_tasks
     prefix = "c100-" if cfg.dataset != "single_pass_cifar100" else "sp100-"
-    for i, classes in enumerate(split_classes(100, per_task, n100, order_rng)):
+    for i, classes in enumerate(split_classes(100, per_task, n100, order_rng, uses_class_blocks(cfg))):
         tasks.append(
             _make_task(f"{prefix}{i}", classes, c100.class_names, c100.x_train, c100.y_train, c100.x_test, c100.y_test, norm100, cfg.validation, split_rng)
         )
@@ -244,6 +271,6 @@ def _split_digits(
     names = [str(d) for d in range(10)]
     tasks = [
         _make_task(f"digits{''.join(map(str, cl))}", cl, names, x_tr, y_tr, x_te, y_te, norm, cfg.validation, split_rng)
-        for cl in split_classes(10, BENCHMARK_TASKS["split_digits"][0], n_tasks, order_rng)
+        for cl in split_classes(10, BENCHMARK_TASKS["split_digits"][0], n_tasks, order_rng, uses_class_blocks(cfg))
     ]
     return Benchmark("split_digits", tasks, (x.shape[1],))
