@@ -308,6 +308,11 @@ class PPOConfig(Strict):
             raise ValueError(
                 f"n_envs*n_steps = {batch} is not divisible by n_minibatches = {self.n_minibatches}"
             )
+        if batch // self.n_minibatches < 2:  # SB3 asserts it at the task's start, after the run began
+            raise ValueError(
+                f"minibatches of n_envs*n_steps/n_minibatches = {self.n_envs}*{self.n_steps}/{self.n_minibatches} = "
+                f"{batch // self.n_minibatches} sample; PPO needs at least 2 (advantage normalization takes their std)"
+            )
         if self.vcl.gamma > 0 and batch // self.n_minibatches < 2 * self.vcl.n:
             raise ValueError(
                 f"vcl.n = {self.vcl.n} needs minibatches of at least 2n = {2 * self.vcl.n} samples; "

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import io
 import os
-import pickle
 import tempfile
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from clrl.errors import CheckpointError, first_line
+from clrl.errors import CheckpointError, UserError, first_line
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -73,21 +74,66 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+FALLBACK_ADVICE = (
+    "to resume from the end of the last finished task instead, copy the newest checkpoints/task_XX.pt "
+    "over checkpoints/latest.pt"
+)
+
+
+def _check_zip(path: Path) -> None:
+    """Refuse a checkpoint whose bytes changed after writing: ``torch.load`` does not check the
+    zip's CRC-32s, so a flipped bit inside a tensor or the pickle would load silently."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+    except zipfile.BadZipFile:
+        return  # not a zip at all (a legacy or foreign file): torch.load says what it is
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {path} is corrupt (its member {bad} fails its CRC check); {FALLBACK_ADVICE}")
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint with ``weights_only=True``: a file that asks to run code is refused."""
+    """Load a checkpoint with ``weights_only=True``: a file that asks to run code is refused.
+
+    Every way a damaged file can fail (a torn or foreign file, a flipped bit that the zip's
+    CRC-32 catches, garbage the restricted unpickler trips on with KeyError or IndexError, an
+    unreadable file) is a :class:`CheckpointError` naming the file, never a traceback."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
+        _check_zip(path)
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
+    except CheckpointError:
+        raise
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path} ({first_line(exc)})") from exc
+    except Exception as exc:  # noqa: BLE001 - the unpickler fails on garbage in many ways
+        # a hostile file lands here too: weights_only refuses it with an UnpicklingError
         raise CheckpointError(
-            f"checkpoint {path} is corrupt or not a clrl checkpoint ({first_line(exc)}); "
-            "delete it to fall back to an earlier one"
+            f"checkpoint {path} is corrupt or not a clrl checkpoint ({type(exc).__name__}: {first_line(exc)}); "
+            f"{FALLBACK_ADVICE}"
         ) from exc
     if not isinstance(state, dict) or state.get("format") != "clrl.checkpoint":
         raise CheckpointError(f"{path} is not a clrl checkpoint (no 'format: clrl.checkpoint' marker)")
     return state
+
+
+@contextmanager
+def restoring(path: str | os.PathLike, what: str) -> Iterator[None]:
+    """Restore part ``what`` of a loaded checkpoint: a file that loads but holds the wrong things
+    (a damaged results text, counters or RNG states of the wrong type, another run's layout) is a
+    :class:`CheckpointError` naming the file, not a traceback. Errors that already explain
+    themselves (:class:`clrl.errors.UserError`, such as an edited config) pass unchanged."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever the damaged contents make fail
+        raise CheckpointError(
+            f"{path}: the checkpoint's {what} cannot be restored ({type(exc).__name__}: {first_line(exc)}); "
+            f"{FALLBACK_ADVICE}"
+        ) from exc
 
 
 def check_finite_tensors(tensors: dict[str, Any], path: str | os.PathLike, what: str = "network") -> None:
@@ -97,5 +143,5 @@ def check_finite_tensors(tensors: dict[str, Any], path: str | os.PathLike, what:
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
         raise CheckpointError(
             f"{path}: the {what} weights hold NaN or inf ({', '.join(bad[:3])}{more}); the checkpoint is "
-            "unusable: delete it to fall back to an earlier one (checkpoints/task_XX.pt)"
+            f"unusable: {FALLBACK_ADVICE}"
         )

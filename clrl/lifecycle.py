@@ -67,10 +67,13 @@ class Interrupt:
     front end whose only safe points are the checkpoints it has already written.
     """
 
-    def __init__(self, logger: logging.Logger, immediate: bool = False) -> None:
+    SAVING = "saving a checkpoint after the current update"
+
+    def __init__(self, logger: logging.Logger, immediate: bool = False, what_happens: str = SAVING) -> None:
         self.requested: str | None = None
         self.logger = logger
         self.immediate = immediate
+        self.what_happens = what_happens  # what the run does at its next safe point (printed on a signal)
 
     def handler(self, signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
@@ -78,7 +81,7 @@ class Interrupt:
             self.requested = self.requested or name
             raise KeyboardInterrupt(name if self.immediate else f"{name} (second signal)")
         self.requested = name
-        msg = f"{name}: saving a checkpoint after the current update (send it again to stop at once)"
+        msg = f"{name}: {self.what_happens} (send it again to stop at once)"
         self.logger.warning(msg)
         print(f"\nclrl: {msg}", file=sys.stderr, flush=True)
 
@@ -166,10 +169,17 @@ def resume_without_checkpoint(rd: RunDir) -> Results | None:
         return res
     scored = sum(v is not None for row in res.R for v in row)
     if scored or res.curves:
+        task_files = sorted(rd.checkpoints.glob("task_[0-9][0-9].pt"))
+        way_on = (
+            f"to resume from the end of its task {int(task_files[-1].stem[5:]) + 1}, copy {task_files[-1]} to "
+            f"{rd.latest_checkpoint} (the work after it is done again)"
+            if task_files
+            else "restore the checkpoints"
+        )
         raise CheckpointError(
             f"{rd.root}: results.json holds {res.tasks_done()} finished tasks and {len(res.curves)} evaluations, "
             f"but {rd.latest_checkpoint} is missing, so the run cannot continue without overwriting them; "
-            "restore the checkpoints, or start over elsewhere (`clrl run CONFIG --out NEW_DIR`)"
+            f"{way_on}, or start over elsewhere (`clrl run CONFIG --out NEW_DIR`)"
         )
     return None
 

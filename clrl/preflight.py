@@ -143,9 +143,11 @@ def _check_supervised(cfg: SupervisedConfig) -> None:
 
 
 def _check_reference(cfg: RLConfig | SupervisedConfig) -> None:
+    from clrl.config import config_to_dict
     from clrl.results import load_results, reference_from_run
 
     if cfg.kind == "rl":
-        reference_from_run(cfg.reference, list(cfg.tasks.games))
+        # the run's own check (finished, evaluated the same way), before its directory exists
+        reference_from_run(cfg.reference, list(cfg.tasks.games), config=config_to_dict(cfg))
     else:
         load_results(cfg.reference)

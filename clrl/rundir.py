@@ -16,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import shutil
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -62,6 +63,11 @@ class RunDir:
     def figures(self) -> Path:
         return self.root / "figures"
 
+    @property
+    def probes(self) -> Path:
+        """The representation analysis's probe sets (:mod:`clrl.analysis.probes`)."""
+        return self.root / "probes"
+
     def make(self) -> None:
         for folder in (self.root, self.checkpoints, self.figures):
             folder.mkdir(parents=True, exist_ok=True)
@@ -99,10 +105,15 @@ def prepare_run_dir(
     try:
         if overwrite and rd.root.exists():
             with run_lock(rd.root):  # never delete the files of a run that is still going
-                for stale in (rd.results_path, rd.latest_checkpoint):
+                # everything the earlier run wrote: its TensorBoard events would otherwise mix
+                # with the new run's, and its probe sets could be read back by a resume
+                for stale in (rd.results_path, rd.latest_checkpoint, rd.log_path):
                     stale.unlink(missing_ok=True)
                 for stale in rd.checkpoints.glob("task_*.pt") if rd.checkpoints.exists() else []:
                     stale.unlink()
+                for folder in (rd.tb, rd.figures, rd.probes):
+                    if folder.is_dir():
+                        shutil.rmtree(folder)
         rd.make()
         atomic_write_text(rd.config_path, dump_config(cfg))
     except OSError as exc:

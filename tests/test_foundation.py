@@ -91,6 +91,42 @@ def test_corrupt_and_hostile_checkpoints_are_refused(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
 
 
+def test_any_damaged_checkpoint_is_a_checkpoint_error(tmp_path):
+    """Garbage makes the restricted unpickler fail in many ways (KeyError, IndexError,
+    struct.error, ...); each must be a CheckpointError naming the file, never a traceback."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "ck.pt"
+    for _ in range(150):
+        path.write_bytes(rng.integers(0, 256, int(rng.integers(1, 64)), dtype=np.uint8).tobytes())
+        with pytest.raises(CheckpointError, match=r"ck\.pt"):
+            load_checkpoint(path)
+
+
+def test_a_flipped_bit_inside_a_checkpoint_is_caught(tmp_path):
+    # torch.load does not check the zip's CRCs: a changed weight would load silently
+    path = tmp_path / "ck.pt"
+    save_checkpoint(path, {"format": "clrl.checkpoint", "w": torch.arange(4096, dtype=torch.float32)})
+    data = bytearray(path.read_bytes())
+    start = data.find(torch.arange(4096, dtype=torch.float32).numpy().tobytes()[:64])
+    assert start > 0  # the tensor's bytes are stored as they are
+    data[start + 1000] ^= 0x10
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"fails its CRC check.*task_XX\.pt"):
+        load_checkpoint(path)
+
+
+def test_an_unreadable_checkpoint_is_a_checkpoint_error(tmp_path, monkeypatch):
+    path = tmp_path / "ck.pt"
+    save_checkpoint(path, {"format": "clrl.checkpoint"})
+
+    def denied(*args, **kwargs):  # what a file without read permission gives (root reads any file)
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(torch, "load", denied)
+    with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*ck\.pt \(\[Errno 13\] Permission denied"):
+        load_checkpoint(path)
+
+
 CFG = {"name": "demo", "kind": "rl", "tasks": {"games": ["Boxing"], "steps_per_task": 10}}
 
 
@@ -106,6 +142,21 @@ def test_run_dir_never_overwrites_an_earlier_run(tmp_path):
     assert loaded == cfg
     with pytest.raises(UserError, match="not a run directory"):
         open_run_dir(tmp_path / "nothing")
+
+
+def test_overwrite_clears_everything_the_earlier_run_wrote(tmp_path):
+    cfg = config_from_dict({**CFG, "output": {"dir": str(tmp_path)}})
+    rd = prepare_run_dir(cfg, out=tmp_path / "run")
+    old = [rd.results_path, rd.latest_checkpoint, rd.task_checkpoint(0), rd.log_path,
+           rd.tb / "events.out.tfevents.1", rd.figures / "curves.png", rd.probes / "task_00.npz"]
+    for path in old:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("from the earlier run")
+    (rd.root / "notes.md").write_text("the user's own file")
+    again = prepare_run_dir(cfg, out=tmp_path / "run", overwrite=True)
+    assert [p for p in old if p.exists()] == []
+    assert (again.root / "notes.md").read_text() == "the user's own file"  # only the run's own files go
+    assert again.config_path.is_file() and again.checkpoints.is_dir()
 
 
 def test_cli_help_and_exit_codes(capsys, tmp_path):

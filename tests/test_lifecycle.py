@@ -24,7 +24,7 @@ from clrl import io as clrl_io
 from clrl.config import apply_overrides
 from clrl.io import load_checkpoint, save_checkpoint
 from clrl.lifecycle import EXIT_DIVERGED, EXIT_INTERRUPTED
-from clrl.results import load_results
+from clrl.results import load_results, save_results
 from clrl.rundir import run_lock
 
 RL = {
@@ -356,6 +356,8 @@ def test_a_nan_weight_in_a_checkpoint_is_refused(tmp_path, monkeypatch, capsys):
 def test_a_nan_weight_in_an_rl_checkpoint_is_refused(tmp_path, capsys):
     rc, out = _run(tmp_path, RL)
     assert rc == 0
+    # as if cut before the end (a complete run's resume reads no checkpoint)
+    save_results(out / "results.json", load_results(out).model_copy(update={"status": "running"}))
     latest = out / "checkpoints" / "latest.pt"
     state = load_checkpoint(latest)
     name = next(k for k, v in state["net"].items() if v.is_floating_point())

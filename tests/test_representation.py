@@ -409,6 +409,26 @@ def test_analysis_every_k_th_evaluation_and_every_task_end(tmp_path):
     assert [p.analysis is not None for p in points] == [True, False, False, True, True]
 
 
+def test_analysis_every_counts_the_runs_evaluations_across_a_resume(tmp_path):
+    # a run stopped after its 4th evaluation resumes with a new monitor: the points it measures
+    # are the ones the uninterrupted run measured (every 3rd of the run, not of the session)
+    trunk = digits_trunk([8, 8])
+    x = np.full((4, 64), 2, dtype=np.uint8)
+    curve: list[_Point] = []
+
+    def evaluate(mon, k: int) -> None:
+        curve.append(_Point())
+        mon.on_evaluation(point=curve[-1], task=0, step=k, end_of_task=False)
+
+    first = _monitor(trunk, tmp_path, current=lambda j: x, every=3, eval_index=lambda: len(curve) - 1)
+    for k in range(4):
+        evaluate(first, k)
+    resumed = _monitor(trunk, tmp_path, current=lambda j: x, every=3, eval_index=lambda: len(curve) - 1)
+    for k in range(4, 8):
+        evaluate(resumed, k)
+    assert [p.analysis is not None for p in curve] == [True, False, False, True, False, False, True, False]
+
+
 def _approx_equal(x, y) -> bool:
     if isinstance(x, dict):
         return isinstance(y, dict) and x.keys() == y.keys() and all(_approx_equal(x[k], y[k]) for k in x)

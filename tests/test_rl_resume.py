@@ -16,7 +16,7 @@ import yaml
 
 from clrl.errors import CheckpointError
 from clrl.io import load_checkpoint
-from clrl.results import load_results
+from clrl.results import load_results, save_results
 
 CONFIG = {
     "name": "resume",
@@ -37,7 +37,9 @@ CONFIG = {
         "deterministic": True,
         "checkpoint_every_updates": 2,  # 6 updates per task: checkpoints after updates 2 and 4
     },
-    "eval": {"every_steps": 64, "episodes": 2, "n_envs": 2, "max_frames": 200, "deterministic": False},
+    # analysis at every 2nd evaluation: a resumed run must pick the same points (counted over the run)
+    "eval": {"every_steps": 64, "episodes": 2, "n_envs": 2, "max_frames": 200, "deterministic": False,
+             "analysis_every": 2},
     "output": {"progress": False, "tensorboard": False, "figures": False},
 }
 
@@ -111,8 +113,10 @@ def test_sigkill_then_resume_gives_the_same_results(config_file, tmp_path):
     assert a.versions["malloc"] == b.versions["malloc"] == ("tuned" if platform.libc_ver()[0] == "glibc" else "default")
     assert curve_view(a) == curve_view(b)
     # the representation analysis too: probe sets restored from probes/, the same numbers
-    strip = lambda res: [{k: v for k, v in p.analysis.items() if k != "seconds"} for p in res.curves]  # noqa: E731
-    assert strip(a) == strip(b) and all(p.analysis["tasks"] for p in b.curves)
+    strip = lambda res: [p.analysis and {k: v for k, v in p.analysis.items() if k != "seconds"} for p in res.curves]  # noqa: E731
+    assert strip(a) == strip(b)
+    measured = [p.analysis is not None for p in b.curves]
+    assert any(measured) and not all(measured) and all(p.analysis["tasks"] for p in b.curves if p.analysis)
     assert [d["overall"] for d in a.diagnostics] == [d["overall"] for d in b.diagnostics]
     wa = load_checkpoint(full_dir / "checkpoints" / "latest.pt")["net"]
     wb = load_checkpoint(cut_dir / "checkpoints" / "latest.pt")["net"]
@@ -127,7 +131,8 @@ def test_sigint_saves_a_checkpoint_marks_the_run_and_resumes(config_file, tmp_pa
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    assert "saving a checkpoint after the current update" in err
+    # CONFIG is deterministic: no checkpoint between the fixed points, and the message says so
+    assert "stopping after the current update; the last fixed-point checkpoint is kept" in err
     res = load_results(run_dir)
     assert res.status == "failed" and res.reason.startswith("interrupted (SIGINT)")
     assert f"clrl run --resume {run_dir}" in res.reason
@@ -154,12 +159,15 @@ def test_resume_of_a_finished_run_changes_nothing(config_file, tmp_path):
     try:
         assert cli.main(["run", str(small), "--out", str(tmp_path / "done")]) == 0
         first = load_results(tmp_path / "done")
+        written = (tmp_path / "done" / "results.json").read_bytes()
         assert cli.main(["run", "--resume", str(tmp_path / "done")]) == 0
     finally:
         torch.set_num_threads(before)
     again = load_results(tmp_path / "done")
     assert again.R == first.R and curve_view(again) == curve_view(first)
-    assert again.timings["resumes"] == 1
+    # not even rewritten: no resume counted, no timings moved back to the checkpoint's
+    assert (tmp_path / "done" / "results.json").read_bytes() == written
+    assert again.timings["resumes"] == 0
 
 
 def test_resume_rejects_a_corrupt_checkpoint(config_file, tmp_path, capsys):
@@ -175,6 +183,52 @@ def test_resume_rejects_a_corrupt_checkpoint(config_file, tmp_path, capsys):
     finally:
         torch.set_num_threads(before)
     assert "corrupt or not a clrl checkpoint" in capsys.readouterr().err
+
+
+def _two_short_tasks(config_file: Path, tmp_path: Path) -> Path:
+    data = yaml.safe_load(config_file.read_text())
+    data["tasks"] = {"games": ["DemonAttack", "Asterix"], "steps_per_task": 32}
+    data["train"].update(deterministic=False)
+    data["eval"].update(every_steps=10_000)
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_a_damaged_latest_checkpoint_says_how_to_go_on_from_a_task_checkpoint(config_file, tmp_path, capsys):
+    """The advice in the errors works: copying the task checkpoint over latest.pt resumes."""
+    from clrl import cli
+    from clrl.io import save_checkpoint
+
+    run_dir = tmp_path / "run"
+    before = torch.get_num_threads()
+    try:
+        assert cli.main(["run", str(_two_short_tasks(config_file, tmp_path)), "--out", str(run_dir)]) == 0
+        done = load_results(run_dir)
+        ckdir = run_dir / "checkpoints"
+        assert (ckdir / "task_00.pt").is_file()
+        # pretend the run was cut in task 2 and its latest checkpoint then damaged, in several ways
+        (ckdir / "task_01.pt").unlink()
+        state = load_checkpoint(ckdir / "task_00.pt")
+        save_results(run_dir / "results.json", load_results(run_dir).model_copy(update={"status": "running"}))
+        for damage in ({"results": "{not json"}, {"counters": {"task": "one"}}, {"rng": {}}, {"heads": {0: "x"}}):
+            save_checkpoint(ckdir / "latest.pt", {**state, **damage})
+            assert cli.main(["run", "--resume", str(run_dir)]) == 2
+            err = capsys.readouterr().err
+            assert "latest.pt: the checkpoint's" in err and "cannot be restored" in err, err
+            assert "copy the newest checkpoints/task_XX.pt over checkpoints/latest.pt" in err
+        (ckdir / "latest.pt").unlink()
+        assert cli.main(["run", "--resume", str(run_dir)]) == 2
+        err = capsys.readouterr().err
+        assert f"to resume from the end of its task 1, copy {ckdir / 'task_00.pt'} to {ckdir / 'latest.pt'}" in err
+        (ckdir / "latest.pt").write_bytes((ckdir / "task_00.pt").read_bytes())
+        assert cli.main(["run", "--resume", str(run_dir)]) == 0
+    finally:
+        torch.set_num_threads(before)
+    again = load_results(run_dir)
+    assert again.status == "complete" and again.timings["resumes"] == 1
+    assert again.R[0][0] == done.R[0][0]  # task 1's scores came from the task checkpoint
+    assert all(v is not None for i, row in enumerate(again.R) for v in row[: i + 1])
 
 
 def test_deterministic_interrupt_keeps_the_fixed_point_checkpoint(config_file, tmp_path, monkeypatch):
@@ -211,4 +265,5 @@ def test_deterministic_interrupt_keeps_the_fixed_point_checkpoint(config_file, t
         runner.run_experiment(cfg, rd)
     state = load_checkpoint(rd.latest_checkpoint)
     assert state["counters"]["update"] == 2  # the fixed point before the signal, not update 3
+    assert "last fixed-point checkpoint is kept" in run_holder["run"].interrupt.what_happens
     assert load_results(rd.root).reason.startswith("interrupted (SIGINT)")

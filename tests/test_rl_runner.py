@@ -237,6 +237,26 @@ def test_cli_bad_override_and_missing_reference_exit_2(tmp_path, capsys):
     assert "no results file here" in capsys.readouterr().err
 
 
+def test_an_incomparable_reference_is_refused_before_the_run_directory_exists(finetune, tmp_path, capsys):
+    _, ref_rd = finetune
+    cfg = _write(tmp_path / "ref.yaml", tiny(reference=str(ref_rd.root), **{"eval.episodes": 3}))
+    assert cli.main(["validate", str(cfg)]) == 2
+    assert "is not comparable: eval.episodes" in capsys.readouterr().err
+    assert cli.main(["run", str(cfg), "--out", str(tmp_path / "r5")]) == 2
+    assert "is not comparable: eval.episodes" in capsys.readouterr().err
+    assert not (tmp_path / "r5").exists()  # nothing left behind that a corrected re-run must clear
+
+
+def test_minibatches_of_one_sample_are_a_config_error(tmp_path, capsys):
+    good = _write(tmp_path / "ok.yaml", tiny())
+    n_envs = TINY["train"]["n_envs"]
+    argv = ["run", str(good), "--set", "train.n_steps=1", "--set", f"train.n_minibatches={n_envs}", "--out", str(tmp_path / "r6")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "= 1 sample; PPO needs at least 2" in err and "train" in err
+    assert not (tmp_path / "r6").exists()
+
+
 def test_updates_round_up_to_whole_rollouts():
     from clrl.rl.runner import updates_per_task
 

@@ -14,7 +14,7 @@ from _cifar_fixture import write_cifar10, write_cifar100
 from clrl.config import config_from_dict, load_config
 from clrl.errors import ConfigError
 from clrl.io import load_checkpoint
-from clrl.results import load_results
+from clrl.results import load_results, save_results
 from clrl.rundir import prepare_run_dir
 from clrl.supervised.data import Normalizer, build_benchmark, split_classes, stratified_holdout
 from clrl.supervised.trainer import run_experiment
@@ -335,6 +335,24 @@ def test_resume_gives_the_same_R_as_an_uninterrupted_run(tmp_path, monkeypatch, 
     # resuming a complete run changes nothing
     again, _ = _run(None, tmp_path / "cut", resume=True)
     assert again.R == full.R and again.status == "complete"
+
+
+def test_a_damaged_checkpoint_is_a_clear_error_and_loses_nothing(tmp_path):
+    from clrl.errors import CheckpointError
+    from clrl.io import load_checkpoint, save_checkpoint
+
+    cfg = _cfg({**DIGITS, "n_tasks": 2}, train={"epochs": 1}, model={"hidden": [8], "activation": "relu"})
+    _run(cfg, tmp_path / "run")
+    results = tmp_path / "run" / "results.json"
+    save_results(results, load_results(results).model_copy(update={"status": "running"}))
+    kept = results.read_bytes()
+    latest = tmp_path / "run" / "checkpoints" / "latest.pt"
+    state = load_checkpoint(latest)
+    for damage in ({"results": "{not json"}, {"counters": ["x"]}, {"rng": {}}):
+        save_checkpoint(latest, {**state, **damage})
+        with pytest.raises(CheckpointError, match=r"latest\.pt: the checkpoint's state cannot be restored"):
+            _run(None, tmp_path / "run", resume=True)
+        assert results.read_bytes() == kept
 
 
 def test_non_finite_loss_fails_the_run_with_the_reason(tmp_path, monkeypatch):

@@ -122,6 +122,7 @@ class RepresentationMonitor:
         task_names: list[str] | None = None,
         tasks_done: Callable[[], int] | None = None,
         every: int = 1,
+        eval_index: Callable[[], int] | None = None,
     ) -> None:
         if tau < 0:
             raise ValueError(f"analysis tau must be >= 0, got {tau}")
@@ -143,7 +144,8 @@ class RepresentationMonitor:
         self.every = int(every)
         if self.every < 1:
             raise ValueError(f"analysis every must be >= 1, got {every}")
-        self._n_evals = 0
+        self._n_evals = 0  # evaluations seen by this object (the count when no eval_index is given)
+        self.eval_index = eval_index
         self.max_elements = 2**25  # activation values held at once (128 MB as float32)
         self._sample_elements: int | None = None
         self.probes: dict[int, Probe] = {}
@@ -220,9 +222,14 @@ class RepresentationMonitor:
 
     def on_evaluation(self, point: Any, task: int, step: int, end_of_task: bool = False, **_: Any) -> None:
         """Measure every seen task and store the block as ``point.analysis`` (at every
-        ``every``-th evaluation of this session and at every task end)."""
+        ``every``-th evaluation of the run and at every task end).
+
+        The evaluation's place in the run comes from ``eval_index`` (the runners count their curve
+        points, which a resume restores), so a resumed run measures the same points as one that
+        was never stopped; without it, evaluations are counted from this object's creation."""
         self._n_evals += 1
-        if not end_of_task and (self._n_evals - 1) % self.every:
+        index = self.eval_index() if self.eval_index is not None else self._n_evals - 1
+        if not end_of_task and index % self.every:
             return
         self._ensure_restored()
         tick = time.perf_counter()

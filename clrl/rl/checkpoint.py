@@ -41,8 +41,17 @@ class Counters:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Counters:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        """The saved counters; a value of the wrong type (a damaged file) is a ValueError."""
+        if not isinstance(data, dict):
+            raise ValueError(f"counters should be a dict, got {type(data).__name__}")
+        kept = {}
+        for f in fields(cls):
+            if f.name in data:
+                value, want = data[f.name], bool if f.type in (bool, "bool") else int
+                if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+                    raise ValueError(f"counter {f.name!r} should be {want.__name__}, got {value!r}")
+                kept[f.name] = value
+        return cls(**kept)
 
 
 def pack(

@@ -50,6 +50,7 @@ from clrl.config import RLConfig, config_to_dict
 from clrl.device import resolve_device, torch_threads
 from clrl.errors import CheckpointError, TrainingDiverged
 from clrl.events import EventBus
+from clrl.io import restoring
 from clrl.lifecycle import (
     Interrupt,
     check_same_experiment,
@@ -65,6 +66,7 @@ from clrl.results import (
     GameRecord,
     Results,
     compute_metrics,
+    load_results,
     new_results,
     reference_from_run,
     save_results,
@@ -111,7 +113,12 @@ class SequentialRun:
         self.device = resolve_device(cfg.device)
         self.deterministic = bool(cfg.train.deterministic)
         self.logger = setup_logging(rd)
-        self.interrupt = _Interrupt(self.logger)
+        self.interrupt = _Interrupt(self.logger, what_happens=(
+            # clrl.rl.schedule: the deterministic mode saves only where a resume is bit-exact
+            "stopping after the current update; the last fixed-point checkpoint is kept, and the updates "
+            "since it are trained again on resume, exactly as before"
+            if self.deterministic else Interrupt.SAVING
+        ))
         self.counters = Counters(next_eval=cfg.eval.every_steps)
         self.model: TaskPPO | None = None
         self.writer = None
@@ -150,11 +157,12 @@ class SequentialRun:
             n = cfg.eval.analysis_probes
             self.analysis = RepresentationMonitor(
                 self.net.trunk, lambda j, x: torch.as_tensor(x, device=self.device), self.net.features,
-                rd.root / "probes", tau=cfg.eval.analysis_tau, probe_size=n, regularizer=self.reg,
+                rd.probes, tau=cfg.eval.analysis_tau, probe_size=n, regularizer=self.reg,
                 current=lambda j: rollout_states(self.model, n) if self.model is not None else None,
                 timings=lambda: self.results.timings, writer=lambda: self.writer, task_names=self.games,
                 tasks_done=lambda: self.counters.task,
                 every=cfg.eval.analysis_every,
+                eval_index=lambda: len(self.results.curves) - 1,  # the point being reported
             ).attach(self.events)
 
     def _fresh_results(self) -> Results:
@@ -188,21 +196,27 @@ class SequentialRun:
         if self.deterministic and state.get("torch_threads"):
             self.torch_threads = int(state["torch_threads"])
             torch.set_num_threads(self.torch_threads)
-        saved = ckpt.results_of(state)
+        with restoring(path, "results"):
+            saved = ckpt.results_of(state)
         check_same_experiment(saved.config, self.cfg, path)  # an edited config.yaml is refused
-        ckpt.restore_net(self.net, state, path)
-        self.counters = Counters.from_dict(state["counters"])
-        try:
-            self.reg.load_state_dict(state["regularizer"])
-        except (ValueError, KeyError) as exc:
-            raise CheckpointError(f"{path}: regularizer state does not match the config ({exc})") from exc
+        with restoring(path, "network"):
+            ckpt.restore_net(self.net, state, path)
+        with restoring(path, "counters"):
+            self.counters = Counters.from_dict(state["counters"])
+        with restoring(path, "regularizer state"):
+            try:
+                self.reg.load_state_dict(state["regularizer"])
+            except (ValueError, KeyError) as exc:
+                raise CheckpointError(f"{path}: regularizer state does not match the config ({exc})") from exc
         c = self.counters
         if c.begun and c.task < self.T:
             self._start_model(c.task, env_seed_update=c.update)
             if state["optimizer"] is not None:
-                self.model.policy.optimizer.load_state_dict(state["optimizer"])
+                with restoring(path, "optimizer state"):
+                    self.model.policy.optimizer.load_state_dict(state["optimizer"])
             self.reg.begin_task(c.task, self.model.policy.optimizer)  # re-attaches the hooks
-        set_rng_state(state["rng"])
+        with restoring(path, "RNG states"):
+            set_rng_state(state["rng"])
         self.results = saved  # only now: a checkpoint refused above leaves results.json alone
         self.results.timings["resumes"] = int(self.results.timings.get("resumes", 0)) + 1
         self.results.status, self.results.reason = "running", None
@@ -215,6 +229,12 @@ class SequentialRun:
     # ================================================================== main loop
 
     def run(self, resume: bool = False) -> Results:
+        if resume and self.rd.results_path.is_file():
+            done = load_results(self.rd.results_path)
+            if done.status == "complete":  # nothing to do: results.json and the logs stay as they are
+                check_same_experiment(done.config, self.cfg, self.rd.results_path)  # an edited config is refused
+                self.logger.info("resume: %s is already complete", self.rd.root)
+                return done
         if resume and not self.rd.latest_checkpoint.is_file():
             kept = resume_without_checkpoint(self.rd)  # a complete run: a no-op; scores on disk: refused
             if kept is not None:
@@ -471,8 +491,10 @@ class SequentialRun:
     def _diverged(self, t: int, what: str) -> None:
         c = self.counters
         kept = self.rd.latest_checkpoint if self.rd.latest_checkpoint.is_file() else None
+        # after the task's last update the consolidation (end_task) is what ran
+        at = f"update {c.update + 1}/{self.J}" if c.update < self.J else f"its consolidation after update {self.J}/{self.J}"
         raise TrainingDiverged(
-            f"training diverged: {what} in task {t} ({self.games[t]}), update {c.update + 1}/{self.J}, "
+            f"training diverged: {what} in task {t} ({self.games[t]}), {at}, "
             f"env step {c.global_steps}; "
             + (f"the last good checkpoint {kept} is kept" if kept else "no checkpoint was written")
             + " (lower train.learning_rate or train.max_grad_norm, or check the regularizer's lambda)"

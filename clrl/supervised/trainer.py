@@ -36,7 +36,7 @@ from clrl.analysis.monitor import RepresentationMonitor
 from clrl.config import SupervisedConfig, config_to_dict, regularizer_hparams
 from clrl.device import resolve_device
 from clrl.errors import CheckpointError
-from clrl.io import check_finite_tensors, load_checkpoint, save_checkpoint
+from clrl.io import check_finite_tensors, load_checkpoint, restoring, save_checkpoint
 from clrl.lifecycle import (
     Interrupt,
     check_same_experiment,
@@ -202,7 +202,9 @@ def _run(cfg: SupervisedConfig, rd: RunDir, resume: bool) -> Results:
         bar = TaskBar(T, enabled=cfg.output.progress).attach(ctx.events)
 
         if resume and rd.latest_checkpoint.is_file():
-            restored = _restore_checkpoint(ctx, load_checkpoint(rd.latest_checkpoint, map_location=device), rd.latest_checkpoint)
+            state = load_checkpoint(rd.latest_checkpoint, map_location=device)
+            with restoring(rd.latest_checkpoint, "state"):
+                restored = _restore_checkpoint(ctx, state, rd.latest_checkpoint)
             restored.status, restored.reason = "running", None
             results = restored
             log.info("resumed from %s after task %d", rd.latest_checkpoint, results.tasks_done() - 1)
@@ -235,9 +237,10 @@ def _run(cfg: SupervisedConfig, rd: RunDir, resume: bool) -> Results:
         if cfg.eval.analysis:
             RepresentationMonitor(
                 model.trunk, lambda j, x: torch.from_numpy(bench.tasks[j].norm(x)).to(device), model.trunk,
-                rd.root / "probes", tau=cfg.eval.analysis_tau, probe_size=cfg.eval.analysis_probes, regularizer=reg,
+                rd.probes, tau=cfg.eval.analysis_tau, probe_size=cfg.eval.analysis_probes, regularizer=reg,
                 current=lambda j: bench.tasks[j].x_test, timings=lambda: results.timings, writer=lambda: ctx.writer,
                 task_names=bench.task_names, tasks_done=results.tasks_done, every=cfg.eval.analysis_every,
+                eval_index=lambda: len(results.curves) - 1,  # the point being reported
             ).attach(ctx.events)
         first = results.tasks_done()
         run_start = time.time()
