@@ -8,8 +8,8 @@ evaluated). Definitions follow REFERENCE.md ("Metric definitions"):
 - ``bwt`` = mean over j < T-1 of (R[T-1][j] - R[j][j]) (GEM paper: divides by T-1)
 - ``fwt`` = mean over j >= 1 of (R[j-1][j] - b[j])
 - ``forgetting`` (Chaudhry et al.) = mean over j < T-1 of max_{l in [j, T-2]} R[l][j] - R[T-1][j]
-- ``plasticity`` P = mean_i R[i][i] / A*_i (AGS-CL paper, Sec. 5.2)
-- ``stability`` S = mean_j R[T-1][j] / max_{i in [j, T-1]} R[i][j] (AGS-CL paper, Sec. 5.2)
+- ``plasticity`` P = mean_i R[i][i] / A*_i (AGS-CL paper, Sec. 4.1, Analysis 3)
+- ``stability`` S = mean_j R[T-1][j] / max_{i in [j, T-1]} R[i][j] (AGS-CL paper, Sec. 4.1, Analysis 3)
 
 ``bootstrap_ci`` is the seeded 95% percentile-bootstrap interval of a mean (Efron &
 Tibshirani 1993, ch. 13), used for the scores of one evaluation's games.
@@ -157,7 +157,7 @@ def plasticity_per_task(R: ArrayLike, ref_diag: ArrayLike) -> np.ndarray:
 
 
 def plasticity(R: ArrayLike, ref_diag: ArrayLike) -> float:
-    """Plasticity P (AGS-CL Sec. 5.2): mean of :func:`plasticity_per_task`."""
+    """Plasticity P (AGS-CL Sec. 4.1, Analysis 3): mean of :func:`plasticity_per_task`."""
     return _mean(plasticity_per_task(R, ref_diag))
 
 
@@ -170,7 +170,7 @@ def stability_per_task(R: ArrayLike) -> np.ndarray:
 
 
 def stability(R: ArrayLike) -> float:
-    """Stability S (AGS-CL Sec. 5.2): mean of :func:`stability_per_task`."""
+    """Stability S (AGS-CL Sec. 4.1, Analysis 3): mean of :func:`stability_per_task`."""
     return _mean(stability_per_task(R))
 
 
@@ -186,19 +186,29 @@ def normalize(R_or_curve: ArrayLike, ref_max: ArrayLike) -> np.ndarray:
 def curve_matrix(curve_scores: Sequence[Sequence[float | None]], n_tasks: int) -> np.ndarray:
     """Evaluation points as a (points x tasks) matrix, NaN for tasks not seen yet.
 
-    ``curve_scores[p]`` lists the scores of the tasks seen at point p (tasks 0..k).
+    ``curve_scores[p]`` lists the scores of the tasks seen at point p (tasks 0..k). Scores of
+    tasks beyond ``n_tasks`` are left out (a reference run may have more tasks than the run).
     """
     out = np.full((len(curve_scores), n_tasks), np.nan)
     for p, scores in enumerate(curve_scores):
-        for k, v in enumerate(scores):
+        for k, v in enumerate(list(scores)[:n_tasks]):
             out[p, k] = np.nan if v is None else v
+    return out
+
+
+def seen_mask(curve_scores: Sequence[Sequence[float | None]], n_tasks: int) -> np.ndarray:
+    """(points x tasks) bool: task k is seen at point p when the point lists a score for it
+    (its entry may still be missing: None/NaN)."""
+    out = np.zeros((len(curve_scores), n_tasks), dtype=bool)
+    for p, scores in enumerate(curve_scores):
+        out[p, : min(len(scores), n_tasks)] = True
     return out
 
 
 def reference_max(curve_scores: Sequence[Sequence[float | None]], n_tasks: int) -> np.ndarray:
     """Per task, the best score of a (fine-tuning) run over all its evaluation points.
 
-    The AGS-CL paper normalizes each game's score by this maximum (Sec. 5.2, Fig. 7a).
+    The AGS-CL paper normalizes each game's score by this maximum (Sec. 4.2, Fig. 7a).
     NaN for a task the reference never evaluated.
     """
     m = curve_matrix(curve_scores, n_tasks)
@@ -216,13 +226,14 @@ def accumulated_normalized_reward(
     """For each evaluation point, the sum over seen tasks k of score_k / ref_max_k.
 
     Values above 1 per task are normal (the reference's max is over its own points only).
-    A point is NaN if any seen task has no positive reference maximum.
+    A point is NaN if any seen task has no positive reference maximum or no score (a seen
+    task's missing score must not count as 0).
     """
     ref = np.asarray(ref_max, dtype=float)
     m = curve_matrix(curve_scores, len(ref))
-    seen = ~np.isnan(m)
+    seen = seen_mask(curve_scores, len(ref))
     ratios = _ratio(np.where(seen, m, 0.0), np.broadcast_to(ref, m.shape))
-    bad = seen & np.isnan(ratios)
+    bad = seen & (np.isnan(ratios) | np.isnan(m))
     total = np.where(seen, ratios, 0.0).sum(axis=1)
     total[bad.any(axis=1)] = np.nan
     return total

@@ -96,7 +96,7 @@ class CurvePoint(_Model):
 
 
 class Reference(_Model):
-    """The fine-tuning run that normalizes this one (AGS-CL Sec. 5.2)."""
+    """The fine-tuning run that normalizes this one (AGS-CL Sec. 4.2, Fig. 7a)."""
 
     run: str
     max_scores: list[Score] = Field(description="per task, the reference's best score over its curve")

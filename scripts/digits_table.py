@@ -63,7 +63,7 @@ the last task):
 - ACC: mean accuracy over the 5 tasks after the last one. BWT: mean over the first 4 tasks of
   R[T-1][j] - R[j][j]. Forgetting (Chaudhry et al.): mean over the first 4 tasks of the best
   earlier accuracy minus the final one. S: mean of R[T-1][j] / max over i >= j of R[i][j].
-- P: mean of R[i][i] / R_ft[i][i] with R_ft the fine-tuning run of the same seed (AGS-CL sec. 5.2);
+- P: mean of R[i][i] / R_ft[i][i] with R_ft the fine-tuning run of the same seed (AGS-CL sec. 4.1, Analysis 3);
   1 for fine-tuning by definition.
 - Hyperparameters: AGS-CL mu 10, lambda 400, rho 0.3, eta 0.9 (the paper's CIFAR-100 values), one
   proximal step per epoch; EWC lambda 1e6 with the empirical Fisher; MAS lambda 10 with the

@@ -148,6 +148,9 @@ def test_run_metrics_against_a_hand_worked_example():
     assert curve == pytest.approx([3 / 8, 10 / 8, 6 / 8 + 15 / 12, 4 / 8 + 20 / 12])
     assert fs.first_game_curve(run)[1].tolist() == [3.0, 10.0, 6.0, 4.0]
     assert fs.run_metrics(ref, ref)["plasticity"] == 1.0
+    one = make_run([[7.0]], [(1, 0, [7.0])])
+    single = fs.run_metrics(one, one)  # one game: nothing came after it, so nothing dropped
+    assert np.isnan(single["first_drop"]) and np.isnan(single["forgetting"])
 
 
 def test_interval_closed_forms():
@@ -185,6 +188,10 @@ def test_learned_needs_non_overlapping_intervals():
     assert fs.learned(fs.Interval(10, 8, 12, 3), fs.Interval(1, 0, 2, 3)) == "yes"
     assert fs.learned(fs.Interval(10, 2, 12, 3), fs.Interval(1, 0, 2, 3)) == "no"  # touching is overlapping
     assert fs.learned(fs.Interval(10, float("nan"), float("nan"), 2), fs.Interval(1, 0, 2, 3)) == "n/a"
+    assert fs.learned(fs.Interval(1, 0, 2, 3), fs.Interval(10, 8, 12, 3)) == "no (below)"
+    below = fs.learning_sentence(["A", "B"], ["no (below)", "no"])
+    assert "ends A worse than the untrained network" in below and "wholly below" in below
+    assert "does not clearly learn B" in below and "overlaps" in below
 
 
 # --------------------------------------------------------------------------- the conclusion

@@ -97,6 +97,18 @@ def test_accumulated_normalized_reward_by_hand():
     assert bad[0] == pytest.approx(0.5) and np.isnan(bad[1:]).all()
 
 
+def test_a_seen_task_without_a_score_makes_its_point_nan_not_zero():
+    # task 0 is seen at point 1 (two scores listed) but its score is missing there
+    out = m.accumulated_normalized_reward([[5.0], [None, 1.0], [5.0, 2.0]], [10.0, 2.0])
+    assert out[0] == pytest.approx(0.5) and np.isnan(out[1]) and out[2] == pytest.approx(1.5)
+
+
+def test_a_reference_with_more_tasks_than_the_run_is_cut_to_the_runs_tasks():
+    ref_curve = [[4.0], [2.0, 6.0], [1.0, 3.0, 9.0]]  # a 3-task fine-tuning run
+    np.testing.assert_allclose(m.reference_max(ref_curve, 2), [4.0, 6.0])
+    assert m.curve_matrix(ref_curve, 2).shape == (3, 2)
+
+
 def test_non_square_is_rejected():
     with pytest.raises(ValueError, match="square"):
         m.acc([[1.0, 2.0]])

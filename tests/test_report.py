@@ -470,6 +470,57 @@ def test_figures_without_reference_are_skipped_with_a_reason(tmp_path):
     assert "not drawn: normalized_reward" in (tmp_path / "o" / "report.md").read_text()
 
 
+def test_rl_heatmap_colours_span_each_tasks_range_negative_scores_included():
+    from clrl.report.figures import per_task_min_max
+
+    a = np.array([[-50.0, np.nan], [-10.0, 3.0]])  # Boxing-like negative returns in task 0
+    b = np.array([[-30.0, np.nan], [-50.0, 3.0]])
+    sa, sb = per_task_min_max([a, b], 2)
+    np.testing.assert_allclose(sa[:, 0], [0.0, 1.0])  # -50 is the lowest, -10 the highest
+    assert sb[0, 0] == pytest.approx(0.5) and sb[1, 0] == 0.0
+    assert np.isnan(sa[0, 1]) and sa[1, 1] == 0.5 and sb[1, 1] == 0.5  # one value only: the middle
+
+
+def test_a_report_reference_other_than_the_stored_one_raises_no_plasticity_warning(tmp_path):
+    R = lower(np.random.default_rng(3))
+    stored_ref = Reference(run="elsewhere", max_scores=[1.0] * 4, diag=[float(R[i, i]) for i in range(4)])
+    run = write_run(tmp_path / "runs", "ewc", R, reg={"name": "ewc"}, reference=stored_ref,
+                    stored={"plasticity": 1.0, "acc": metrics.acc(R)})
+    ft = write_run(tmp_path / "refs", "ft", 2 * R)
+    (rec,) = runs_mod.load_runs([run], reference=ft)
+    new = scores.run_metrics(rec)
+    assert new["plasticity"] == pytest.approx(0.5)  # against the --reference run
+    assert scores.stored_mismatches(rec, new) == []  # the stored P was against another reference
+    (own,) = runs_mod.load_runs([run])
+    assert scores.stored_mismatches(own, {**scores.run_metrics(own), "plasticity": 0.25})  # still checked
+
+
+def test_a_partial_runs_normalized_reward_covers_its_finished_tasks_only(tmp_path):
+    R = np.full((3, 3), np.nan)
+    R[0, 0], R[1, :2] = 5.0, [4.0, 20.0]
+    pts = [CurvePoint(step=1, task=0, scores=[5.0]), CurvePoint(step=2, task=1, scores=[4.0, 20.0]),
+           CurvePoint(step=3, task=2, scores=[4.0, 20.0, 30.0])]  # task 3 was still training
+    ref = Reference(run="ft", max_scores=[10.0, 20.0, 30.0], diag=[10.0, 20.0, 30.0])
+    run = write_run(tmp_path, "cut", R, kind="rl", reference=ref, curves=pts, status="failed",
+                    reason="interrupted", tasks=["A", "B", "C"])
+    (rec,) = runs_mod.load_runs([run])
+    assert rec.done == 2
+    assert scores.run_metrics(rec)["norm_reward"] == pytest.approx(4.0 / 10 + 20.0 / 20)
+
+
+def test_a_cell_over_fewer_runs_than_the_seeds_says_how_many(tmp_path):
+    rng = np.random.default_rng(5)
+    R0, R1 = lower(rng), lower(rng)
+    ref = Reference(run="ft", max_scores=[1.0] * 4, diag=[1.0] * 4)
+    write_run(tmp_path, "ewc-0", R0, seed=0, reg={"name": "ewc"}, reference=ref)
+    write_run(tmp_path, "ewc-1", R1, seed=1, reg={"name": "ewc"})  # no reference: no P
+    build_report([tmp_path], out=tmp_path / "out", reps=REPS, figures=False)
+    row = next(line for line in (tmp_path / "out" / "report.md").read_text().splitlines() if line.startswith("| EWC"))
+    p0 = metrics.plasticity(R0, [1.0] * 4)
+    assert f"{p0:.3f} ± 0.000 (n=1)" in row or f"{p0:.3f} (n=1)" in row, row
+    assert row.count("(n=") == 1  # the metrics both runs have carry no count
+
+
 def test_fine_tuning_without_reference_is_its_own(tmp_path):
     run = make_rl_run(tmp_path / "runs", "none", 0)
     (rec,) = runs_mod.load_runs([run])

@@ -1,7 +1,7 @@
 """Numbers of the Atari forgetting experiment: per-run metrics, intervals over seeds, the verdict.
 
 Per run (clrl.metrics, REFERENCE.md "Metric definitions"), with the fine-tuning run of the same
-seed as the reference (AGS-CL Sec. 5.2; fine-tuning is its own reference, so its P is 1):
+seed as the reference (AGS-CL Sec. 4.1, Analysis 3; fine-tuning is its own reference, so its P is 1):
 
 - ACC = mean_j R[T-1][j]; forgetting (Chaudhry) and BWT over the first T-1 games
 - P = mean_i R[i][i] / A*_i, A*_i the reference's R[i][i]; S = mean_j R[T-1][j] / max_{i>=j} R[i][j]
@@ -33,8 +33,8 @@ METRICS: tuple[tuple[str, str, str], ...] = (
     ("forgetting", "Forgetting", "mean over the first T-1 games of the best earlier score minus the final one "
                                  "(Chaudhry et al.; raw return, higher = more forgetting)"),
     ("bwt", "BWT", "mean over the first T-1 games of R[T-1][j] - R[j][j] (raw return; negative = forgetting)"),
-    ("plasticity", "P", "mean_i R[i][i] / fine-tuning's R[i][i], same seed (AGS-CL Sec. 5.2)"),
-    ("stability", "S", "mean_j R[T-1][j] / max_{i>=j} R[i][j] (AGS-CL Sec. 5.2)"),
+    ("plasticity", "P", "mean_i R[i][i] / fine-tuning's R[i][i], same seed (AGS-CL Sec. 4.1, Analysis 3)"),
+    ("stability", "S", "mean_j R[T-1][j] / max_{i>=j} R[i][j] (AGS-CL Sec. 4.1, Analysis 3)"),
     ("norm_reward", "Norm. reward", "accumulated normalized reward at the end of training: sum over games of "
                                     "the final score / fine-tuning's best score on that game, same seed (Fig. 7a)"),
     ("first_drop", "First-game drop", "R[0][0] - R[T-1][0]: the first game's score right after learning it "
@@ -90,7 +90,7 @@ def run_metrics(run: RunData, ref: RunData) -> dict[str, float]:
         "plasticity": metrics.plasticity(R, ref_diag),
         "stability": metrics.stability(R),
         "norm_reward": float(curve[-1]) if len(curve) else float("nan"),
-        "first_drop": float(R[0, 0] - R[T - 1, 0]),
+        "first_drop": float(R[0, 0] - R[T - 1, 0]) if T > 1 else float("nan"),  # no later task: undefined
     }
 
 
@@ -224,25 +224,35 @@ def _join(names: list[str]) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
+BELOW = "no (below)"
+
+
 def learned(diag: Interval, base: Interval) -> str:
-    """``yes`` when the trained score's interval lies above the untrained one's (no overlap), else ``no``;
+    """``yes`` when the trained score's interval lies above the untrained one's (no overlap),
+    ``no (below)`` when it lies wholly below it, ``no`` when they overlap (touching counts);
     ``n/a`` without both intervals."""
     if not (diag.defined and base.defined):
         return "n/a"
-    return "yes" if diag.lo > base.hi else "no"
+    if diag.lo > base.hi:
+        return "yes"
+    return BELOW if diag.hi < base.lo else "no"
 
 
 def learning_sentence(games: list[str], verdicts: list[str], label: str = "Fine-tuning") -> str:
     """Whether PPO learned each game (``verdicts`` from :func:`learned`), as one sentence."""
     no = [g for g, v in zip(games, verdicts, strict=True) if v == "no"]
+    below = [g for g, v in zip(games, verdicts, strict=True) if v == BELOW]
     unknown = [g for g, v in zip(games, verdicts, strict=True) if v == "n/a"]
-    if not no and not unknown:
+    if not no and not below and not unknown:
         return (f"PPO learns every game: under {label.lower()} each game's score right after training it lies above "
                 "the untrained network's, with non-overlapping 95% intervals.")
     parts = []
     if no:
         parts.append(f"PPO does not clearly learn {_join(no)}: right after training, the score's 95% interval "
                      "overlaps the untrained network's, so forgetting there means little")
+    if below:
+        parts.append(f"PPO ends {_join(below)} worse than the untrained network: right after training, the score's "
+                     "95% interval lies wholly below the untrained one's, so forgetting there means little")
     if unknown:
         parts.append(f"whether PPO learns {_join(unknown)} cannot be decided (no interval: fewer than "
                      f"{MIN_SEEDS} seeds or no untrained score)")

@@ -19,6 +19,7 @@ reason to ``skipped`` when the runs hold nothing to draw (e.g. no reference run)
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -311,12 +312,35 @@ def plasticity_stability(groups: list[Group], out_dir: Path, prefix: str = "", f
         return save(fig, out_dir, f"{prefix}plasticity_stability", formats)
 
 
+def per_task_min_max(mats: list[np.ndarray], T: int) -> list[np.ndarray]:
+    """Each column (task) of every matrix scaled to [0, 1] by that task's lowest and highest
+    finite value over all the matrices: games' scores differ by orders of magnitude and may be
+    negative (Boxing), so dividing by the best score would hide every negative cell. A task
+    whose values are all equal is drawn at 0.5; NaN stays NaN."""
+    lo, hi = np.full(T, np.inf), np.full(T, -np.inf)
+    for m in mats:
+        finite = np.where(np.isfinite(m), m, np.nan)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+            lo[: m.shape[1]] = np.fmin(lo[: m.shape[1]], np.nanmin(finite, axis=0))
+            hi[: m.shape[1]] = np.fmax(hi[: m.shape[1]], np.nanmax(finite, axis=0))
+    out = []
+    for m in mats:
+        k = m.shape[1]
+        span = hi[:k] - lo[:k]
+        with np.errstate(all="ignore"):
+            scaled = np.where(span > 0, (m - lo[:k]) / np.where(span > 0, span, 1.0), 0.5)
+        out.append(np.where(np.isfinite(m), scaled, np.nan))
+    return out
+
+
 def r_heatmaps(groups: list[Group], out_dir: Path, prefix: str = "", formats: Formats = ("png", "pdf"),
                skipped: list[str] | None = None, stem: str = "R_heatmaps") -> list[Path]:
     """Mean R per method: cell (i, j) is the score on task j after training task i; blank = not evaluated.
 
-    Colors: accuracy as is (supervised); for RL each column divided by its best value over all
-    panels, since games' scores differ by orders of magnitude. Cells carry the raw mean score
+    Colors: accuracy as is (supervised); for RL each column scaled from its lowest to its highest
+    value over all panels (:func:`per_task_min_max`), since games' scores differ by orders of
+    magnitude and may be negative. Cells carry the raw mean score
     (written only up to 12 tasks, beyond which they would be unreadable).
     """
     mats = []
@@ -338,13 +362,8 @@ def r_heatmaps(groups: list[Group], out_dir: Path, prefix: str = "", formats: Fo
     T = max(m.shape[0] for *_, m in mats)
     names = task_names([r for _, g, runs, _ in mats for r in runs])
     if kind == "rl":
-        col_max = np.full(T, np.nan)
-        for *_, m in mats:
-            with np.errstate(all="ignore"):
-                col_max[: m.shape[1]] = np.fmax(col_max[: m.shape[1]], np.nanmax(np.abs(np.where(np.isfinite(m), m, np.nan)), axis=0, initial=0))
-        col_max[~(col_max > 0)] = np.nan
-        shade = [m / col_max[: m.shape[1]] for *_, m in mats]
-        vmin, vmax, cbar = 0.0, 1.0, "score / best score on that task"
+        shade = per_task_min_max([m for *_, m in mats], T)
+        vmin, vmax, cbar = 0.0, 1.0, "score, per task: lowest 0, highest 1"
     else:
         shade = [m for *_, m in mats]
         finite = np.concatenate([s[np.isfinite(s)] for s in shade])

@@ -160,7 +160,7 @@ def load_runs(
 
     ``reference`` (a fine-tuning run directory) replaces each run's stored reference for P and
     the normalized reward. A fine-tuning run without one is its own reference: P and the
-    normalized reward are relative to fine-tuning (AGS-CL Sec. 5.2), so it scores P = 1.
+    normalized reward are relative to fine-tuning (AGS-CL Secs. 4.1 and 4.2), so it scores P = 1.
     With ``unreadable`` (a list), a run whose results.json cannot be read (truncated, foreign)
     is skipped and its problem appended there, unless no run at all can be read; without it,
     the first such run is an error.

@@ -2,7 +2,7 @@
 
 Stored ``results.metrics`` are not trusted: every metric is recomputed with
 :mod:`clrl.metrics` (definitions in REFERENCE.md, "Metric definitions"; P and S are AGS-CL
-Sec. 5.2's). :func:`per_task_terms` splits each metric into the per-task terms whose mean it
+Sec. 4.1's, Analysis 3). :func:`per_task_terms` splits each metric into the per-task terms whose mean it
 is, so the IQM across runs x tasks is the robust counterpart of the same mean.
 
 What is read from ``results.diagnostics`` (one dict per finished task, written by the
@@ -127,7 +127,11 @@ def run_metrics(run: RunRecord) -> dict[str, float]:
     row = metrics.summary(R, ref_diag=None if ref_diag is None else ref_diag[:T], b=None if b is None else b[:T])
     out = {k: float(row.get(k, np.nan)) for k in METRIC_KEYS if k != "norm_reward"}
     nr = normalized_reward_curve(run)
-    out["norm_reward"] = float(nr[-1]) if nr is not None and len(nr) else float("nan")
+    # the last point over the same finished tasks as the other metrics (a partial run's later
+    # points include the task it was still training)
+    ends = list(range(len(nr))) if nr is not None and run.complete else [
+        k for k, p in enumerate(run.res.curves) if p.task == T - 1 and run.done >= T]
+    out["norm_reward"] = float(nr[ends[-1]]) if nr is not None and ends else float("nan")
     out["memory_importance_bytes"], out["memory_bytes"] = memory(run)
     return out
 
@@ -137,7 +141,10 @@ def stored_mismatches(run: RunRecord, recomputed: dict[str, float], rtol: float 
     if not run.complete:
         return []
     out = []
-    for key in ("acc", "bti", "bwt", "forgetting", "stability", "plasticity", "fwt"):
+    keys = ["acc", "bti", "bwt", "forgetting", "stability", "plasticity", "fwt"]
+    if run.reference is not run.res.reference:  # P against another reference (--reference, self) than the stored one
+        keys.remove("plasticity")
+    for key in keys:
         stored = run.res.metrics.get(key)
         new = recomputed.get(key, np.nan)
         if isinstance(stored, (int, float)) and np.isfinite(new):

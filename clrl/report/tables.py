@@ -198,11 +198,16 @@ def methods_markdown(rows: list[MethodRow], kind: str) -> str:
     header = ["Method", "Seeds", *[label.get(k, lab) for k, lab, _ in shown], "Importance mem.", "Total reg. mem.",
               "Notes"]
     body = [
-        [r.label, str(r.n_seeds), *[fmt_mean_std(r.stats[k]) for k, _, _ in shown],
+        [r.label, str(r.n_seeds), *[_with_n(fmt_mean_std(r.stats[k]), r.stats[k].n, r.n_seeds) for k, _, _ in shown],
          fmt_bytes(r.memory_importance_bytes), fmt_bytes(r.memory_bytes), "; ".join(r.notes)]
         for r in rows
     ]
     return markdown_table(header, body)
+
+
+def _with_n(cell: str, n: int, n_seeds: int) -> str:
+    """A cell over fewer runs than the row's seeds (the others had no value) says over how many."""
+    return f"{cell} (n={n})" if 0 < n < n_seeds else cell
 
 
 def iqm_markdown(rows: list[MethodRow], kind: str) -> str | None:

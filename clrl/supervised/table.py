@@ -3,7 +3,7 @@
 Each method's config (``configs/split_digits*.yaml``) runs once per seed through
 :func:`clrl.supervised.trainer.run_experiment` into ``<out>/<method>/seed<k>``; every
 regularized run uses the fine-tuning run of the same seed as its ``reference``, so its
-plasticity P = mean_i R[i][i] / R_ft[i][i] (AGS-CL sec. 5.2). Fine-tuning's own P is 1 by
+plasticity P = mean_i R[i][i] / R_ft[i][i] (AGS-CL sec. 4.1, Analysis 3). Fine-tuning's own P is 1 by
 definition. A run that is already complete in its folder is read back instead of re-run.
 Columns are mean ± sample standard deviation (ddof 1) over seeds, computed with
 :mod:`clrl.metrics` from each run's R.

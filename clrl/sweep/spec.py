@@ -24,7 +24,7 @@ Every trial is validated through :mod:`clrl.config` here, before anything runs, 
 value fails fast with the sweep file, the trial and the key in the message. Fine-tuning trials
 (``regularizer.name: none``) are the references: each other trial's ``reference`` is the
 fine-tuning trial of the same seed (and the same ``grid`` point), and references come first in
-the returned order (AGS-CL Sec. 5.2 normalizes every method by the fine-tuning run's scores).
+the returned order (AGS-CL Sec. 4.2 normalizes every method by the fine-tuning run's scores).
 """
 
 from __future__ import annotations
