@@ -399,6 +399,11 @@ class SupervisedTrain(Strict):
     momentum: float = Field(0.0, ge=0, lt=1)
     lr_patience: int = Field(5, ge=1, description="epochs without validation gain before lr /= lr_factor")
     lr_factor: float = Field(3.0, gt=1)
+    reset_optimizer_on_lr_drop: bool = Field(
+        False,
+        description="at each lr drop start the optimizer's state (Adam's moments) afresh, as the AGS-CL/HAT "
+        "code does by building a new optimizer; false keeps it",
+    )
     min_lr: float = Field(1e-6, ge=0)
     early_stop: int | None = Field(None, ge=1, description="stop a task after this many lr drops")
     buffer_size: int = Field(0, ge=0, description="reservoir replay buffer size M (single-pass)")

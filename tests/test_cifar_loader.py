@@ -159,3 +159,17 @@ def test_class_names_that_are_not_a_list_give_a_user_error(tmp_path, value):
     dump({b"label_names": value}, folder / "batches.meta")
     with pytest.raises(UserError, match=r"batches.meta: 'label_names' should be a list of 10 class names"):
         load_cifar10(tmp_path)
+
+
+def test_a_file_that_cannot_be_opened_is_a_user_error(tmp_path, monkeypatch):
+    folder = write_cifar100(tmp_path, train_per_class=1, test_per_class=1)
+    real_open = Path.open
+
+    def denied(self, *args, **kwargs):  # what a file without read permission gives (root reads any file)
+        if self.name == "train":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", denied)
+    with pytest.raises(UserError, match=r"train: cannot read \(Permission denied\)"):
+        load_cifar100(folder)

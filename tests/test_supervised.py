@@ -99,6 +99,27 @@ def test_class_split_auto_is_blocks_on_cifar_and_a_permutation_on_digits():
     assert uses_class_blocks(SupervisedTasks(dataset="split_digits", class_split="blocks"))
 
 
+@pytest.mark.parametrize("reset", [True, False])
+def test_an_lr_drop_with_reset_steps_like_a_new_adam(reset):
+    from clrl.supervised.loops import drop_lr
+
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(5))
+    opt = torch.optim.Adam([w], lr=1e-2)
+    for _ in range(4):  # moments built up under the old lr
+        w.grad = torch.randn(5)
+        opt.step()
+    grad = torch.randn(5)
+    fresh_w = torch.nn.Parameter(w.detach().clone())
+    fresh = torch.optim.Adam([fresh_w], lr=1e-2 / 3)  # what the AGS-CL code builds at the drop
+    drop_lr(opt, 1e-2 / 3, reset=reset)
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-2 / 3)
+    w.grad, fresh_w.grad = grad.clone(), grad.clone()
+    opt.step()
+    fresh.step()
+    assert torch.equal(w, fresh_w) == reset
+
+
 def test_stratified_holdout_takes_the_share_of_every_class():
     y = np.repeat([0, 1, 2], [10, 20, 3])
     keep, held = stratified_holdout(y, 0.1, np.random.default_rng(0))

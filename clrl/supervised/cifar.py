@@ -118,6 +118,8 @@ def safe_load_pickle(path: str | os.PathLike) -> Any:
             data = RestrictedUnpickler(f, source=str(path)).load()
     except UserError:
         raise
+    except OSError as exc:  # stat passed, open or read failed (permissions, an I/O error)
+        raise UserError(f"{path}: cannot read ({exc.strerror or exc})") from exc
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
             RecursionError, MemoryError, OverflowError) as exc:
         raise UserError(f"{path}: not a readable CIFAR pickle ({type(exc).__name__}: {str(exc)[:200]}); re-extract it from {CIFAR_URL}") from exc

@@ -135,13 +135,28 @@ def _task_loss(ctx: TaskContext, x: Tensor, y: Tensor, t: int) -> Tensor:
     return loss
 
 
+def drop_lr(opt: torch.optim.Optimizer, lr: float, reset: bool) -> None:
+    """Set ``lr`` in the optimizer's param groups (the regularizer's hooks stay attached).
+
+    ``reset`` also forgets the optimizer's state, which makes its next step that of a new
+    optimizer at ``lr`` on the same parameters: what the AGS-CL/HAT code does with
+    ``self.optimizer = self._get_optimizer(lr)`` at every drop (Adam's moments and step count
+    start again from zero). Without it the moments carry over the drop (``train.
+    reset_optimizer_on_lr_drop``, default false; the CIFAR configs set it, as their code)."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    if reset:
+        opt.state.clear()
+
+
 def train_offline_task(ctx: TaskContext, t: int) -> dict[str, Any]:
     """Train task ``t`` for up to ``train.epochs`` epochs; return what happened (for diagnostics).
 
     Schedule (the AGS-CL supervised code, REFERENCE.md): after every epoch the validation loss
     is computed; when it has not improved for ``lr_patience`` epochs, ``lr /= lr_factor`` (set in
     the optimizer's param groups, so the regularizer's hooks stay attached and AGS-CL's prox
-    reads the new ``alpha``); the task ends early when ``lr < min_lr`` or after ``early_stop``
+    reads the new ``alpha``; :func:`drop_lr`: the code also restarts Adam there, here only with
+    ``train.reset_optimizer_on_lr_drop``); the task ends early when ``lr < min_lr`` or after ``early_stop``
     drops. At the end the best-validation weights (trunk, this task's head and VCL's betas) are
     restored.
 
@@ -184,8 +199,7 @@ def train_offline_task(ctx: TaskContext, t: int) -> dict[str, Any]:
                     lr /= tr.lr_factor
                     drops += 1
                     patience = tr.lr_patience
-                    for group in opt.param_groups:
-                        group["lr"] = lr
+                    drop_lr(opt, lr, reset=tr.reset_optimizer_on_lr_drop)
         step = ctx.counters["epochs"]
         for key, value in stats.items():
             ctx.scalar(f"train/{key}", value, step)
