@@ -155,13 +155,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its latest checkpoint")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("validate", help="check a config (and --set overrides) without running it")
-    p.add_argument("config")
+    p = sub.add_parser(
+        "validate", help="check a config (and --set overrides) without running it",
+        description="Load CONFIG, apply the --set overrides and build what a run would build (network, "
+        "activations, heads, regularizer, data folder, reference run) on the CPU, without training; "
+        "prints ok, or one line per problem naming the file and key (exit 2).",
+    )
+    p.add_argument("config", help="experiment YAML (see configs/)")
     _add_overrides(p)
     p.add_argument("--print", action="store_true", help="print the resolved config (defaults filled in)")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("games", help="list the ALE games and their minimal action counts")
+    p = sub.add_parser(
+        "games", help="list the ALE games and their minimal action counts",
+        description="The games that tasks.games accepts (names as in the papers, e.g. KungFuMaster), "
+        "their ale-py ROM ids and the size of each game's minimal action set (its actor head's outputs).",
+    )
     p.add_argument("filter", nargs="?", help="show only games whose name contains this")
     p.set_defaults(func=cmd_games)
 
@@ -169,12 +178,25 @@ def build_parser() -> argparse.ArgumentParser:
                "clrl.rl.eval_cli")
     _delegated(sub.add_parser("report", help="tables and figures from run directories"), "clrl.report")
     _delegated(sub.add_parser("sweep", help="run a grid of experiments, locally or on Ray"), "clrl.sweep")
-    bench = sub.add_parser("bench", help="throughput and memory benchmarks, as ratios in one run")
+    bench = sub.add_parser(
+        "bench", help="throughput and memory benchmarks, as ratios in one run",
+        description="Benchmarks that report ratios against a baseline measured in the same run: "
+        "hooks (regularizer step time and memory), ppo (env steps/s against SB3's stock PPO and the "
+        "machine bound), learning (score at the same budget against SB3). `clrl bench WHICH --help`.",
+    )
     bsub = bench.add_subparsers(dest="bench", metavar="WHICH", required=True)
-    _delegated(bsub.add_parser("hooks", help="optimizer step time and memory per regularizer"), "clrl.bench.hooks")
-    _delegated(bsub.add_parser("ppo", help="env steps/s: SB3 stock PPO vs clrl per regularizer"), "clrl.bench.ppo")
-    _delegated(bsub.add_parser("learning", help="score at the same budget: SB3 stock PPO vs clrl's PPO"),
-               "clrl.bench.learning")
+    for name, module, help_text, description in (
+        ("hooks", "clrl.bench.hooks", "optimizer step time and memory per regularizer",
+         "Time of an optimizer step with each regularizer's hooks, and the memory of its state, as ratios "
+         "against the plain step and against EWC's state, measured in the same run."),
+        ("ppo", "clrl.bench.ppo", "env steps/s: SB3 stock PPO vs clrl per regularizer",
+         "Env steps/s of clrl's PPO per regularizer against SB3's stock Atari PPO, with where an update's "
+         "time goes and the share of the compute and machine bounds measured in the same run."),
+        ("learning", "clrl.bench.learning", "score at the same budget: SB3 stock PPO vs clrl's PPO",
+         "The score SB3's stock PPO and clrl's PPO reach on the same game with the same env-step budget "
+         "and seeds, with intervals over seeds."),
+    ):
+        _delegated(bsub.add_parser(name, help=help_text, description=description), module)
     return parser
 
 

@@ -20,6 +20,7 @@ import difflib
 import os
 import re
 import types
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -590,16 +591,20 @@ def config_from_dict(
     return _validate(data, source)
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
+def apply_overrides(data: dict, overrides: list[str], protected: Iterable[str] = ()) -> dict:
     """Return a copy of ``data`` with ``dotted.key=value`` overrides applied (values parsed as YAML).
 
     Switching ``regularizer.name`` to another method starts that section afresh (its defaults),
-    so ``--set regularizer.name=none`` works on an AGS-CL config; later ``--set
-    regularizer.lamb=...`` items still apply to the new method.
+    so ``--set regularizer.name=none`` works on an AGS-CL config: the config's own hyperparameters
+    belong to its old method and are dropped. Values the overrides themselves give are kept,
+    before or after the switch (``--set regularizer.lamb=5 --set regularizer.name=ewc`` is EWC
+    with lamb 5), and so are the dotted keys in ``protected`` (what a caller set in earlier
+    calls: a sweep's ``set:`` and ``grid:`` values, :mod:`clrl.sweep.spec`).
     """
     import copy
 
     data = copy.deepcopy(data)
+    given = set(protected)  # dotted keys set by the caller, never dropped by a method switch
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set {_cut(item)}: expected dotted.key=value")
@@ -621,8 +626,11 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
                 raise ConfigError(f"--set {_cut(item)}: {where} is a value, not a section")
             node = child
         if parts == ["regularizer", "name"] and node.get("name") != value:
-            node.clear()  # another method: the old method's hyperparameters do not apply
+            kept = {k for k in node if f"regularizer.{k}" in given or "regularizer" in given}
+            for k in [k for k in node if k not in kept]:
+                del node[k]  # another method: the old method's hyperparameters do not apply
         node[parts[-1]] = value
+        given.add(".".join(parts))
     return data
 
 

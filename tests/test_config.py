@@ -145,5 +145,15 @@ def test_switching_regularizer_by_set_drops_the_old_methods_keys():
     assert cfg.regularizer.name == "none"
     cfg = config_from_dict(BASE, overrides=["regularizer.name=ewc", "regularizer.lamb=7"])
     assert cfg.regularizer.name == "ewc" and cfg.regularizer.lamb == 7
-    cfg = config_from_dict(BASE, overrides=["regularizer.name=agscl"])  # same method: keys kept
-    assert cfg.regularizer.mu == 0.1
+    own = {**BASE, "regularizer": {"name": "agscl", "mu": 0.7}}  # 0.7: not the default
+    cfg = config_from_dict(own, overrides=["regularizer.name=agscl"])  # same method: keys kept
+    assert cfg.regularizer.mu == 0.7
+    assert config_from_dict(own, overrides=["regularizer.name=ewc"]).regularizer.lamb == 5000.0  # EWC's default
+
+
+def test_overrides_before_a_method_switch_are_kept():
+    # the config's own keys belong to its old method; the command line's are meant for the new one
+    cfg = config_from_dict(BASE, overrides=["regularizer.lamb=5", "regularizer.name=ewc"])
+    assert cfg.regularizer.name == "ewc" and cfg.regularizer.lamb == 5
+    cfg = config_from_dict(BASE, overrides=["regularizer={lamb: 3, name: mas}", "regularizer.name=ewc"])
+    assert cfg.regularizer.name == "ewc" and cfg.regularizer.lamb == 3

@@ -173,3 +173,19 @@ def test_cli_help_and_exit_codes(capsys, tmp_path):
     assert main(["games", "zzzz"]) == 2
     assert main(["games", "Boxing"]) == 0
     assert "Boxing" in capsys.readouterr().out
+
+
+def test_every_subcommand_help_has_a_description():
+    import argparse
+
+    from clrl.cli import build_parser
+
+    def walk(parser: argparse.ArgumentParser, path: str):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield f"{path} {name}", sub
+                    yield from walk(sub, f"{path} {name}")
+
+    missing = [path for path, sub in walk(build_parser(), "clrl") if not (sub.description or "").strip()]
+    assert missing == []

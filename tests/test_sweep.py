@@ -132,6 +132,40 @@ def test_switching_regularizer_drops_the_base_hyperparameters(tmp_path):
     assert ags["name"] == "agscl" and ags["mu"] == 0.5 and ags["lamb"] == 7
 
 
+def test_set_and_grid_regularizer_values_survive_each_methods_switch(tmp_path):
+    sweep = {
+        "set": {"regularizer.include_heads": True},
+        "grid": {"regularizer.lamb": [1, 10]},
+        "methods": {"ewc": {"regularizer.name": "ewc"}, "mas": {"regularizer.name": "mas"}},
+    }
+    plan = expand(write_sweep(tmp_path, sweep))
+    for method in ("ewc", "mas"):
+        for lamb in (1, 10):
+            reg = plan.trial(f"{method}-lamb={lamb}-seed=0").config["regularizer"]
+            assert reg["name"] == method and reg["lamb"] == lamb and reg["include_heads"] is True
+
+
+def test_a_methods_keys_apply_whatever_their_order(tmp_path):
+    # yaml.safe_dump sorts keys: `lamb` comes before `name`
+    sweep = {"methods": {"ewc": {"regularizer.lamb": 7, "regularizer.name": "ewc"},
+                         "mas": {"regularizer": {"lamb": 3, "name": "mas"}}}}
+    plan = expand(write_sweep(tmp_path, sweep))
+    assert plan.trial("ewc-seed=0").config["regularizer"]["lamb"] == 7
+    assert plan.trial("mas-seed=0").config["regularizer"]["lamb"] == 3
+    grid = {"grid": {"regularizer.lamb": [1, 10], "regularizer.name": ["ewc", "mas"]}, "methods": {"m": {}}}
+    lambs = sorted(t.config["regularizer"]["lamb"] for t in expand(write_sweep(tmp_path, grid, name="g.yaml")).trials)
+    assert lambs == [1, 1, 10, 10]
+
+
+def test_a_date_in_a_sweep_file_is_a_config_error(tmp_path, capsys):
+    path = tmp_path / "date.yaml"
+    write_sweep(tmp_path, {"methods": {"a": {}}})
+    path.write_text("name: t\nbase: base.yaml\nset:\n  output.dir: 2024-01-01\nmethods:\n  a: {}\n")
+    assert main(["sweep", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "set: output.dir: datetime.date(2024, 1, 1) is a date" in err and "quote it" in err
+
+
 def test_seeds_default_to_the_base_seed(tmp_path):
     plan = expand(write_sweep(tmp_path, {"methods": {"a": {}}}, {**TINY, "seed": 7}))
     assert [t.name for t in plan.trials] == ["a-seed=7"] and plan.trials[0].config["seed"] == 7
@@ -200,7 +234,6 @@ def test_bad_sweep_files_exit_2_naming_file_and_key(tmp_path, capsys, sweep, fra
     assert err.startswith("clrl: error: ") and "Traceback" not in err
     for fragment in fragments:
         assert fragment in err
-    assert not (tmp_path / "runs").exists()
 
 
 def test_bad_files_and_flags_exit_2(tmp_path, capsys):
@@ -233,7 +266,8 @@ def test_dry_run_lists_the_plan_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["sweep", str(path), "--out", str(out), "--dry-run"]) == 0
     text = capsys.readouterr().out
-    assert "ewc-lamb=10000-seed=1" in text and "finetune-seed=1" in text and "run" in text
+    assert "ewc-lamb=10000-seed=1" in text and "finetune-seed=1" in text
+    assert "│ run" in text  # the action column of a trial never started
     assert not out.exists()
 
 
@@ -302,6 +336,8 @@ class FakeRunner:
         res.R = [[0.9, None], [0.5, 0.8]]
         res.status = "failed" if cfg.name in self.fail else "complete"
         res.metrics = {"acc": 0.65}
+        rd.latest_checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        rd.latest_checkpoint.write_bytes(b"checkpoint")  # the real runners keep their last good one
         save_results(rd.results_path, res)
         return res
 
@@ -353,6 +389,26 @@ def test_crashed_trial_is_retried_from_its_checkpoint(tmp_path, fake):
     manifest = run_sweep(plan, workers=1, log=quiet_log(plan.out))
     assert runner.calls == [("b-seed=0", False)]
     assert manifest.entry("b-seed=0").status == "failed" and "simulated crash" in manifest.entry("b-seed=0").reason
+
+
+def test_a_trial_with_scores_but_no_checkpoint_is_refused_and_kept(tmp_path, capsys):
+    """What `clrl run --resume` refuses to overwrite, a re-run sweep must not delete either."""
+    from clrl.config import config_from_dict, config_to_dict
+    from clrl.rundir import prepare_run_dir
+    from clrl.sweep.trial import disk_state, run_trial
+
+    cfg = config_from_dict({**TINY, "name": "a-seed=0"})
+    rd = prepare_run_dir(cfg, out=tmp_path / "a-seed=0")
+    res = new_results("supervised", cfg.name, 0, config_to_dict(cfg), ["a", "b", "c"])
+    res.R = [[0.9, None, None], [0.5, 0.8, None], [None, None, None]]
+    save_results(rd.results_path, res)  # status running: 2 tasks done, then the checkpoint was lost
+    rd.task_checkpoint(1).write_bytes(b"kept")
+    kept = rd.results_path.read_bytes()
+    assert disk_state(rd.root) == "scored"
+    out = run_trial({"name": cfg.name, "dir": str(rd.root), "config": config_to_dict(cfg)})
+    assert out["status"] == "failed" and "cannot continue without overwriting them" in out["reason"]
+    assert f"copy {rd.task_checkpoint(1)} to {rd.latest_checkpoint}" in out["reason"]
+    assert rd.results_path.read_bytes() == kept and rd.task_checkpoint(1).read_bytes() == b"kept"
 
 
 def test_changed_sweep_refuses_to_mix_configs(tmp_path, fake):

@@ -12,7 +12,8 @@ from clrl.sweep.spec import SweepPlan
 from clrl.sweep.trial import disk_state
 
 REPORT_DIR = "report"
-ACTION = {"complete": "skip (complete)", "partial": "resume", "started": "restart", "new": "run"}
+ACTION = {"complete": "skip (complete)", "partial": "resume", "started": "restart", "new": "run",
+          "scored": "refuse (scores kept, checkpoint missing)"}
 
 
 def print_plan(plan: SweepPlan, console: Console | None = None) -> None:

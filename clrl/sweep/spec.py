@@ -176,11 +176,20 @@ def _base_data(spec: SweepConfig, source: Path) -> dict:
     return _deep_merge(data, spec.config)
 
 
-def _set_keys(data: dict, values: dict[str, Any], where: str) -> dict:
-    """Apply dotted keys through clrl.config's override parser (JSON is YAML flow syntax)."""
-    items = [f"{key}={json.dumps(value)}" for key, value in values.items()]
+def _set_keys(data: dict, values: dict[str, Any], where: str, protected: set[str] | None = None) -> dict:
+    """Apply dotted keys through clrl.config's override parser (JSON is YAML flow syntax);
+    ``protected`` keys, set before, survive a switch of ``regularizer.name``."""
+    items = []
+    for key, value in values.items():
+        try:
+            items.append(f"{key}={json.dumps(value)}")
+        except TypeError:  # YAML gives dates and timestamps, which no config key takes
+            raise ConfigError(
+                f"{where}: {key}: {value!r} is a {type(value).__name__}, not a string, number, list or mapping "
+                "(quote it)"
+            ) from None
     try:
-        return apply_overrides(data, items)
+        return apply_overrides(data, items, protected or ())
     except ConfigError as exc:
         raise ConfigError(f"{where}: {str(exc).removeprefix('--set ')}") from None
 
@@ -311,10 +320,15 @@ def _method_trials(
         for g_point in itertools.product(*grid_axes.values()):
             grid_values = dict(zip(grid_axes, g_point, strict=True))
             shown = {k: v for k, v in (method_values | grid_values).items() if len(all_axes.get(k, ())) > 1}
-            data = _set_keys(base, common, f"{source}: set")
-            data = _set_keys(data, grid_values, f"{source}: grid")
-            data = _set_keys(_fresh_regularizer(data, method_values), method_values, where)
-            data = apply_overrides(data, overrides)  # the command line beats the file
+            # the trial's method is known before anything is set: switching it drops the base's
+            # hyperparameters once, and every value set below (set, grid, method, --set) is kept
+            final = _final_regularizer_name(common, grid_values, method_values, overrides)
+            data = _fresh_regularizer(base, final)
+            given: set[str] = set()
+            for values, part in ((common, f"{source}: set"), (grid_values, f"{source}: grid"), (method_values, where)):
+                data = _set_keys(data, values, part, given)
+                given |= set(values)
+            data = apply_overrides(data, overrides, given)  # the command line beats the file
             for seed in seeds:
                 name = trial_name(method, shown, seed, labels)
                 config = {**data, "name": name, "seed": seed}
@@ -322,14 +336,26 @@ def _method_trials(
     return trials
 
 
-def _fresh_regularizer(data: dict, method_values: dict[str, Any]) -> dict:
-    """A method that switches ``regularizer.name`` starts that section afresh.
+def _final_regularizer_name(*sources: Any) -> Any:
+    """The trial's ``regularizer.name``: the last of the command line's ``--set`` items, the
+    method's, the grid's and ``set:``'s that gives one (None: the base's stays)."""
+    *files, overrides = sources
+    from_cli = _flatten(apply_overrides({}, overrides), "") if overrides else {}
+    for values in (from_cli, *reversed(files)):
+        if "regularizer.name" in values:
+            return values["regularizer.name"]
+        if isinstance(values.get("regularizer"), dict) and "name" in values["regularizer"]:
+            return values["regularizer"]["name"]
+    return None
+
+
+def _fresh_regularizer(data: dict, name: Any) -> dict:
+    """A trial of another method than the base's starts the regularizer section afresh.
 
     The base config's hyperparameters belong to the base's method (AGS-CL's ``mu`` is an
     unknown key for EWC), so they are dropped rather than reported as errors.
     """
-    new = method_values.get("regularizer.name")
-    if new is not None and new != _regularizer_name(data):
+    if name is not None and name != _regularizer_name(data):
         data = {**data, "regularizer": {}}
     return data
 

@@ -16,13 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from clrl.config import config_from_dict
-from clrl.errors import UserError
+from clrl.errors import CheckpointError, UserError
 
 RUNNERS = {"rl": "clrl.rl.runner", "supervised": "clrl.supervised.trainer"}
 
 
 def disk_state(root: Path) -> str:
-    """``complete``, ``partial`` (has a checkpoint to resume from), ``started`` or ``new``."""
+    """``complete``, ``partial`` (has a checkpoint to resume from), ``scored`` (results.json holds
+    scores but the checkpoint is gone: never overwritten), ``started`` (nothing worth keeping) or
+    ``new``."""
     from clrl.results import load_results
     from clrl.rundir import RunDir
 
@@ -36,6 +38,14 @@ def disk_state(root: Path) -> str:
     if rd.config_path.is_file() and rd.latest_checkpoint.is_file():
         return "partial"
     if rd.root.exists() and any(rd.root.iterdir()):
+        from clrl.lifecycle import resume_without_checkpoint
+
+        try:
+            resume_without_checkpoint(rd)
+        except CheckpointError:
+            return "scored"  # scores on disk, no checkpoint: refused, as `clrl run --resume` refuses
+        except UserError:
+            pass  # a torn or foreign results.json: nothing to keep, the run is redone
         return "started"
     return "new"
 
@@ -74,6 +84,10 @@ def run_trial(job: dict[str, Any]) -> dict[str, Any]:
             break
         out["attempts"] += 1
         try:
+            if state == "scored":  # the same refusal, and advice, as `clrl run --resume` gives
+                from clrl.lifecycle import resume_without_checkpoint
+
+                resume_without_checkpoint(RunDir(root))
             if state == "partial":
                 rd, resume = RunDir(root), True
             else:
