@@ -584,10 +584,12 @@ def config_from_dict(
 ) -> RLConfig | SupervisedConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of keys at the top level, got {type(data).__name__}")
-    _validate(data, source)  # the file alone first: its errors name the file
     if overrides:
-        data = apply_overrides(data, overrides)
-        return _validate(data, "--set " + _cut(" ".join(overrides), 200))
+        # the merged config is what runs: an override may supply a key the file lacks (tasks.root
+        # of a CIFAR config), so the file alone is not checked first. An error names the file and
+        # the overrides, since the key at fault may come from either.
+        merged = apply_overrides(data, overrides)
+        return _validate(merged, f"{source} with --set " + _cut(" ".join(overrides), 200))
     return _validate(data, source)
 
 

@@ -157,3 +157,13 @@ def test_overrides_before_a_method_switch_are_kept():
     assert cfg.regularizer.name == "ewc" and cfg.regularizer.lamb == 5
     cfg = config_from_dict(BASE, overrides=["regularizer={lamb: 3, name: mas}", "regularizer.name=ewc"])
     assert cfg.regularizer.name == "ewc" and cfg.regularizer.lamb == 3
+
+
+def test_an_override_may_supply_a_key_the_file_lacks():
+    data = {"name": "c", "kind": "supervised", "tasks": {"dataset": "split_cifar100"}}
+    assert "needs tasks.root" in error_of(data)
+    cfg = config_from_dict(data, source="f.yaml", overrides=["tasks.root=/data/cifar"])
+    assert cfg.tasks.root == "/data/cifar"
+    # an error the override does not fix names the file and the overrides, and only that error
+    msg = error_of({**data, "train": {"epochs": 0}}, overrides=["tasks.root=/x"])
+    assert msg.startswith("f.yaml with --set tasks.root=/x: train.epochs") and "needs tasks.root" not in msg
