@@ -51,6 +51,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.resume:
         if args.config or args.overrides or args.out:
             raise UserError("--resume DIR takes no CONFIG, --set or --out: the run's saved config is used")
+        if args.overwrite:
+            raise UserError("--resume continues a run and --overwrite starts one over: give one of them")
         rd, cfg = open_run_dir(args.resume)
         check_buildable(cfg, reference=False)
     else:

@@ -170,6 +170,9 @@ def test_cli_help_and_exit_codes(capsys, tmp_path):
     assert "needs a CONFIG" in capsys.readouterr().err
     assert main(["run", str(tmp_path / "nope.yaml")]) == 2
     assert main(["run", "--resume", str(tmp_path)]) == 2
+    capsys.readouterr()
+    assert main(["run", "--resume", str(tmp_path), "--overwrite"]) == 2
+    assert "give one of them" in capsys.readouterr().err
     assert main(["games", "zzzz"]) == 2
     assert main(["games", "Boxing"]) == 0
     assert "Boxing" in capsys.readouterr().out
