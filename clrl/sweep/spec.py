@@ -320,11 +320,9 @@ def _method_trials(
         for g_point in itertools.product(*grid_axes.values()):
             grid_values = dict(zip(grid_axes, g_point, strict=True))
             shown = {k: v for k, v in (method_values | grid_values).items() if len(all_axes.get(k, ())) > 1}
-            # the trial's method is known before anything is set: switching it drops the base's
-            # hyperparameters once, and every value set below (set, grid, method, --set) is kept
-            final = _final_regularizer_name(common, grid_values, method_values, overrides)
-            data = _fresh_regularizer(base, final)
-            given: set[str] = set()
+            # a switch of regularizer.name (in any part) drops the base's hyperparameters, never
+            # a value set here: each part's keys are protected in the parts after it
+            data, given = base, set()
             for values, part in ((common, f"{source}: set"), (grid_values, f"{source}: grid"), (method_values, where)):
                 data = _set_keys(data, values, part, given)
                 given |= set(values)
@@ -334,30 +332,6 @@ def _method_trials(
                 config = {**data, "name": name, "seed": seed}
                 trials.append(Trial(name, method, seed, shown, config, grid_point=tuple(map(_key, g_point))))
     return trials
-
-
-def _final_regularizer_name(*sources: Any) -> Any:
-    """The trial's ``regularizer.name``: the last of the command line's ``--set`` items, the
-    method's, the grid's and ``set:``'s that gives one (None: the base's stays)."""
-    *files, overrides = sources
-    from_cli = _flatten(apply_overrides({}, overrides), "") if overrides else {}
-    for values in (from_cli, *reversed(files)):
-        if "regularizer.name" in values:
-            return values["regularizer.name"]
-        if isinstance(values.get("regularizer"), dict) and "name" in values["regularizer"]:
-            return values["regularizer"]["name"]
-    return None
-
-
-def _fresh_regularizer(data: dict, name: Any) -> dict:
-    """A trial of another method than the base's starts the regularizer section afresh.
-
-    The base config's hyperparameters belong to the base's method (AGS-CL's ``mu`` is an
-    unknown key for EWC), so they are dropped rather than reported as errors.
-    """
-    if name is not None and name != _regularizer_name(data):
-        data = {**data, "regularizer": {}}
-    return data
 
 
 def _key(value: Any) -> str:
