@@ -47,6 +47,7 @@ __all__ = [
     "check_same_experiment",
     "exit_code",
     "failure_guard",
+    "finished_run",
     "resume_without_checkpoint",
 ]
 
@@ -153,20 +154,32 @@ def exit_code(results: Results) -> int:
 # --------------------------------------------------------------------------- resume
 
 
-def resume_without_checkpoint(rd: RunDir) -> Results | None:
-    """``--resume`` of a run directory that has no checkpoint: never destroy results.
+def finished_run(rd: RunDir, cfg: Any) -> Results | None:
+    """``--resume`` of a complete run: its results as they are, nothing rewritten (None when the
+    run is not complete). An edited ``config.yaml`` is refused, as in any resume."""
+    from clrl.results import load_results
 
-    A complete results.json is returned unchanged (resuming it is a no-op); one that holds any
-    score (R entries or curve points) is refused, because training again would overwrite it;
-    otherwise (nothing recorded yet) None: the run may start from the beginning.
+    if not rd.results_path.is_file():
+        return None
+    res = load_results(rd.results_path)
+    if res.status != "complete":
+        return None
+    check_same_experiment(res.config, cfg, rd.results_path)
+    return res
+
+
+def resume_without_checkpoint(rd: RunDir) -> None:
+    """``--resume`` of an unfinished run directory that has no checkpoint: never destroy results.
+
+    A results.json that holds any score (R entries or curve points) is refused, because training
+    again would overwrite it; otherwise (nothing recorded yet) the run may start from the
+    beginning. A complete run is :func:`finished_run`'s case, checked before.
     """
     from clrl.results import load_results
 
     if not rd.results_path.is_file():
         return None
     res = load_results(rd.results_path)
-    if res.status == "complete":
-        return res
     scored = sum(v is not None for row in res.R for v in row)
     if scored or res.curves:
         task_files = sorted(rd.checkpoints.glob("task_[0-9][0-9].pt"))

@@ -127,11 +127,10 @@ def run_metrics(run: RunRecord) -> dict[str, float]:
     row = metrics.summary(R, ref_diag=None if ref_diag is None else ref_diag[:T], b=None if b is None else b[:T])
     out = {k: float(row.get(k, np.nan)) for k in METRIC_KEYS if k != "norm_reward"}
     nr = normalized_reward_curve(run)
-    # the last point over the same finished tasks as the other metrics (a partial run's later
-    # points include the task it was still training)
-    ends = list(range(len(nr))) if nr is not None and run.complete else [
-        k for k, p in enumerate(run.res.curves) if p.task == T - 1 and run.done >= T]
-    out["norm_reward"] = float(nr[ends[-1]]) if nr is not None and ends else float("nan")
+    # the last point over the same finished tasks as the other metrics: a partial run's later
+    # points include the task it was still training
+    last = [k for k, p in enumerate(run.res.curves) if run.complete or (p.task == T - 1 and run.done >= T)]
+    out["norm_reward"] = float(nr[last[-1]]) if nr is not None and last else float("nan")
     out["memory_importance_bytes"], out["memory_bytes"] = memory(run)
     return out
 

@@ -55,6 +55,7 @@ from clrl.lifecycle import (
     Interrupt,
     check_same_experiment,
     failure_guard,
+    finished_run,
     resume_without_checkpoint,
 )
 from clrl.preflight import rl_regularizer_hparams
@@ -66,7 +67,6 @@ from clrl.results import (
     GameRecord,
     Results,
     compute_metrics,
-    load_results,
     new_results,
     reference_from_run,
     save_results,
@@ -229,17 +229,12 @@ class SequentialRun:
     # ================================================================== main loop
 
     def run(self, resume: bool = False) -> Results:
-        if resume and self.rd.results_path.is_file():
-            done = load_results(self.rd.results_path)
-            if done.status == "complete":  # nothing to do: results.json and the logs stay as they are
-                check_same_experiment(done.config, self.cfg, self.rd.results_path)  # an edited config is refused
-                self.logger.info("resume: %s is already complete", self.rd.root)
-                return done
+        done = finished_run(self.rd, self.cfg) if resume else None
+        if done is not None:  # nothing to do: results.json and the logs stay as they are
+            self.logger.info("resume: %s is already complete", self.rd.root)
+            return done
         if resume and not self.rd.latest_checkpoint.is_file():
-            kept = resume_without_checkpoint(self.rd)  # a complete run: a no-op; scores on disk: refused
-            if kept is not None:
-                self.logger.info("resume: %s is already complete", self.rd.root)
-                return kept
+            resume_without_checkpoint(self.rd)  # scores on disk and no checkpoint: refused
         self.results = None  # until restored or created: a failure then leaves results.json alone
         with self.interrupt.installed(), failure_guard(self._fail, self._running, self.rd.root):
             try:

@@ -41,6 +41,7 @@ from clrl.lifecycle import (
     Interrupt,
     check_same_experiment,
     failure_guard,
+    finished_run,
     resume_without_checkpoint,
 )
 from clrl.progress import TaskBar
@@ -51,7 +52,6 @@ from clrl.results import (
     Results,
     compute_metrics,
     dumps,
-    load_results,
     new_results,
     reference_from_run,
     save_results,
@@ -148,11 +148,10 @@ def _run(cfg: SupervisedConfig, rd: RunDir, resume: bool) -> Results:
     log = setup_logging(rd, "clrl.supervised")
     start = time.time()
     rd.make()
-    if resume and rd.results_path.is_file():
-        previous = load_results(rd.results_path)
-        if previous.status == "complete":
-            log.info("resume: %s is already complete", rd.root)
-            return previous
+    previous = finished_run(rd, cfg) if resume else None
+    if previous is not None:
+        log.info("resume: %s is already complete", rd.root)
+        return previous
     if resume and not rd.latest_checkpoint.is_file():
         resume_without_checkpoint(rd)  # refuses when results.json holds scores training again would overwrite
     results: Results | None = None  # until restored or created: a failure then leaves results.json alone
