@@ -14,6 +14,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 from clrl.config import PPOConfig, VCLConfig
 from clrl.rl.agent import (
     TaskPPO,
+    clip_grad_norm,
     collect_states,
     learning_rate_schedule,
     normalize_rollout_advantages,
@@ -306,6 +307,43 @@ def test_rollout_advantage_normalization_by_hand():
     out = normalize_rollout_advantages(a)
     assert out.dtype == np.float32 and out.shape == (2, 2)
     assert np.allclose(out, (a - 4.0) / (np.sqrt(20.0 / 3.0) + 1e-5))
+
+
+def test_clip_grad_norm_by_hand():
+    w, b, frozen = torch.zeros(2, requires_grad=True), torch.zeros(1, requires_grad=True), torch.zeros(3)
+    w.grad, b.grad = torch.tensor([3.0, 0.0]), torch.tensor([4.0])  # norm 5; frozen has no grad
+    norm = clip_grad_norm([w, frozen, b], 1.0)
+    assert norm.item() == pytest.approx(5.0)
+    assert torch.allclose(w.grad, torch.tensor([3.0, 0.0]) / (5 + 1e-6)) and b.grad.item() == pytest.approx(0.8)
+    norm = clip_grad_norm([w, b], 10.0)  # within the bound: unchanged
+    assert norm.item() == pytest.approx(1.0) and b.grad.item() == pytest.approx(0.8)
+
+
+@pytest.mark.parametrize("max_norm", [1e-3, 0.5, 1e6])
+def test_clip_grad_norm_is_torchs_bit_for_bit(max_norm: float):
+    torch.manual_seed(0)
+    net = build_actor_critic((8, 8, 8), 32, "relu")
+    net.add_task(0, 6)
+    params = list(net.task_parameters(0))
+    logits, value = net(torch.randint(0, 256, (5, 4, 84, 84), dtype=torch.uint8), 0)
+    (logits.logsumexp(1).mean() + value.square().mean()).backward()
+    grads = [p.grad.clone() for p in params]
+    expected_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    expected = [p.grad.clone() for p in params]
+    for p, g in zip(params, grads, strict=True):
+        p.grad.copy_(g)
+    assert torch.equal(clip_grad_norm(params, max_norm), expected_norm)
+    assert all(torch.equal(p.grad, e) for p, e in zip(params, expected, strict=True))
+    if max_norm > 1:
+        assert all(torch.equal(p.grad, g) for p, g in zip(params, grads, strict=True))
+
+
+def test_clip_grad_norm_of_mixed_dtypes_is_torchs():
+    a, b = torch.zeros(2, requires_grad=True), torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    a.grad, b.grad = torch.tensor([3.0, 0.0]), torch.tensor([0.0, 4.0], dtype=torch.float64)
+    assert clip_grad_norm([a, b], 1.0).item() == pytest.approx(5.0)
+    assert b.grad[1].item() == pytest.approx(0.8)
+    assert clip_grad_norm([], 1.0).item() == 0.0
 
 
 def test_vcl_loss_trains_the_betas_and_enters_the_loss():

@@ -59,7 +59,7 @@ from clrl.rl.rollout import RolloutStore, to_host
 
 __all__ = [
     "TaskPPO", "learning_rate_schedule", "collect_states", "value_loss", "normalize_rollout_advantages",
-    "VALUE_LOSS_WEIGHT", "MINIBATCH_ADV_EPS", "ROLLOUT_ADV_EPS", "ROLLOUT_PHASES",
+    "clip_grad_norm", "VALUE_LOSS_WEIGHT", "MINIBATCH_ADV_EPS", "ROLLOUT_ADV_EPS", "ROLLOUT_PHASES",
 ]
 
 # weight of mean((V - R)^2) in the loss per vf_coef, without value clipping
@@ -96,6 +96,33 @@ def normalize_rollout_advantages(advantages: np.ndarray) -> np.ndarray:
     if a.size < 2:
         return a.astype(np.float32)
     return ((a - a.mean()) / (a.std(ddof=1) + ROLLOUT_ADV_EPS)).astype(np.float32)
+
+
+@torch.no_grad()
+def clip_grad_norm(params: list[Tensor], max_norm: float) -> Tensor:
+    """``torch.nn.utils.clip_grad_norm_(params, max_norm)`` (L2, SB3's PPO.train) with less work.
+
+    The same operations on the same gradients, so the same norm and gradients bit for bit
+    (``tests/test_rl_policy.py`` compares them): the norm of the per-tensor norms, then the
+    gradients times ``min(max_norm / (norm + 1e-6), 1)``. What torch adds around them, grouping
+    the tensors by device and dtype and checking each for foreach support, cost about as much as
+    the arithmetic on the Nature CNN (1.1 against 0.5 ms per step on this CPU). On the CPU the
+    multiplication is also skipped when the factor is exactly 1 (``g * 1.0 == g`` for every
+    float), the steps where the gradient is within the bound; on a GPU that test would be a
+    device synchronization per step, so the product is always taken there, as torch does.
+    Gradients of mixed devices or dtypes go to torch's function.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.tensor(0.0)
+    device, dtype = grads[0].device, grads[0].dtype
+    if any(g.device != device or g.dtype != dtype for g in grads):
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
+    factor = torch.clamp(float(max_norm) / (total + 1e-6), max=1.0)
+    if device.type != "cpu" or float(factor) != 1.0:
+        torch._foreach_mul_(grads, factor)
+    return total
 
 # Where a lean rollout's time goes (seconds, cumulative in TaskPPO.rollout_seconds): env steps,
 # the policy's forward passes (on a GPU: their launch), buffer writes (with the observations'
@@ -406,7 +433,7 @@ class TaskPPO(PPO):
 
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+                grad_norm = clip_grad_norm(params, self.max_grad_norm)
                 optimizer.step()
                 self.optimizer_steps += 1
 
