@@ -242,10 +242,44 @@ def test_device_path_transfers_once_per_step_and_once_per_update(monkeypatch):
     assert seen_obs == [torch.uint8] * 15  # minibatches reach the network as uint8
 
 
+def test_training_reads_the_device_side_rollout():
+    """With a separate device rollout, training reads only the device copies: zeroing the host
+    observations after the rollout leaves the trained weights SB3's (a per-minibatch gather
+    from the host arrays, i.e. a transfer per minibatch, would train on the zeros)."""
+    sb3, lean = twin_models(fake_env, 3, ppo_config(), separate_device=True)
+    collect(sb3, seed=10)
+    collect(lean, seed=10)
+    lean.rollout_buffer._obs_host.fill_(0)
+    for model in (sb3, lean):
+        np.random.seed(0)
+        model._current_progress_remaining = 1.0
+        model.train()
+    for p, q in zip(sb3.net.parameters(), lean.net.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_host_to_device_copies_do_not_wait():
+    """``to_device`` asks for an asynchronous copy (from pinned memory a GPU then does not
+    synchronize per env step); on the CPU it is a plain copy."""
+    seen: list[dict] = []
+
+    class Dst:
+        def copy_(self, src, **kwargs):
+            seen.append(kwargs)
+            return self
+
+    rollout_mod.to_device(Dst(), torch.ones(1))
+    assert seen == [{"non_blocking": True}]
+
+
 class CountHostReads(TorchFunctionMode):
     """Every tensor method that reads a value back to the host (a sync on a GPU)."""
 
-    NAMES = {"cpu", "item", "numpy", "tolist", "__bool__", "__float__", "__int__", "__index__", "nonzero"}
+    # the reads themselves, the copies that end on the host (``to("cpu")``, ``np.asarray``), and
+    # the ops whose output size depends on values or that check their input on the host
+    # (``torch.multinomial`` reads it twice: what ``sample_actions`` avoids)
+    NAMES = {"cpu", "item", "numpy", "tolist", "__bool__", "__float__", "__int__", "__index__", "nonzero",
+             "to", "__array__", "multinomial", "masked_select", "unique", "argwhere", "repeat_interleave"}
 
     def __init__(self) -> None:
         super().__init__()
@@ -282,7 +316,9 @@ def test_one_host_read_per_env_step(separate):
     probe = CountHostReads()  # the mode sees these methods at all (else the test proves nothing)
     with probe:
         torch.ones(2).cpu().numpy()
-    assert probe.calls == ["cpu", "numpy"]
+        np.asarray(torch.ones(2).to("cpu"))
+        torch.multinomial(torch.ones(1, 2), 1)
+    assert probe.calls == ["cpu", "numpy", "to", "__array__", "multinomial"]
     extra = list(per_rollout[8])
     for name in per_rollout[4]:
         extra.remove(name)
