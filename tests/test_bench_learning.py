@@ -11,7 +11,7 @@ import pytest
 import torch
 from scipy import stats
 
-from clrl.bench.learning import _Schedule, interval, sb3_act, summarize
+from clrl.bench.learning import _Schedule, interval, sb3_act, sb3_learning_rate, summarize
 
 
 def test_interval_two_seeds_is_a_student_t_interval_by_hand():
@@ -52,6 +52,27 @@ def test_schedule_evaluates_at_each_multiple_and_at_the_end():
     sched = _Schedule(every=100, total=320)
     due = [s for s in range(32, 321, 32) if sched.due(s)]
     assert due == [128, 224, 320]  # first update at or past 100, 200, 300 (-> 320, the end)
+
+
+def test_sb3_trains_each_update_at_clrls_learning_rate():
+    """SB3's learn() with the bench's schedule trains update j at lr * (1 - j / J), the rate
+    clrl's runner gives update j (progress_remaining = 1 - j / J)."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from clrl.config import PPOConfig
+    from clrl.rl.agent import learning_rate_schedule
+
+    lr, J, n_steps = 1e-3, 3, 16
+    model = PPO("MlpPolicy", make_vec_env("CartPole-v1", n_envs=1, seed=0), learning_rate=sb3_learning_rate(lr, J),
+                n_steps=n_steps, batch_size=n_steps, n_epochs=1, seed=0, device="cpu")
+    seen: list[float] = []
+    train = model.train
+    model.train = lambda: (train(), seen.append(model.policy.optimizer.param_groups[0]["lr"]))[0]
+    model.learn(total_timesteps=J * n_steps)
+    clrl_rate = learning_rate_schedule(PPOConfig(learning_rate=lr, lr_schedule="linear"))
+    assert seen == pytest.approx([clrl_rate(1 - j / J) for j in range(J)])
+    assert seen[-1] > 0
 
 
 def test_sb3_adapter_samples_from_the_policys_distribution():
