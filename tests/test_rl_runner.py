@@ -441,3 +441,10 @@ def test_bench_ppo_cli_net_options(monkeypatch):
 
     with pytest.raises(UserError, match="--channels"):
         bench.main(parser.parse_args(["--hidden", "0"]))
+
+
+def test_bench_phase_note_says_where_a_gpu_forward_pass_shows():
+    from clrl.bench.ppo import _phase_note
+
+    assert "launch" not in _phase_note({"settings": {"device": "cpu"}})
+    assert "wait for it" in _phase_note({"settings": {"device": "cuda"}})

@@ -726,15 +726,25 @@ def _settings_line(result: dict[str, Any]) -> str:
             f"{s['rounds']} interleaved rounds of {s['updates_per_round']} updates; device {s['device']}, "
             f"{s['torch_threads']} torch threads; malloc: {malloc}; "
             f"OpenMP: {openmp}; emulator threads at nice +{s.get('emulator_nice', 0)}. "
-            "Ratios are medians of within-round ratios.")
+            "Ratios are medians of within-round ratios; shares of a bound are the median speed over "
+            "the rounds against the bound.")
+
+
+def _phase_note(result: dict[str, Any]) -> str:
+    """What the rollout phase columns hold; on a GPU the forward pass runs asynchronously, so its
+    time shows where the rollout first waits for it: the actions' copy to the host."""
+    note = "other: callbacks and bookkeeping; for SB3's loop also its conversions"
+    if result["settings"]["device"] != "cpu":
+        note += ("; on this device inference is the forward pass's launch and conversions include the "
+                 "wait for it")
+    return note
 
 
 def format_markdown(result: dict[str, Any]) -> str:
     lines = [f"# clrl bench ppo: {result['game']}, {result['settings']['network']}", "", _settings_line(result), "",
              "| " + " | ".join(HEADER) + " |", "|---|---:|---:|---:|---|"]
     lines += ["| " + " | ".join(row) + " |" for row in _table_rows(result)]
-    lines += ["", "Rollout phases, seconds per update (other: callbacks and bookkeeping; for SB3's loop also "
-              "its conversions):", "", "| " + " | ".join(PHASE_HEADER) + " |", "|---" + "|---:" * (len(PHASE_HEADER) - 1) + "|"]
+    lines += ["", f"Rollout phases, seconds per update ({_phase_note(result)}):", "", "| " + " | ".join(PHASE_HEADER) + " |", "|---" + "|---:" * (len(PHASE_HEADER) - 1) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in _phase_rows(result)]
     return "\n".join(lines) + "\n"
 
@@ -750,7 +760,7 @@ def _print_table(result: dict[str, Any]) -> None:
         table.add_row(*row)
     console = Console()
     console.print(table)
-    phases = Table(title="rollout phases, s/update")
+    phases = Table(title="rollout phases, s/update", caption=_phase_note(result))
     for i, name in enumerate(PHASE_HEADER):
         phases.add_column(name, justify="right" if i else "left")
     for row in _phase_rows(result):
