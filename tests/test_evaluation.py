@@ -95,3 +95,50 @@ def test_evaluate_many_reraises_and_checks_observers() -> None:
     with pytest.raises(ValueError, match="observers"):
         evaluate_many(jobs, EnvConfig(), observers=[None])
     assert evaluate_many([], EnvConfig()) == []
+
+
+class _Counting:
+    def __init__(self, fail_at: int | None = None, then=None) -> None:
+        self.calls, self.fail_at, self.then = 0, fail_at, then
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        if self.calls == self.fail_at:
+            self.then()
+        return _const(obs)
+
+
+def test_a_failing_game_stops_the_others_at_their_next_step() -> None:
+    """A full Boxing game is about 1,780 agent steps; the game beside a failing one stops long
+    before (it would otherwise be played to its end before the error is seen)."""
+    def boom() -> None:
+        raise KeyError("policy failed")
+
+    long_game, failing = _Counting(), _Counting(fail_at=5, then=boom)
+    jobs = [EvalJob(long_game, "Boxing", 0), EvalJob(failing, "Pong", 1)]
+    with pytest.raises(KeyError):
+        evaluate_many(jobs, EnvConfig(), episodes=1, n_envs=1, max_frames=27_000)
+    assert long_game.calls < 1000
+
+
+def test_an_interrupt_stops_every_game() -> None:
+    """SIGINT in the main thread (waiting in evaluate_many) stops the games at once."""
+    import signal
+    import threading
+
+    class Interrupted(Exception):
+        pass
+
+    def handler(signum, frame):
+        raise Interrupted
+
+    main = threading.main_thread().ident
+    games = [_Counting(fail_at=5, then=lambda: signal.pthread_kill(main, signal.SIGINT)), _Counting()]
+    jobs = [EvalJob(games[0], "Boxing", 0), EvalJob(games[1], "Boxing", 1)]
+    old = signal.signal(signal.SIGINT, handler)
+    try:
+        with pytest.raises(Interrupted):
+            evaluate_many(jobs, EnvConfig(), episodes=1, n_envs=1, max_frames=27_000)
+    finally:
+        signal.signal(signal.SIGINT, old)
+    assert max(g.calls for g in games) < 1000

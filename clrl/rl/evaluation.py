@@ -18,9 +18,10 @@ alone (``tests/test_evaluation.py``).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +31,7 @@ from clrl.config import EnvConfig
 from clrl.metrics import bootstrap_ci
 from clrl.rl.envs import make_vec_env
 
-__all__ = ["EvalJob", "EvalResult", "Observer", "evaluate", "evaluate_many"]
+__all__ = ["EvalJob", "EvalResult", "EvaluationStopped", "Observer", "evaluate", "evaluate_many"]
 
 Act = Callable[[np.ndarray], np.ndarray]
 Observer = Callable[[np.ndarray, "list[dict[str, Any]] | None"], None]
@@ -61,6 +62,10 @@ class EvalResult:
         return bootstrap_ci(self.scores, seed=seed)
 
 
+class EvaluationStopped(Exception):
+    """A game's play was stopped from outside (another game failed, or the caller was interrupted)."""
+
+
 @dataclass(frozen=True)
 class EvalJob:
     """One game of an evaluation point: its action function, game and env seed."""
@@ -80,12 +85,14 @@ def evaluate(
     seed: int = 0,
     max_frames: int = 27_000,
     observer: Observer | None = None,
+    stop: threading.Event | None = None,
 ) -> EvalResult:
     """Play ``game`` with ``act`` until ``episodes`` games have finished; see the module docstring.
 
     ``act`` maps a uint8 batch ``(n_envs, stack, 84, 84)`` to ``n_envs`` integer actions. With a
     deterministic ``act`` the result depends only on ``seed``. The envs are closed on return,
-    also when ``act`` (or ``observer``) raises.
+    also when ``act`` (or ``observer``) raises. ``stop``, once set, ends the play at the next
+    step with :class:`EvaluationStopped` (how :func:`evaluate_many` stops its other games).
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
@@ -101,6 +108,8 @@ def evaluate(
         if observer is not None:
             observer(obs, None)
         while len(games) < episodes:
+            if stop is not None and stop.is_set():
+                raise EvaluationStopped(f"evaluation of {game} stopped after {steps} steps")
             actions = np.asarray(act(obs))
             if actions.shape != (n_envs,):
                 raise ValueError(
@@ -150,7 +159,9 @@ def evaluate_many(
 
     The jobs must not share mutable state: give each its own ``act`` (its own generator when it
     samples) and put a shared network in eval mode *before* calling, so that no thread toggles
-    it. The first exception raised by any job is re-raised after all threads have stopped.
+    it. When a job raises, or the caller is interrupted (Ctrl-C arrives in the main thread,
+    which waits here), the other games stop at their next step, their envs are closed, and the
+    exception is re-raised: a second Ctrl-C does not wait for minutes of games to finish.
     """
     jobs = list(jobs)
     obs_list = list(observers) if observers is not None else [None] * len(jobs)
@@ -159,14 +170,29 @@ def evaluate_many(
     if not jobs:
         return []
 
+    stop = threading.Event()
+
     def one(k: int) -> EvalResult:
         job = jobs[k]
         return evaluate(job.act, job.game, env, episodes=episodes, n_envs=n_envs, seed=job.seed,
-                        max_frames=max_frames, observer=obs_list[k])
+                        max_frames=max_frames, observer=obs_list[k], stop=stop)
 
     n = len(jobs) if workers is None else max(1, min(int(workers), len(jobs)))
     if n == 1:
         return [one(k) for k in range(len(jobs))]
-    with ThreadPoolExecutor(max_workers=n, thread_name_prefix="clrl-eval") as pool:
+    pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="clrl-eval")
+    futures: list = []
+    try:
         futures = [pool.submit(one, k) for k in range(len(jobs))]
+        wait(futures, return_when=FIRST_EXCEPTION)
+        failed = [f for f in futures if f.done() and not f.cancelled() and f.exception() is not None]
+        if failed:  # the first job (in job order) that raised, as a sequential loop would
+            raise failed[0].exception()
         return [f.result() for f in futures]
+    except BaseException:
+        stop.set()
+        for f in futures:
+            f.cancel()
+        raise
+    finally:
+        pool.shutdown(wait=True)
