@@ -112,6 +112,7 @@ def test_tensorboard_has_losses_evaluations_and_regularizer(finetune):
     tags = set(acc.Tags()["scalars"])
     assert {"train/policy_loss", "train/value_loss", "train/entropy", "eval/DemonAttack", "eval/Asterix"} <= tags
     assert "regularizer/overall/sparsity" in tags
+    assert [e.step for e in acc.Scalars("regularizer/overall/sparsity")] == [64, 128]  # the task ends
     assert [e.step for e in acc.Scalars("eval/Asterix")] == [96, 128]
 
 
@@ -448,3 +449,37 @@ def test_bench_phase_note_says_where_a_gpu_forward_pass_shows():
 
     assert "launch" not in _phase_note({"settings": {"device": "cpu"}})
     assert "wait for it" in _phase_note({"settings": {"device": "cuda"}})
+
+
+@pytest.mark.parametrize(("dies_at", "resumes_from"), [(2, 0), (3, 64)], ids=["start", "task-end"])
+def test_a_resumed_run_shows_each_tensorboard_step_once(tmp_path, monkeypatch, dies_at, resumes_from):
+    """A run that dies resumes from its last checkpoint: the start (step 0) when it dies before
+    the first mid-task checkpoint, else task 0's end. The TensorBoard events it logged after that
+    checkpoint are dropped, not shown twice; those logged at the checkpoint's step stay."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    calls = {"n": 0}
+    update = agent_mod.TaskPPO.update
+
+    def dies(self, progress_remaining):  # 2 updates per task, no mid-task checkpoint (5 min apart)
+        calls["n"] += 1
+        if calls["n"] == dies_at:
+            raise RuntimeError("killed here")
+        return update(self, progress_remaining)
+
+    monkeypatch.setattr(agent_mod.TaskPPO, "update", dies)
+    cfg = config_from_dict(tiny())
+    rd = prepare_run_dir(cfg, out=tmp_path / "run")
+    with pytest.raises(RuntimeError, match="killed here"):  # marked failed, the checkpoint left as it was
+        run_experiment(cfg, rd)
+    assert load_checkpoint(rd.latest_checkpoint)["counters"]["global_steps"] == resumes_from
+    monkeypatch.setattr(agent_mod.TaskPPO, "update", update)
+    assert run_experiment(cfg, rd, resume=True).status == "complete"
+    acc = EventAccumulator(str(rd.tb))
+    acc.Reload()
+    for tag in acc.Tags()["scalars"]:
+        steps = [e.step for e in acc.Scalars(tag)]
+        assert steps == sorted(set(steps)), tag
+    assert [e.step for e in acc.Scalars("train/loss")] == [32, 64, 96, 128]
+    assert [e.step for e in acc.Scalars("eval/DemonAttack")] == [32, 64, 96, 128]
+    assert [e.step for e in acc.Scalars("regularizer/overall/sparsity")] == [64, 128]

@@ -358,6 +358,43 @@ def test_resume_gives_the_same_R_as_an_uninterrupted_run(tmp_path, monkeypatch, 
     assert again.R == full.R and again.status == "complete"
 
 
+def test_a_resumed_run_shows_each_tensorboard_step_once(tmp_path, monkeypatch):
+    """What a stopped session logged after its last checkpoint (task 1's epochs) is dropped at
+    the resume, which logs it again; every scalar is on the one step axis the purge uses."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    import clrl.supervised.trainer as trainer
+
+    cfg = _cfg({**DIGITS, "n_tasks": 2}, train={"epochs": 2}, model={"hidden": [16, 16], "activation": "relu"},
+               output={"tensorboard": True})
+    real = trainer.train_offline_task
+    calls = {"n": 0}
+
+    def stopped_after_training_task_1(ctx, t):
+        out = real(ctx, t)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return out
+
+    monkeypatch.setattr(trainer, "train_offline_task", stopped_after_training_task_1)
+    with pytest.raises(KeyboardInterrupt):
+        _run(cfg, tmp_path / "run")
+    monkeypatch.setattr(trainer, "train_offline_task", real)
+    _, rd = _run(None, tmp_path / "run", resume=True)
+    _, full = _run(cfg, tmp_path / "full")
+
+    def steps(run_dir) -> dict[str, list[int]]:
+        acc = EventAccumulator(str(run_dir.tb))
+        acc.Reload()
+        return {tag: [e.step for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+    resumed = steps(rd)
+    assert resumed == steps(full)  # the same events at the same steps as a run never stopped
+    assert resumed["train/train_loss"] == [1, 2, 3, 4]  # epochs
+    assert resumed["eval/avg_acc_seen"] == [2, 4]  # the task ends
+
+
 def test_a_damaged_checkpoint_is_a_clear_error_and_loses_nothing(tmp_path):
     from clrl.errors import CheckpointError
     from clrl.io import load_checkpoint, save_checkpoint

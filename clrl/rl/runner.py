@@ -548,8 +548,10 @@ class SequentialRun:
             return
         from torch.utils.tensorboard import SummaryWriter
 
-        # purge_step drops events a killed run logged after its last checkpoint
-        self.writer = SummaryWriter(log_dir=str(self.rd.tb), purge_step=self.counters.global_steps or None)
+        # purge_step drops the events a killed session logged after its last checkpoint, which the
+        # resumed run logs again: those of later env steps (TensorBoard drops steps >= purge_step;
+        # what was logged at the checkpoint's own step came before it and stays)
+        self.writer = SummaryWriter(log_dir=str(self.rd.tb), purge_step=self.counters.global_steps + 1)
 
     def _log_update(self, t: int, stats: dict[str, float], seconds: float) -> None:
         c = self.counters
@@ -570,6 +572,8 @@ class SequentialRun:
         self.logger.info("regularizer %s after task %d: %s", diag.get("method"), t, parts)
         if self.writer is None:
             return
+        # at the task end's env step, like every other scalar: a resume's purge step then also
+        # drops a killed session's diagnostics (by task index they would be shown twice)
         for tag, value in diagnostic_scalars(diag).items():
-            self.writer.add_scalar(tag, value, t)
+            self.writer.add_scalar(tag, value, self.counters.global_steps)
         self.writer.flush()

@@ -126,7 +126,11 @@ def _restore_checkpoint(ctx: TaskContext, state: dict[str, Any], path: Any) -> R
     return saved
 
 
-def _tensorboard(cfg: SupervisedConfig, rd: RunDir, log: logging.Logger):
+def _tensorboard(cfg: SupervisedConfig, rd: RunDir, log: logging.Logger, purge_step: int = 1):
+    """The run's event writer. ``purge_step`` drops what a stopped session logged after the
+    restored checkpoint, which the resumed run logs again: TensorBoard hides events at steps >=
+    ``purge_step``, so it is the checkpoint's step (on the run's axis, :func:`_tb_step`) + 1;
+    what was logged at that step came before the checkpoint and stays."""
     if not cfg.output.tensorboard:
         return None
     try:
@@ -134,7 +138,7 @@ def _tensorboard(cfg: SupervisedConfig, rd: RunDir, log: logging.Logger):
     except ImportError as exc:  # tensorboard is a dependency, but a broken install must not stop a run
         log.warning("tensorboard unavailable (%s); no event files written", exc)
         return None
-    return SummaryWriter(log_dir=str(rd.tb))
+    return SummaryWriter(log_dir=str(rd.tb), purge_step=int(purge_step))
 
 
 def run_experiment(cfg: SupervisedConfig, rd: RunDir, resume: bool = False) -> Results:
@@ -231,7 +235,7 @@ def _run(cfg: SupervisedConfig, rd: RunDir, resume: bool) -> Results:
             ctx.events.emit("safe_point", reason="start", task=0, step=0)
             save_results(rd.results_path, results)
 
-        writer = _tensorboard(cfg, rd, log)
+        writer = _tensorboard(cfg, rd, log, purge_step=_tb_step(ctx) + 1)
         ctx.writer = writer
         if cfg.eval.analysis:
             RepresentationMonitor(
@@ -272,19 +276,23 @@ def _run(cfg: SupervisedConfig, rd: RunDir, resume: bool) -> Results:
     return results
 
 
+def _tb_step(ctx: TaskContext) -> int:
+    """The TensorBoard step axis: epochs in the offline regime, examples seen in the single pass."""
+    return int(ctx.counters["epochs"] if ctx.cfg.train.regime == "offline" else ctx.counters["examples"])
+
+
 def _run_task(ctx: TaskContext, results: Results, rd: RunDir, t: int, train_task, run_start: float) -> None:
     cfg, bench, model = ctx.cfg, ctx.bench, ctx.model
     T = len(bench.tasks)
     log = ctx.log
     t0 = time.time()
-    offline = cfg.train.regime == "offline"
     info = train_task(ctx, t)  # emits task_start, batch_end and (offline) update_end
     t1 = time.time()
     ctx.reg.end_task(t, consolidation_batches(ctx, t), lambda x: model.heads(model.trunk(x), t))
     if model.vcl is not None:
         model.vcl.clear()
     t2 = time.time()
-    step = ctx.counters["epochs"] if offline else ctx.counters["examples"]
+    step = _tb_step(ctx)
     ctx.events.emit("task_end", task=t, step=step, inputs=bench.tasks[t].x_test)
     t2a = time.time()
     row = evaluate_tasks(model, bench.tasks, range(T), cfg.eval.batch_size, ctx.device)
@@ -301,9 +309,10 @@ def _run_task(ctx: TaskContext, results: Results, rd: RunDir, t: int, train_task
     results.metrics = compute_metrics(results)
     for j, s in enumerate(row):
         ctx.scalar(f"eval/acc/{bench.tasks[j].name}", s, step)
-    ctx.scalar("eval/avg_acc_seen", sum(row[: t + 1]) / (t + 1), t)
+    # every scalar on the run's one step axis (_tb_step), so a resume's purge covers them all
+    ctx.scalar("eval/avg_acc_seen", sum(row[: t + 1]) / (t + 1), step)
     for tag, value in diagnostic_scalars(diag).items():
-        ctx.scalar(tag, value, t)
+        ctx.scalar(tag, value, step)
     log.info("task %d %s done in %.1fs (%s): R[%d] = %s", t, bench.tasks[t].name, t3 - t0, info, t,
              " ".join(f"{v:.3f}" for v in row))
     ctx.events.emit("safe_point", reason="task_end", task=t, step=step)
