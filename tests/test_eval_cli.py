@@ -132,6 +132,56 @@ def test_clrl_eval_bad_input_exits_2_and_writes_nothing(tiny_run, tmp_path, caps
     assert _nothing_written(tmp_path)
 
 
+def test_clrl_eval_refuses_a_checkpoint_of_another_run(tiny_run, tmp_path, capsys):
+    """Heads are matched to games by task index: another run's checkpoint (another game order, a
+    head of another size, another network) would score one game's head on another game."""
+    from clrl.rl import checkpoint as ckpt
+
+    w = ["--json", str(tmp_path / "x.json"), "--video", str(tmp_path / "v")]
+
+    def variant(name: str, change) -> str:  # noqa: ANN001
+        state = ckpt.read(tiny_run.latest_checkpoint)
+        doc = json.loads(state["results"])
+        change(state, doc)
+        state["results"] = json.dumps(doc)
+        path = tmp_path / f"{name}.pt"
+        ckpt.write(path, state)
+        return str(path)
+
+    def reversed_games(state, doc):  # noqa: ANN001
+        doc["config"]["tasks"]["games"] = GAMES[::-1]
+
+    def other_head(state, doc):  # noqa: ANN001
+        state["heads"][0] = state["heads"][0] + 1
+
+    def other_net(state, doc):  # noqa: ANN001
+        doc["config"]["model"]["hidden"] = 64
+
+    for name, change, words in [("order", reversed_games, "was trained on ['Asterix', 'DemonAttack']"),
+                                ("head", other_head, "task 0 (DemonAttack) has a head of"),
+                                ("net", other_net, "model.hidden = 64")]:
+        assert _eval(str(tiny_run.root), "--checkpoint", variant(name, change), *w) == 2, name
+        err = capsys.readouterr().err
+        assert words in err and "pass a checkpoint of this run" in err, err
+    assert _eval(str(tiny_run.root), "--checkpoint", variant("same", lambda s, d: None), "--episodes", "1",
+                 "--max-frames", "40") == 0
+    assert _nothing_written(tmp_path)
+
+
+def test_clrl_eval_output_paths_are_checked_before_playing(tiny_run, tmp_path, capsys, monkeypatch):
+    import clrl.rl.evaluation as evaluation
+
+    played = []
+    monkeypatch.setattr(evaluation, "evaluate", lambda *a, **k: played.append(1))
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    assert _eval(str(tiny_run.root), "--json", str(a_file / "out.json")) == 2
+    assert "afile is a file, not a directory" in capsys.readouterr().err
+    assert _eval(str(tiny_run.root), "--json", str(tmp_path / "out.json"), "--video", str(a_file / "v")) == 2
+    assert "--video" in capsys.readouterr().err
+    assert not played and not (tmp_path / "out.json").exists()
+
+
 def test_a_reference_evaluated_otherwise_is_refused_by_clrl_run(tiny_run, tmp_path, capsys):
     data = json.loads(json.dumps(TINY))
     data["reference"] = str(tiny_run.root)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from clrl.errors import CheckpointError, UserError
+from clrl.errors import CheckpointError, UserError, first_line
 
 __all__ = ["add_arguments", "main", "run_eval", "VideoRecorder", "VIDEO_SCALE", "VIDEO_FPS"]
 
@@ -62,7 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write per game: mean, 95%% CI and every game's score, frames and truncated")
     parser.add_argument("--video", metavar="DIR",
                         help=f"one MP4 per game (<game>.mp4) of the first game of the first env, as the agent "
-                             f"sees it: the 84x84 gray frames upscaled {VIDEO_SCALE}x, {VIDEO_FPS} fps (real time)")
+                             f"sees it: the 84x84 gray frames upscaled {VIDEO_SCALE}x, {VIDEO_FPS} fps (real time); "
+                             "cut where the evaluation ends if that game is still running (a note says so)")
 
 
 @dataclass
@@ -99,6 +100,7 @@ def _targets(cfg, state: dict[str, Any], path: Path, names: list[str] | None) ->
     bad = [t for t in heads if t >= len(games)]
     if bad:
         raise CheckpointError(f"{path}: heads for tasks {bad}, but the run's config has {len(games)} games")
+    _check_same_run(cfg, state, path, games)
     have = [_Target(t, games[t]) for t in heads]
     if not have:
         raise CheckpointError(f"{path}: the checkpoint has no task heads yet (saved before the first task began)")
@@ -115,6 +117,34 @@ def _targets(cfg, state: dict[str, Any], path: Path, names: list[str] | None) ->
     return chosen
 
 
+def _check_same_run(cfg, state: dict[str, Any], path: Path, games: list[str]) -> None:  # noqa: ANN001
+    """CheckpointError unless the checkpoint was trained on this run's games with its network.
+
+    Heads are matched to games by task index, so ``--checkpoint`` from another run (another
+    game order, or another network) would score one game's head on another game."""
+    from clrl.rl.checkpoint import results_of
+    from clrl.rl.envs import action_count
+
+    try:
+        saved = results_of(state).config
+    except Exception as exc:  # noqa: BLE001 - a damaged text is a damaged checkpoint
+        raise CheckpointError(f"{path}: its stored results cannot be read ({first_line(exc)})") from exc
+    theirs = list((saved.get("tasks") or {}).get("games") or [])
+    if theirs and theirs[: len(games)] != games[: len(theirs)]:
+        raise CheckpointError(f"{path} was trained on {theirs}, this run plays {games}: "
+                              "pass a checkpoint of this run (its checkpoints/ folder)")
+    mine = cfg.model.model_dump(mode="json")
+    for key, value in (saved.get("model") or {}).items():
+        if key in mine and mine[key] != value:
+            raise CheckpointError(f"{path} has model.{key} = {value!r}, this run {mine[key]!r}: "
+                                  "pass a checkpoint of this run")
+    for t, n in sorted(state["heads"].items()):
+        want = action_count(games[int(t)], cfg.env)
+        if int(n) != want:
+            raise CheckpointError(f"{path}: task {int(t)} ({games[int(t)]}) has a head of {int(n)} actions, "
+                                  f"the game has {want}: pass a checkpoint of this run")
+
+
 class VideoRecorder:
     """Observer that streams env 0's frames to an MP4 until env 0's first game ends.
 
@@ -127,6 +157,7 @@ class VideoRecorder:
         self.path = path
         self.frames = 0
         self.done = False
+        self.cut = False  # closed before env 0's game ended (the evaluation had its games)
         self._writer = imageio.get_writer(str(path), fps=VIDEO_FPS, codec="libx264", quality=7,
                                           macro_block_size=1, ffmpeg_log_level="error")
 
@@ -144,9 +175,9 @@ class VideoRecorder:
             return
         self._append(obs[0, -1])
 
-    def close(self) -> None:
+    def close(self, cut: bool = False) -> None:
         if not self.done:
-            self.done = True
+            self.done, self.cut = True, cut
             self._writer.close()
 
 
@@ -204,6 +235,10 @@ def run_eval(args: argparse.Namespace) -> list[dict[str, Any]]:
         raise UserError(f"--json {json_path} is a directory; name a file")
     if video_dir is not None and video_dir.exists() and not video_dir.is_dir():
         raise UserError(f"--video {video_dir} is a file; name a directory")
+    if json_path is not None:
+        _check_can_create(json_path.parent, "--json", json_path)
+    if video_dir is not None:
+        _check_can_create(video_dir, "--video", video_dir)
     if video_dir is not None:
         try:
             import imageio.v2  # noqa: F401
@@ -241,24 +276,46 @@ def run_eval(args: argparse.Namespace) -> list[dict[str, Any]]:
         finally:
             for r in recorders:
                 if r is not None:
-                    r.close()
+                    r.close(cut=True)  # a recorder still open here stopped before its game ended
         entries = [
             {"task": t.task, "game": t.game, "mean": r.mean, "ci": list(r.ci()), "episodes": r.episodes,
              "truncated": r.truncated, "games": r.games}
             for t, r in zip(targets, results, strict=True)
         ]
-        if json_path is not None:
-            doc = {"run": str(rd.root), "checkpoint": str(path), "seed": args.seed, "episodes": episodes,
-                   "n_envs": ev.n_envs, "deterministic": deterministic, "max_frames": max_frames,
-                   "frame_skip": cfg.env.frame_skip, "results": entries}
-            json_path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(json_path, json.dumps(_clean(doc), indent=1) + "\n")
-        if video_dir is not None:
-            video_dir.mkdir(parents=True, exist_ok=True)
-            for t, r in zip(targets, recorders, strict=True):
-                name = f"{t.game}.mp4" if sum(x.game == t.game for x in targets) == 1 else f"{t.game}_task{t.task}.mp4"
-                shutil.move(str(r.path), str(video_dir / name))
+        try:  # the videos first: the JSON, once written, says the evaluation's outputs are complete
+            if video_dir is not None:
+                video_dir.mkdir(parents=True, exist_ok=True)
+                for t, r in zip(targets, recorders, strict=True):
+                    name = f"{t.game}.mp4" if sum(x.game == t.game for x in targets) == 1 else f"{t.game}_task{t.task}.mp4"
+                    shutil.move(str(r.path), str(video_dir / name))
+                    if r.cut:
+                        print(f"clrl eval: note: the video of {t.game} ends before its game does (env 0's game was "
+                              f"still running when the {episodes} scored games had finished)", file=sys.stderr)
+            if json_path is not None:
+                doc = {"run": str(rd.root), "checkpoint": str(path), "seed": args.seed, "episodes": episodes,
+                       "n_envs": ev.n_envs, "deterministic": deterministic, "max_frames": max_frames,
+                       "frame_skip": cfg.env.frame_skip, "results": entries}
+                json_path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(json_path, json.dumps(_clean(doc), indent=1) + "\n")
+        except OSError as exc:
+            raise UserError(f"cannot write the evaluation's outputs: {exc}") from exc
     return entries
+
+
+def _check_can_create(folder: Path, flag: str, given: Path) -> None:
+    """UserError unless ``folder`` is, or can be made as, a writable directory (checked before
+    any game is played, so a bad path costs nothing)."""
+    import os
+
+    probe = folder
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise UserError(f"{flag} {given}: {probe} is a file, not a directory")
+    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {given}: {probe} is not writable")
 
 
 def _table(entries: list[dict[str, Any]], title: str):  # noqa: ANN202 - a rich Table
