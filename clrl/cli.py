@@ -44,7 +44,7 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from clrl.config import load_config
-    from clrl.lifecycle import exit_code
+    from clrl.lifecycle import exit_code, finished_run
     from clrl.preflight import check_buildable
     from clrl.rundir import open_run_dir, prepare_run_dir
 
@@ -54,6 +54,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.overwrite:
             raise UserError("--resume continues a run and --overwrite starts one over: give one of them")
         rd, cfg = open_run_dir(args.resume)
+        done = finished_run(rd, cfg)
+        if done is not None:  # nothing to do: no lock, log line or redrawn figure either
+            from clrl.summary import print_summary
+
+            print_summary(done)
+            if not rd.latest_checkpoint.is_file():
+                print(f"clrl: note: {rd.latest_checkpoint} is gone; `clrl eval` needs --checkpoint (a task_XX.pt)",
+                      file=sys.stderr)
+            print(f"run directory: {rd.root} (already complete: nothing was changed)")
+            return exit_code(done)
         check_buildable(cfg, reference=False)
     else:
         if not args.config:

@@ -157,11 +157,19 @@ def exit_code(results: Results) -> int:
 def finished_run(rd: RunDir, cfg: Any) -> Results | None:
     """``--resume`` of a complete run: its results as they are, nothing rewritten (None when the
     run is not complete). An edited ``config.yaml`` is refused, as in any resume."""
+    from clrl.errors import ResultsError
     from clrl.results import load_results
 
     if not rd.results_path.is_file():
         return None
-    res = load_results(rd.results_path)
+    try:
+        res = load_results(rd.results_path)
+    except ResultsError as exc:
+        if not rd.latest_checkpoint.is_file():
+            raise
+        # the checkpoint holds the results up to it: say how to go on from there
+        raise ResultsError(f"{exc}; {rd.latest_checkpoint} holds the results up to its checkpoint: move "
+                           f"{rd.results_path} aside (e.g. to results.json.damaged) and resume again") from exc
     if res.status != "complete":
         return None
     check_same_experiment(res.config, cfg, rd.results_path)

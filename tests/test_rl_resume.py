@@ -153,20 +153,27 @@ def test_resume_of_a_finished_run_changes_nothing(config_file, tmp_path):
     data = yaml.safe_load(config_file.read_text())
     data["tasks"] = {"games": ["DemonAttack"], "steps_per_task": 32}
     data["train"]["deterministic"] = False
+    data.setdefault("output", {})["figures"] = True
     small = tmp_path / "small.yaml"
     small.write_text(yaml.safe_dump(data))
+    done = tmp_path / "done"
+
+    def files() -> dict[str, tuple[int, bytes]]:
+        return {str(p.relative_to(done)): (p.stat().st_mtime_ns, p.read_bytes()) for p in done.rglob("*") if p.is_file()}
+
     before = torch.get_num_threads()
     try:
-        assert cli.main(["run", str(small), "--out", str(tmp_path / "done")]) == 0
-        first = load_results(tmp_path / "done")
-        written = (tmp_path / "done" / "results.json").read_bytes()
-        assert cli.main(["run", "--resume", str(tmp_path / "done")]) == 0
+        assert cli.main(["run", str(small), "--out", str(done)]) == 0
+        first = load_results(done)
+        written = files()
+        assert any(name.startswith("figures/") for name in written)
+        assert cli.main(["run", "--resume", str(done)]) == 0
     finally:
         torch.set_num_threads(before)
-    again = load_results(tmp_path / "done")
+    again = load_results(done)
     assert again.R == first.R and curve_view(again) == curve_view(first)
-    # not even rewritten: no resume counted, no timings moved back to the checkpoint's
-    assert (tmp_path / "done" / "results.json").read_bytes() == written
+    # not even rewritten: no resume counted, no log line, no figure redrawn, no lock taken
+    assert files() == written
     assert again.timings["resumes"] == 0
 
 
@@ -229,6 +236,19 @@ def test_a_damaged_latest_checkpoint_says_how_to_go_on_from_a_task_checkpoint(co
     assert again.status == "complete" and again.timings["resumes"] == 1
     assert again.R[0][0] == done.R[0][0]  # task 1's scores came from the task checkpoint
     assert all(v is not None for i, row in enumerate(again.R) for v in row[: i + 1])
+    # a damaged results.json beside a good checkpoint: the error says how to go on, and that works
+    results = run_dir / "results.json"
+    results.write_bytes(results.read_bytes()[:100])
+    try:
+        assert cli.main(["run", "--resume", str(run_dir)]) == 2
+        err = capsys.readouterr().err
+        assert "results.json aside" in err and "latest.pt holds the results" in err, err
+        results.rename(run_dir / "results.json.damaged")
+        assert cli.main(["run", "--resume", str(run_dir)]) == 0
+    finally:
+        torch.set_num_threads(before)
+    rebuilt = load_results(run_dir)
+    assert rebuilt.status == "complete" and rebuilt.R == again.R
 
 
 def test_deterministic_interrupt_keeps_the_fixed_point_checkpoint(config_file, tmp_path, monkeypatch):
