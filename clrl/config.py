@@ -219,7 +219,7 @@ class EnvConfig(Strict):
 
 
 class PPOConfig(Strict):
-    """PPO settings; every one the paper's runs use is reachable (REFERENCE.md)."""
+    """PPO settings; every one the paper's runs use is reachable (configs/atari_paper_*.yaml set them)."""
 
     n_envs: int = Field(8, ge=1)
     n_steps: int = Field(128, ge=1, description="rollout length per env")

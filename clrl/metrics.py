@@ -1,7 +1,7 @@
 """Every continual-learning score as a pure function of result matrices.
 
 ``R[i][j]`` is the score on task j after training task i (0-based, T x T, NaN where not
-evaluated). Definitions follow REFERENCE.md ("Metric definitions"):
+evaluated). Definitions follow the README's "Metrics":
 
 - ``acc`` (RA) = mean_j R[T-1][j];  ``learning_acc`` (LA) = mean_j R[j][j]
 - ``bti`` = mean over all T tasks of (R[T-1][j] - R[j][j]) = RA - LA (GEM code convention)

@@ -28,7 +28,7 @@ __all__ = ["available_memory", "check_buildable", "rl_regularizer_hparams", "rol
 def rl_regularizer_hparams(cfg: RLConfig) -> tuple[str, dict[str, Any]]:
     """(name, hyperparameters) the RL runner builds its regularizer with.
 
-    AGS-CL's proximal step defaults to once per PPO epoch (REFERENCE.md); EWC/MAS never ask for
+    AGS-CL's proximal step defaults to once per PPO epoch (as the AGS-CL code runs it); EWC/MAS never ask for
     more Fisher/importance samples than the consolidation hands them."""
     name, hparams = regularizer_hparams(cfg)
     if name == "agscl" and "prox_every" not in hparams:

@@ -1,4 +1,4 @@
-"""Metrics against matrices worked out by hand (REFERENCE.md definitions) and properties."""
+"""Metrics against matrices worked out by hand (the README's "Metrics" definitions) and properties."""
 
 import math
 import warnings

@@ -1,6 +1,6 @@
 """Numbers of the Atari forgetting experiment: per-run metrics, intervals over seeds, the verdict.
 
-Per run (clrl.metrics, REFERENCE.md "Metric definitions"), with the fine-tuning run of the same
+Per run (clrl.metrics, README "Metrics"), with the fine-tuning run of the same
 seed as the reference (AGS-CL Sec. 4.1, Analysis 3; fine-tuning is its own reference, so its P is 1):
 
 - ACC = mean_j R[T-1][j]; forgetting (Chaudhry) and BWT over the first T-1 games

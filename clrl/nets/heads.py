@@ -25,7 +25,7 @@ class MultiHead(nn.Module):
 
     ``heads[task]`` is the task's Linear; task ids are any ints. A finished task's head should
     not be handed to the next task's optimizer (a past head would otherwise keep moving through
-    Adam's momentum, bug (3) of the AGS-CL code in REFERENCE.md): build the optimizer from
+    Adam's momentum, bug (3) of the AGS-CL code, README "Departures from the authors' code"): build the optimizer from
     ``trunk.parameters()`` and ``heads.parameters_of(task)``.
     """
 

@@ -9,7 +9,7 @@ conv weight to ``(out, in * kh * kw)``, so for a weight ``W`` of that shape ``W 
 when ``out <= in * kh * kw`` (rows orthonormal) and ``W^T W = gain^2 I`` otherwise.
 
 ``default`` keeps PyTorch's ``reset_parameters`` (kaiming-uniform, a=sqrt(5)), which is what the
-AGS-CL authors' a2c-ppo-acktr code uses for its Atari network (REFERENCE.md).
+AGS-CL authors' a2c-ppo-acktr code uses for its Atari network.
 
 A module initialized orthogonally also carries ``clrl_init`` (see
 :func:`clrl.layers.nodes.fresh_incoming`), so AGS-CL's re-initialization of unimportant nodes

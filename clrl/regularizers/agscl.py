@@ -13,7 +13,7 @@ As optimizer hooks (Contract 1, DESIGN.md):
   ``alpha * lamb * Omega_n`` around the anchor for the others. The paper runs it once per epoch
   (supervised) and the code once per PPO epoch; the optimizer step plays the role of (4).
 * after every step the I.1 mask is re-applied to the **live** weights (the AGS-CL RL code applied
-  it to a frozen copy, so pruned connections regrew: bug (1) in REFERENCE.md), *before* the
+  it to a frozen copy, so pruned connections regrew: bug (1) in the README's "Departures from the authors' code"), *before* the
   proximal step: the prox then measures a node's drift on its free entries only (the masked ones
   equal their anchor, 0), so a node whose real drift is within ``alpha * lamb * Omega`` lands
   exactly on its anchor.
@@ -32,7 +32,7 @@ integer per node (its *birth*, the consolidation at which Omega first became > 0
 narrowest integer dtype that holds the number of consolidations, uint8 up to 254 tasks,
 so the importance state is about 5 bytes per node, Omega's 4 plus 1). The finished
 task's head counts as born at that task: its columns of ``G0`` units are zeroed and held at zero
-(REFERENCE.md bug (2): the code left them in place while later tasks re-initialized those
+(bug (2) in the README's "Departures from the authors' code": the code left them in place while later tasks re-initialized those
 nodes). Outgoing weights into still-unimportant nodes are free again (I.2 re-draws them).
 
 I.2 (rand-init): each ``G0`` node's incoming group is re-drawn from the layer's initializer

@@ -104,8 +104,8 @@ def _markdown(rep: Report, records: list[RunRecord], kind: str, reps: int, seed:
         "# clrl report",
         "",
         f"{len(records)} {kind} runs ({n_complete} complete) in {len(rep.groups)} methods; made {now()} "
-        f"by clrl {__version__}. Metrics are recomputed from each run's R matrix (REFERENCE.md, "
-        "\"Metric definitions\"); method rows use complete runs only.",
+        f"by clrl {__version__}. Metrics are recomputed from each run's R matrix (definitions: clrl's "
+        "README, \"Metrics\"); method rows use complete runs only.",
         "",
     ]
     if rep.warnings:

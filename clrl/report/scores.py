@@ -1,7 +1,7 @@
 """Per-run numbers for the report, recomputed from R, curves, reference and diagnostics.
 
 Stored ``results.metrics`` are not trusted: every metric is recomputed with
-:mod:`clrl.metrics` (definitions in REFERENCE.md, "Metric definitions"; P and S are AGS-CL
+:mod:`clrl.metrics` (definitions in the README's "Metrics"; P and S are AGS-CL
 Sec. 4.1's, Analysis 3). :func:`per_task_terms` splits each metric into the per-task terms whose mean it
 is, so the IQM across runs x tasks is the robust counterpart of the same mean.
 

@@ -3,7 +3,7 @@
 Why a PPO object per task: SB3 fixes the action space (and the rollout buffer, and the
 policy's optimizer) when a model is built, and every game has its own minimal action set. A
 fresh :class:`TaskPPO` per task gets the new game's action space, a policy that reads the new
-task's heads, and a fresh Adam over the trunk and those heads only (REFERENCE.md, bug 3).
+task's heads, and a fresh Adam over the trunk and those heads only (bug 3 in the README's "Departures from the authors' code").
 
 Why ``train`` is overridden: the paper's PPO (the a2c-ppo-acktr code the AGS-CL authors used)
 differs from SB3's in ways the runs depend on, and clrl needs hooks into the loss:

@@ -1,4 +1,4 @@
-"""Atari vector environments for SB3 with the baselines' wrapper semantics (REFERENCE.md).
+"""Atari vector environments for SB3 with the baselines' wrapper semantics.
 
 ``make_vec_env`` returns an SB3 ``VecEnv`` of ``<Game>NoFrameskip-v4``-style envs: no sticky
 actions, minimal action set, frame skip 4 with max-pool, 84x84 gray, 4 stacked frames, and the

@@ -1,6 +1,6 @@
 """Evaluation of a policy on Atari games, as the AGS-CL code scores its agents.
 
-REFERENCE.md ("Evaluation"): argmax actions (the caller's ``act``), K envs in parallel, full
+As the AGS-CL code evaluates: argmax actions (the caller's ``act``), K envs in parallel, full
 games with raw rewards and no life-loss terminals, and the score is the mean raw score of the
 *first* ``episodes`` games to finish (in env order within a step), each capped at
 ``max_frames`` emulator frames (a capped game counts as finished with its score so far).

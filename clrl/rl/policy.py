@@ -6,7 +6,7 @@
 and, optionally, the VCL betas. :class:`TaskPolicy` is the stable-baselines3 policy for ONE
 task: it reads that task's heads and owns a fresh Adam over the trunk and that task's heads
 only, so a finished task's heads never move again, not even through Adam's momentum
-(REFERENCE.md, bug 3). The runner makes a new ``TaskPolicy`` (and a new PPO object, whose
+(bug 3 in the README's "Departures from the authors' code"). The runner makes a new ``TaskPolicy`` (and a new PPO object, whose
 action space is the new game's) at every task switch; the modules are shared, not copied.
 """
 

@@ -3,7 +3,7 @@ regime (one pass, small batches, reservoir replay).
 
 The loops know nothing about the regularizer beyond Contract 1 (DESIGN.md): they build a new
 optimizer per task over the trunk and the current head (past heads are never updated,
-REFERENCE.md bug 3), call ``reg.begin_task(t, optimizer)`` and then step the optimizer as usual;
+bug 3 in the README's "Departures from the authors' code"), call ``reg.begin_task(t, optimizer)`` and then step the optimizer as usual;
 EWC/MAS add their penalty gradient and AGS-CL its proximal step inside the optimizer's hooks.
 The one thing the loop sets is AGS-CL's ``prox_every`` (when the config leaves it unset): the
 number of batches in one epoch of this task, so the proximal step runs once per epoch as in the
@@ -68,7 +68,7 @@ def make_optimizer(cfg: SupervisedConfig, params: list[torch.nn.Parameter]) -> t
 
 def _start_task(ctx, t: int):
     """What both regimes do first: a new optimizer over the trunk and task t's head only (past
-    heads never move, REFERENCE.md bug 3), AGS-CL's prox cadence = one epoch, the regularizer's
+    heads never move, bug 3 in the README's "Departures from the authors' code"), AGS-CL's prox cadence = one epoch, the regularizer's
     hooks attached, and a seeded shuffling generator. Returns (task, n, batch size, batches per
     epoch, optimizer, generator)."""
     task = ctx.bench.tasks[t]
@@ -152,7 +152,7 @@ def drop_lr(opt: torch.optim.Optimizer, lr: float, reset: bool) -> None:
 def train_offline_task(ctx: TaskContext, t: int) -> dict[str, Any]:
     """Train task ``t`` for up to ``train.epochs`` epochs; return what happened (for diagnostics).
 
-    Schedule (the AGS-CL supervised code, REFERENCE.md): after every epoch the validation loss
+    Schedule (the AGS-CL supervised code): after every epoch the validation loss
     is computed; when it has not improved for ``lr_patience`` epochs, ``lr /= lr_factor`` (set in
     the optimizer's param groups, so the regularizer's hooks stay attached and AGS-CL's prox
     reads the new ``alpha``; :func:`drop_lr`: the code also restarts Adam there, here only with
@@ -220,7 +220,7 @@ def train_single_pass_task(ctx: TaskContext, t: int) -> dict[str, Any]:
     the reservoir (one forward of the concatenated batch; replayed examples go through their own
     task's head): loss = mean CE(incoming) + mean CE(replayed) (+ VCL). Only then is the incoming
     batch streamed into the reservoir (algorithm R), so a batch is never replayed with itself.
-    Past heads get gradients from replay but are not in the optimizer (REFERENCE.md bug 3), so
+    Past heads get gradients from replay but are not in the optimizer (bug 3 in the README's "Departures from the authors' code"), so
     replay shapes the shared trunk only.
     """
     tr = ctx.cfg.train

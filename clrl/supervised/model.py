@@ -52,7 +52,7 @@ class SupervisedModel:
 
     def parameters_for(self, task: int) -> list[nn.Parameter]:
         """What task ``task``'s optimizer updates: the trunk, that task's head, VCL's betas.
-        Past (and future) heads are left out: REFERENCE.md bug (3)."""
+        Past (and future) heads are left out: bug (3) in the README's "Departures from the authors' code"."""
         params = list(self.trunk.parameters()) + list(self.heads.parameters_of(task))
         if self.vcl is not None:
             params += list(self.vcl.parameters())
