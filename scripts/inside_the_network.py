@@ -21,10 +21,12 @@ METHODS = {"fine-tuning": "split_digits_finetune.yaml", "AGS-CL": "split_digits.
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "inside")
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "inside",
+                        help="folder of the runs (complete ones are read back, not run again)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--figure", type=Path, default=ROOT / "docs" / "figures")
+    parser.add_argument("--figure", type=Path, default=ROOT / "docs" / "figures", metavar="DIR",
+                        help="folder the figure inside_drift_forgetting.png is written to (default docs/figures)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the MLP is tiny: 1 is fastest)")
     args = parser.parse_args(argv)
 
