@@ -88,3 +88,29 @@ def test_analysis_figures_skip_runs_without_analysis(tmp_path):
     for fn in (drift_forgetting, dormant_rank, task_overlap):
         assert fn(groups, tmp_path / "f", skipped=skipped) == []
     assert len(skipped) == 3
+
+
+def test_analysis_figures_with_nothing_finite_are_not_drawn_and_say_why(tmp_path):
+    """No dormant share, no effective rank, no tau and NaN-only overlaps: those figures are left
+    out with a reason (an empty dormant/rank plot, or a TypeError on the missing tau, before);
+    the drift figure, whose values are finite, is still drawn."""
+    path = _run(tmp_path / "runs", "none", 0, 0.2)
+    from clrl.report.runs import load_runs
+    from clrl.results import load_results
+
+    res = load_results(path)
+    for p in res.curves:
+        p.analysis["tau"] = None
+        p.analysis["overlap"]["all"] = np.full((p.task + 1, p.task + 1), np.nan).tolist()
+        for e in p.analysis["tasks"]:
+            e["features"]["effective_rank"] = None
+            for layer in e["layers"].values():
+                layer["dormant"] = None
+    save_results(path / "results.json", res)
+    groups = group_runs(load_runs([path]))
+    skipped: list[str] = []
+    made = make_figures(groups, tmp_path / "f", formats=("png",), skipped=skipped,
+                        which=["drift_forgetting", "dormant_rank", "task_overlap"])
+    assert [p.stem for p in made] == ["drift_forgetting"]
+    assert [s.split(":")[0] for s in skipped] == ["dormant_rank", "task_overlap"]
+    assert "no finite" in skipped[0] and "finite entry" in skipped[1]

@@ -577,3 +577,116 @@ def test_task_names_fall_back_to_positions_when_seeds_differ(tmp_path):
     recs = runs_mod.load_runs([a, b])
     assert task_names(recs[:1]) == ["d01", "d23", "d45", "d67"]
     assert task_names(recs) == ["task 1", "task 2", "task 3", "task 4"]
+
+
+# --------------------------------------------------------------------------- undefined values, failing figures
+
+
+def _zero_best_runs(root: Path, max_scores: list[float]) -> list[Path]:
+    """Fine-tuning, EWC and AGS-CL on two games with a reference whose best scores are given."""
+    games = ["StarGunner", "Boxing"]
+    ref = Reference(run="ft", max_scores=max_scores, diag=[2800.0, 55.0])
+    runs = []
+    for m in METHODS:
+        run = make_rl_run(root, m, 0, steps_per_task=20_000, every=5_000, games=games)
+        res = load_results(run)
+        res.reference = ref
+        save_results(run / "results.json", res)
+        runs.append(run)
+    return runs
+
+
+def test_report_with_a_reference_best_score_of_zero_writes_report_and_other_figures(tmp_path, capsys):
+    """Best score 0 on the first game: every normalized-reward point is NaN. That figure is not
+    drawn (with the reason), the others are, and the report is written (exit 0)."""
+    _zero_best_runs(tmp_path / "runs", [0.0, 60.0])
+    out = tmp_path / "rep"
+    assert cli_main(["report", str(tmp_path / "runs"), "--out", str(out), "--reps", "20"]) == 0
+    md = (out / "report.md").read_text()
+    assert not (out / "normalized_reward.png").exists()
+    assert "not drawn: normalized_reward: no finite value to plot (the reference's best score is 0 or negative " \
+           "on StarGunner" in md
+    for name in ("plasticity_stability", "R_heatmaps", "sparsity_capacity", "memory", "eval_curves"):
+        assert (out / f"{name}.png").is_file() and (out / f"{name}.pdf").is_file(), name
+        assert f"]({name}.png)" in md
+    assert all(row["norm_reward_mean"] == "" for row in read_csv(out / "methods.csv"))  # undefined: empty
+    assert "Norm. reward" not in md  # the module's way with a metric no run has: no column of NaN
+    assert "failed" not in capsys.readouterr().err
+
+
+def test_normalized_reward_stops_where_a_later_games_best_score_is_zero(tmp_path, monkeypatch):
+    """Best score 0 on the second game: the curve is drawn over the first game only, on the
+    whole training axis, with a note naming the game, at page width."""
+    from PIL import Image
+
+    from clrl.report import figures as figs
+
+    drawn = []
+
+    def keep(fig, *args, **kwargs):
+        ax = fig.axes[0]
+        drawn.append((ax.get_xlim(), [t.get_text() for t in ax.texts]))
+        return save(fig, *args, **kwargs)
+
+    save = figs.save
+    monkeypatch.setattr(figs, "save", keep)
+    groups = runs_mod.group_runs(runs_mod.load_runs(_zero_best_runs(tmp_path / "runs", [3000.0, 0.0])))
+    curves = [scores.normalized_reward_curve(r) for g in groups for r in g.runs]
+    assert all(np.isfinite(c[:4]).all() and np.isnan(c[4:]).all() for c in curves)  # 4 points on game 1
+    skipped: list[str] = []
+    (png,) = figs.normalized_reward(groups, tmp_path / "f", formats=("png",), skipped=skipped)
+    assert skipped == []
+    ((xlim, texts),) = drawn
+    assert xlim == (0.0, 40_000.0)  # both games' training, not only where the lines are defined
+    assert any("undefined" in t and "0 or negative on Boxing" in t for t in texts), texts
+    with Image.open(png) as im:
+        assert im.size[0] / im.info["dpi"][0] < 9.5
+
+
+def test_figures_of_nothing_finite_are_not_drawn_and_say_why(tmp_path):
+    """Negative returns everywhere and a reference whose best scores are negative: P, S and the
+    normalized reward are NaN (zero or negative denominators), evaluation scores missing: NaN."""
+    from clrl.report import figures as figs
+
+    runs = _zero_best_runs(tmp_path / "runs", [-1.0, -1.0])
+    for run in runs:
+        res = load_results(run)
+        res.R = [[None if v is None else -abs(v) - 1.0 for v in row] for row in res.R]
+        res.reference = Reference(run="ft", max_scores=[-1.0, -1.0], diag=[-1.0, -1.0])
+        for p in res.curves:
+            p.scores = [None] * len(p.scores)
+        save_results(run / "results.json", res)
+    groups = runs_mod.group_runs(runs_mod.load_runs(runs))
+    skipped: list[str] = []
+    for fn in (figs.normalized_reward, figs.plasticity_stability, figs.eval_curves):
+        assert fn(groups, tmp_path / "f", formats=("png",), skipped=skipped) == []
+    assert [s.split(":")[0] for s in skipped] == ["normalized_reward", "plasticity_stability",
+                                                   "plasticity_stability", "eval_curves"]
+    assert "no finite P" in skipped[1] and "no finite S" in skipped[2]
+    assert figs.r_heatmaps(groups, tmp_path / "f", formats=("png",))  # R itself is finite
+
+
+def test_one_failing_figure_is_reported_and_the_others_are_drawn(tmp_path, monkeypatch, capsys):
+    from clrl.report import figures as figs
+
+    def boom(*_args, **_kwargs):
+        raise RuntimeError("boom")
+
+    R = lower(np.random.default_rng(16))
+    pts = [CurvePoint(step=k + 1, task=k, scores=[float(v) for v in R[k, : k + 1]]) for k in range(4)]
+    run = write_run(tmp_path / "runs", "mas", R, reg={"name": "mas"}, curves=pts,
+                    diagnostics=[{"memory_bytes": {"importance": 4000}}])
+    monkeypatch.setitem(figs.ALL, "R_heatmaps", boom)  # the first figure of `clrl report`'s R and curves
+    rep = build_report([tmp_path / "runs"], out=tmp_path / "rep", reps=REPS, formats=("png",))
+    made = {p.name for p in rep.files}
+    assert {"plasticity_stability.png", "memory.png", "eval_curves.png", "report.md"} <= made
+    assert "R_heatmaps.png" not in made
+    err = [line for line in capsys.readouterr().err.splitlines() if "failed" in line]
+    assert len(err) == 1 and err[0].startswith("clrl: warning: figure R_heatmaps: failed (RuntimeError: boom)"), err
+    (fail,) = [s for s in rep.skipped if s.startswith("R_heatmaps:")]
+    assert f"not drawn: {fail}" in (tmp_path / "rep" / "report.md").read_text()
+
+    # `clrl run`'s figures: the R heatmap fails, the eval curves are still drawn
+    monkeypatch.setattr(figs, "r_heatmaps", boom)
+    assert {p.name for p in single_run_report(run)} == {"eval_curves.png", "eval_curves.pdf"}
+    assert "figure R: failed (RuntimeError: boom)" in capsys.readouterr().err

@@ -139,19 +139,30 @@ def dormant_rank(groups: list[Group], out_dir: Path, prefix: str = "", formats: 
         _skip(skipped, "dormant_rank", "no run holds an analysis block")
         return []
     tau = _points(runs_all[0])[0].analysis.get("tau")
-    panels = (("dormant", f"dormant units (τ = {tau:g})\nmean over layers and seen tasks"),
+    tau_text = f"τ = {tau:g}" if isinstance(tau, (int, float)) else "τ unknown"
+    panels = (("dormant", f"dormant units ({tau_text})\nmean over layers and seen tasks"),
               ("rank", "effective rank of head features\n(srank, δ = 0.01), mean over seen tasks"))
+    lines = {what: [] for what, _ in panels}
+    for what in lines:
+        for gi, g in enumerate(groups):
+            runs = [r for r in g.plotted_runs if _points(r)]
+            if runs:
+                lines[what].append((gi, g, runs, *align([_series(r, what) for r in runs])))
+    if not any(np.isfinite(line[-2]).any() for ls in lines.values() for line in ls):
+        _skip(skipped, "dormant_rank", "no finite dormant share or effective rank in any analysis block")
+        return []
     with paper_style():
         fig, axes = plt.subplots(1, 2, figsize=(PAGE_WIDTH, 2.5), sharex=True)
         for ax, (what, ylabel) in zip(axes, panels, strict=True):
-            for gi, g in enumerate(groups):
-                runs = [r for r in g.plotted_runs if _points(r)]
-                if runs:
-                    x, mean, std = align([_series(r, what) for r in runs])
-                    _plot(ax, x, mean, std, gi, _n_label(g, runs))
+            drawn = False
+            for gi, g, runs, x, mean, std in lines[what]:
+                drawn |= _plot(ax, x, mean, std, gi, _n_label(g, runs))
+            if not drawn:
+                ax.text(0.5, 0.5, f"no finite {'dormant share' if what == 'dormant' else 'effective rank'}",
+                        transform=ax.transAxes, ha="center", va="center")
             ax.set_ylabel(ylabel)
             ax.set_xlabel(_x_label(runs_all[0]))
-        axes[0].set_ylim(bottom=0)
+        axes[0].set_ylim(bottom=min(0.0, axes[0].get_ylim()[0]))
         _legend_right(axes[1], title="mean ± s.d. over seeds", others=[axes[0]])
         fig.tight_layout()
         return save(fig, out_dir, f"{prefix}dormant_rank", formats)
@@ -165,8 +176,9 @@ def task_overlap(groups: list[Group], out_dir: Path, prefix: str = "", formats: 
         stack = []
         for r in g.plotted_runs:
             ends = [p for p in _points(r) if p.analysis.get("overlap")]
-            if ends:
-                stack.append(np.array(ends[-1].analysis["overlap"]["all"], dtype=float))
+            m = np.array(ends[-1].analysis["overlap"]["all"], dtype=float) if ends else np.empty((0, 0))
+            if m.ndim == 2 and np.isfinite(m).any():  # a NaN-only matrix has nothing to show
+                stack.append(m)
         if stack:
             n = max(len(m) for m in stack)
             full = np.full((len(stack), n, n), np.nan)
@@ -174,7 +186,7 @@ def task_overlap(groups: list[Group], out_dir: Path, prefix: str = "", formats: 
                 full[k, : len(m), : len(m)] = m
             mats.append((gi, g, len(stack), nan_mean_std(full)[0]))
     if not mats:
-        _skip(skipped, "task_overlap", "no run holds an overlap matrix (written at task ends)")
+        _skip(skipped, "task_overlap", "no run holds an overlap matrix with a finite entry (written at task ends)")
         return []
     names = task_names([r for g in groups for r in g.plotted_runs])
     n_max = max(len(m) for *_, m in mats)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -154,22 +155,26 @@ def _iqm_scope(kind: str) -> str:
             f"{', '.join(runs_only)}{why}")
 
 
-def single_run_report(run_dir: str | os.PathLike) -> list[Path]:
+def single_run_report(run_dir: str | os.PathLike, skipped: list[str] | None = None) -> list[Path]:
     """The figures of one run, into ``run_dir/figures``: R heatmap, eval curves, and when the
     run holds what they need, sparsity/used capacity, the normalized reward and the representation
-    analysis (drift vs forgetting, dormant share and rank, task overlap). Returns the paths."""
+    analysis (drift vs forgetting, dormant share and rank, task overlap). Returns the paths; each
+    figure is drawn on its own, so one that fails is reported and the others are still drawn
+    (:func:`clrl.report.figures.draw_each`), and ``skipped`` gets why one was not."""
     run_dir = Path(run_dir)
     res = load_results(run_dir)
     rec = RunRecord(run_dir, res, res.reference, completeness_note(run_dir, res))
     groups = group_runs([rec])
     out = run_dir / "figures"
-    paths = figs.r_heatmaps(groups, out, stem="R")
-    paths += figs.eval_curves(groups, out)
-    paths += figs.sparsity_capacity(groups, out)
-    paths += figs.normalized_reward(groups, out)
+    draws = {
+        "R": lambda: figs.r_heatmaps(groups, out, stem="R", skipped=skipped),
+        "eval_curves": lambda: figs.eval_curves(groups, out, skipped=skipped),
+        "sparsity_capacity": lambda: figs.sparsity_capacity(groups, out, skipped=skipped),
+        "normalized_reward": lambda: figs.normalized_reward(groups, out, skipped=skipped),
+    }
     from clrl.report.analysis_figures import ANALYSIS_FIGURES, has_analysis
 
     if has_analysis(groups):
-        for fn in ANALYSIS_FIGURES.values():
-            paths += fn(groups, out)
-    return paths
+        for name, fn in ANALYSIS_FIGURES.items():
+            draws[name] = functools.partial(fn, groups, out, skipped=skipped)
+    return figs.draw_each(draws, skipped)

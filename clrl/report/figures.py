@@ -3,7 +3,9 @@
 Every function takes method groups, draws the mean over each group's runs (complete runs,
 or the partial ones when a group has no complete run) with a ±1 sample-std band, saves
 ``out_dir/<prefix><name>.<fmt>`` and returns the paths; it returns ``[]`` and appends a
-reason to ``skipped`` when the runs hold nothing to draw (e.g. no reference run).
+reason to ``skipped`` when the runs hold nothing to draw (e.g. no reference run, or only NaN:
+a normalized reward whose reference best score is 0 or negative). :func:`make_figures` and
+:func:`draw_each` draw each figure on its own: one that raises is reported, the others drawn.
 
 - ``normalized_reward``: accumulated normalized reward over training (Fig. 7a)
 - ``plasticity_stability``: per-task P and S bars (Fig. 7b)
@@ -18,9 +20,12 @@ reason to ``skipped`` when the runs hold nothing to draw (e.g. no reference run)
 
 from __future__ import annotations
 
+import functools
 import math
+import sys
+import traceback
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt  # noqa: E402  (style sets the Agg backend first)
@@ -171,7 +176,12 @@ def _boundary_run(groups: list[Group]) -> RunRecord | None:
 
 
 def _mark_tasks(ax, boundaries: list[float], names: list[str], end: float, label_top: bool = True) -> None:
-    """Dotted lines at task boundaries and the task names above the axes, shortened to fit."""
+    """Dotted lines at task boundaries and the task names above the axes, shortened to fit.
+
+    Only the boundaries inside the x range are marked: a name placed outside it would stretch
+    the tight-bbox figure (by millions of pixels when the range is degenerate).
+    """
+    boundaries = [b for b in boundaries if ax.get_xlim()[0] < b < end]
     for b in boundaries:
         ax.axvline(b, color="0.45", linestyle=":", linewidth=0.9, zorder=0)
     if not label_top or not names:
@@ -221,9 +231,30 @@ def _n_label(g: Group, runs: list[RunRecord]) -> str:
 # --------------------------------------------------------------------------- figures
 
 
+def _unusable_reference_tasks(runs: list[RunRecord]) -> list[str]:
+    """Names of the seen tasks whose reference best score is 0, negative or missing: there the
+    normalized reward (score / best) is undefined (NaN, clrl.metrics.accumulated_normalized_reward)."""
+    bad: list[str] = []
+    for r in runs:
+        _, ref_max = scores.reference_arrays(r)
+        if ref_max is None:
+            continue
+        seen = {p.task for p in r.res.curves}
+        for j, v in enumerate(ref_max):
+            name = r.res.tasks[j] if j < len(r.res.tasks) else f"task {j + 1}"
+            if j <= max(seen, default=-1) and not (np.isfinite(v) and v > 0) and name not in bad:
+                bad.append(name)
+    return bad
+
+
 def normalized_reward(groups: list[Group], out_dir: Path, prefix: str = "", formats: Formats = ("png", "pdf"),
                       skipped: list[str] | None = None) -> list[Path]:
-    """AGS-CL Fig. 7a: sum over seen tasks of score / fine-tuning's best score on that task."""
+    """AGS-CL Fig. 7a: sum over seen tasks of score / fine-tuning's best score on that task.
+
+    Where a seen task's reference best score is 0 or negative the sum is undefined (NaN): the
+    lines stop there and a note in the axes names the tasks; with no finite point at all the
+    figure is not drawn and ``skipped`` says why.
+    """
     lines = []
     for gi, g in enumerate(groups):
         runs = [r for r in g.plotted_runs if r.reference is not None and r.res.curves]
@@ -233,20 +264,32 @@ def normalized_reward(groups: list[Group], out_dir: Path, prefix: str = "", form
     if not lines:
         _skip(skipped, "normalized_reward", "no run has a reference (fine-tuning) run and an evaluation curve")
         return []
+    all_runs = [r for line in lines for r in line[2]]
+    bad = _unusable_reference_tasks(all_runs)
+    undefined = (f"the reference's best score is 0 or negative on {', '.join(bad)}" if bad
+                 else "a seen task has no score")
+    if not any(np.isfinite(mean).any() for *_, mean, _std in lines):
+        _skip(skipped, "normalized_reward", f"no finite value to plot ({undefined}: the normalized reward is NaN)")
+        return []
     brun = _boundary_run(groups)
+    # the whole training axis, also where the lines stop being defined
+    end = max(float(scores.curve(r)[0].max()) for r in all_runs)
     with paper_style():
         fig, ax = plt.subplots(figsize=(PAGE_WIDTH, 2.8))
-        end = 0.0
+        gaps = False
         for gi, g, runs, x, mean, std in lines:
-            if _plot(ax, x, mean, std, gi, _n_label(g, runs)):
-                end = max(end, float(x.max()))
-        ax.set_xlim(0, end)
-        ax.set_ylim(bottom=0)
+            _plot(ax, x, mean, std, gi, _n_label(g, runs))
+            gaps |= not np.isfinite(mean).all()
+        ax.set_xlim(0, end if end > 0 else 1.0)
+        ax.set_ylim(bottom=min(0.0, ax.get_ylim()[0]))
         ax.xaxis.set_major_formatter(FuncFormatter(_steps_label))
         ax.set_xlabel(_x_label(lines[0][2][0]))
         ax.set_ylabel("accumulated normalized reward\n(sum over seen tasks)")
+        if gaps:
+            ax.text(0.99, 0.02, f"undefined (not drawn) where {undefined}", transform=ax.transAxes, ha="right",
+                    va="bottom", fontsize=8, color="0.35")
         if brun is not None:
-            _mark_tasks(ax, task_boundaries(brun), task_names([r for line in lines for r in line[2]]), end)
+            _mark_tasks(ax, task_boundaries(brun), task_names(all_runs), ax.get_xlim()[1])
         _legend_right(ax, "mean ± s.d. over seeds")
         return save(fig, out_dir, f"{prefix}normalized_reward", formats)
 
@@ -280,11 +323,23 @@ def plasticity_stability(groups: list[Group], out_dir: Path, prefix: str = "", f
     def stab(r: RunRecord) -> np.ndarray:
         return scores.per_task_terms(r.res.R_matrix())["stability"]
 
+    def finite(fn: Callable[[RunRecord], np.ndarray | None]) -> bool:
+        return any(np.isfinite(_per_task(runs_of[id(g)], fn, T)).any() for _, g in with_runs)
+
     panels = [("plasticity P", plast), ("stability S", stab)]
-    has_p = any(_per_task(runs_of[id(g)], plast, T).size for _, g in with_runs)
-    if not has_p:
+    if not any(_per_task(runs_of[id(g)], plast, T).size for _, g in with_runs):
         panels = panels[1:]
         _skip(skipped, "plasticity_stability", "plasticity panel left out: no run has a reference")
+    elif not finite(plast):  # P = R[i][i] / A*_i is NaN where A*_i <= 0
+        panels = panels[1:]
+        _skip(skipped, "plasticity_stability", "plasticity panel left out: no finite P (the reference's "
+              "score right after training each task is 0 or negative, or missing)")
+    if not finite(stab):  # S is NaN where a task's best score is <= 0 (e.g. negative game returns)
+        panels = [pan for pan in panels if pan[1] is not stab]
+        _skip(skipped, "plasticity_stability", "stability panel left out: no finite S (each task's best "
+              "score is 0 or negative, or missing)")
+    if not panels:
+        return []
     width = 0.8 / len(with_runs)
     with paper_style():
         fig, axes = plt.subplots(len(panels), 1, figsize=(PAGE_WIDTH, 1.9 * len(panels) + 0.5), sharex=True,
@@ -531,8 +586,10 @@ def eval_curves(groups: list[Group], out_dir: Path, prefix: str = "", formats: F
         fig, axes = plt.subplots(nrows, ncols, figsize=(PAGE_WIDTH, 1.75 * nrows + 0.45), squeeze=False, sharex=True,
                                  layout="constrained")
         end = max(float(scores.curve(r)[0].max()) for _, _, runs in with_curves for r in runs)
-        edges = [0.0, *bounds, end]
+        end = end if end > 0 else 1.0
+        edges = [0.0, *[b for b in bounds if b < end], end]
         with_ci = False
+        drawn = False
         for j, ax in enumerate(axes.ravel()):
             if j >= T:
                 ax.set_visible(False)
@@ -549,17 +606,18 @@ def eval_curves(groups: list[Group], out_dir: Path, prefix: str = "", formats: F
                     continue
                 interval = scores.curve_interval(runs[0]) if len(runs) == 1 else None
                 if interval is None:
-                    _plot(ax, *align(series), gi, _n_label(g, runs))
+                    drawn |= _plot(ax, *align(series), gi, _n_label(g, runs))
                     continue
                 # one run: no spread over seeds, but the spread of its own evaluation games
                 steps, mean = series[0]
                 lo, hi = interval[0][:, j], interval[1][:, j]
                 if _plot(ax, steps, mean, np.full_like(mean, np.nan), gi, _n_label(g, runs)):
+                    drawn = True
                     ok = np.isfinite(lo) & np.isfinite(hi)
                     ax.fill_between(steps, np.where(ok, lo, mean), np.where(ok, hi, mean), where=ok,
                                     color=color(gi), alpha=BAND_ALPHA, linewidth=0)
                     with_ci = True
-            for b in bounds:
+            for b in edges[1:-1]:
                 ax.axvline(b, color="0.6", linestyle=":", linewidth=0.7, zorder=0)
             ax.set_title(names[j], pad=3)
             ax.set_xlim(0, end)
@@ -574,8 +632,17 @@ def eval_curves(groups: list[Group], out_dir: Path, prefix: str = "", formats: F
             r, c = divmod(j, ncols)
             if r < nrows - 1 and (r + 1) * ncols + c >= T:
                 axes[r, c].xaxis.set_tick_params(labelbottom=True)
+        if not drawn:
+            plt.close(fig)
+            _skip(skipped, stem, "no finite evaluation score in any run's curve")
+            return []
         fig.supxlabel(_x_label(brun), fontsize=9)
-        handles, labels = axes[0, 0].get_legend_handles_labels()
+        handles, labels = [], []  # every panel's: a method may have no finite score on the first task
+        for ax in axes.ravel():
+            for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+                if lab not in labels:
+                    handles.append(h)
+                    labels.append(lab)
         extra = "; shaded: the task's training period"
         multi = any(len(runs) > 1 for _, _, runs in with_curves)
         spread = ("mean ± s.d. over seeds" + (" (one run: 95% CI over its evaluation games)" if with_ci else "")
@@ -600,16 +667,41 @@ ALL = {
 }
 
 
+def _failure_line(name: str, exc: BaseException) -> str:
+    """'name: failed (Type: message) at file:line': the innermost clrl frame, where a fix starts."""
+    msg = str(exc).strip().splitlines()
+    where = ""
+    # [1:]: below draw_each's own frame, i.e. inside the figure
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)[1:] if "clrl" in Path(f.filename).parts]
+    if frames:
+        where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}"
+    return f"{name}: failed ({type(exc).__name__}: {msg[0] if msg else ''}){where}; a bug worth reporting"
+
+
+def draw_each(figures: Mapping[str, Callable[[], list[Path]]], skipped: list[str] | None = None) -> list[Path]:
+    """Draw every figure on its own: one that raises is reported (a line on stderr, and in
+    ``skipped`` for report.md) and the others are still drawn. Returns the files written."""
+    paths: list[Path] = []
+    for name, draw in figures.items():
+        try:
+            paths += draw()
+        except Exception as exc:  # noqa: BLE001 - one broken figure must not cost the others
+            plt.close("all")  # what the failed figure left open
+            line = _failure_line(name, exc)
+            print(f"clrl: warning: figure {line}", file=sys.stderr)
+            _skip(skipped, name, line.split(": ", 1)[1])
+    return paths
+
+
 def make_figures(groups: list[Group], out_dir: Path, prefix: str = "", formats: Formats = ("png", "pdf"),
                  which: Sequence[str] | None = None, skipped: list[str] | None = None) -> list[Path]:
-    """Every figure (or those named in ``which``) for these groups; returns the files written."""
+    """Every figure (or those named in ``which``) for these groups; returns the files written.
+    A figure that fails is reported and left out (:func:`draw_each`); the others are drawn."""
     # analysis_figures imports this module, so it is loaded here
     from clrl.report.analysis_figures import ANALYSIS_FIGURES, has_analysis
 
-    paths: list[Path] = []
     # runs recorded without the representation analysis (older ones) just lack those figures
     extra = ANALYSIS_FIGURES if has_analysis(groups) else {}
-    for name, fn in {**ALL, **extra}.items():
-        if which is None or name in which:
-            paths += fn(groups, out_dir, prefix=prefix, formats=formats, skipped=skipped)
-    return paths
+    chosen = {name: fn for name, fn in {**ALL, **extra}.items() if which is None or name in which}
+    return draw_each({name: functools.partial(fn, groups, out_dir, prefix=prefix, formats=formats, skipped=skipped)
+                      for name, fn in chosen.items()}, skipped)
