@@ -325,6 +325,12 @@ def test_one_host_read_per_env_step(separate):
     assert sorted(extra) == sorted(["cpu", "numpy"] * 4)
 
 
+def test_store_on_a_device_refuses_host_views():
+    box = spaces.Box(0, 255, (4, 84, 84), np.uint8)
+    with pytest.raises(ValueError, match="separate=False"):
+        RolloutStore(4, box, spaces.Discrete(3), "meta", n_envs=2, separate=False)
+
+
 def test_store_checks_its_spaces():
     box = spaces.Box(0, 255, (4, 84, 84), np.uint8)
     with pytest.raises(ValueError, match="Discrete"):

@@ -82,6 +82,9 @@ class RolloutStore(RolloutBuffer):
         n, e = self.buffer_size, self.n_envs
         dev = torch.device(self.device)
         self.separate = (dev.type != "cpu") if self._separate_arg is None else bool(self._separate_arg)
+        if dev.type != "cpu" and not self.separate:
+            raise ValueError(f"separate=False keeps the rollout in host memory, which a {dev.type} network "
+                             "cannot read: leave separate unset (or True) for a device that is not the CPU")
         self.pinned = dev.type == "cuda" and torch.cuda.is_available()
         obs_dtype = torch.from_numpy(np.zeros(0, dtype=self.observation_space.dtype)).dtype
         # image rollouts are stored pixel-major, (n, e, H, W, C), and read through (n, e, C, H, W)
