@@ -43,7 +43,7 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from clrl.config import load_config
+    from clrl.config import config_source, load_config
     from clrl.lifecycle import exit_code, finished_run
     from clrl.preflight import check_buildable
     from clrl.rundir import open_run_dir, prepare_run_dir
@@ -64,12 +64,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                       file=sys.stderr)
             print(f"run directory: {rd.root} (already complete: nothing was changed)")
             return exit_code(done)
-        check_buildable(cfg, reference=False)
+        check_buildable(cfg, reference=False, source=str(rd.config_path))
     else:
         if not args.config:
             raise UserError("clrl run needs a CONFIG file (or --resume DIR); see `clrl run --help`")
         cfg = load_config(args.config, args.overrides)
-        check_buildable(cfg)  # what the run builds, before its directory exists
+        check_buildable(cfg, source=config_source(args.config, args.overrides))  # before the run directory exists
         rd = prepare_run_dir(cfg, out=args.out, overwrite=args.overwrite)
     run_experiment = _runner(cfg.kind)
     results = run_experiment(cfg, rd, resume=bool(args.resume))
@@ -102,15 +102,46 @@ def _runner(kind: str) -> Callable:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from clrl.config import dump_config, load_config
+    from clrl.config import (
+        config_source,
+        dump_config,
+        load_config,
+        looks_like_sweep,
+        read_yaml_mapping,
+    )
     from clrl.preflight import check_buildable
 
+    if looks_like_sweep(read_yaml_mapping(args.config)):
+        return _validate_sweep(args)
     cfg = load_config(args.config, args.overrides)
-    check_buildable(cfg)
+    check_buildable(cfg, source=config_source(args.config, args.overrides))
     if args.print:
         print(dump_config(cfg), end="")
     n = len(cfg.tasks.games) if cfg.kind == "rl" else cfg.tasks.dataset
     print(f"ok: {args.config}: {cfg.name} ({cfg.kind}, tasks: {n}, regularizer: {cfg.regularizer.name})")
+    return 0
+
+
+def _validate_sweep(args: argparse.Namespace) -> int:
+    """A sweep file: every trial validated (as `clrl sweep --dry-run` does) and built once per
+    distinct experiment (seeds and names aside); references to the sweep's own trials, which do
+    not exist yet, are not read."""
+    from clrl.config import config_from_dict, dump_config
+    from clrl.preflight import check_buildable
+    from clrl.sweep import expand
+
+    plan = expand(args.config, overrides=args.overrides)
+    built: set[str] = set()
+    for t in plan.trials:
+        cfg = config_from_dict(t.config, source=f"{args.config} (trial {t.name})")
+        key = repr(sorted((k, repr(v)) for k, v in t.config.items() if k not in ("name", "seed", "reference")))
+        if key not in built:
+            built.add(key)
+            check_buildable(cfg, reference=t.reference is None, source=f"{args.config} (trial {t.name})")
+        if args.print:
+            print(f"# trial {t.name}\n{dump_config(cfg)}", end="")
+    print(f"ok: {args.config}: sweep {plan.spec.name} ({len(plan.trials)} trials of {len(plan.spec.methods)} "
+          f"methods, each trial valid and buildable; `clrl sweep {args.config} --dry-run` lists them)")
     return 0
 
 
@@ -171,9 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
         "validate", help="check a config (and --set overrides) without running it",
         description="Load CONFIG, apply the --set overrides and build what a run would build (network, "
         "activations, heads, regularizer, data folder, reference run) on the CPU, without training; "
-        "prints ok, or one line per problem naming the file and key (exit 2).",
+        "prints ok, or one line per problem naming the file and key (exit 2). A sweep file (configs/sweep_*.yaml) "
+        "is checked trial by trial, as `clrl sweep --dry-run` expands it.",
     )
-    p.add_argument("config", help="experiment YAML (see configs/)")
+    p.add_argument("config", help="experiment YAML or sweep file (see configs/)")
     _add_overrides(p)
     p.add_argument("--print", action="store_true", help="print the resolved config (defaults filled in)")
     p.set_defaults(func=cmd_validate)

@@ -589,8 +589,24 @@ def config_from_dict(
         # of a CIFAR config), so the file alone is not checked first. An error names the file and
         # the overrides, since the key at fault may come from either.
         merged = apply_overrides(data, overrides)
-        return _validate(merged, f"{source} with --set " + _cut(" ".join(overrides), 200))
+        return _validate(merged, config_source(source, overrides))
     return _validate(data, source)
+
+
+def config_source(path: str | os.PathLike, overrides: list[str] | None = None) -> str:
+    """How an error names a config: the file, and the ``--set`` overrides when there are any
+    (the key at fault may come from either). Checks after loading (:mod:`clrl.preflight`) start
+    their messages with it too."""
+    return f"{path} with --set " + _cut(" ".join(overrides), 200) if overrides else str(path)
+
+
+#: top-level keys only a sweep file has (clrl.sweep.spec.SweepConfig), never an experiment config
+SWEEP_ONLY_KEYS = ("base", "methods", "grid", "seeds")
+
+
+def looks_like_sweep(data: Any) -> bool:
+    """True for a sweep file's mapping: no ``kind`` and a key only sweep files have."""
+    return isinstance(data, dict) and "kind" not in data and any(k in data for k in SWEEP_ONLY_KEYS)
 
 
 def apply_overrides(data: dict, overrides: list[str], protected: Iterable[str] = ()) -> dict:
@@ -640,8 +656,11 @@ def _validate(data: dict, source: str) -> RLConfig | SupervisedConfig:
     kind = data.get("kind")
     if not isinstance(kind, str) or kind not in CONFIG_CLASSES:
         allowed = ", ".join(CONFIG_CLASSES)
-        given = "missing" if kind is None else short_repr(kind)
-        raise ConfigError(f"{source}: kind: given {given}; allowed: {allowed}")
+        if "kind" not in data:
+            hint = (" (this is a sweep file: run it with `clrl sweep`; `clrl validate` or `clrl sweep --dry-run` "
+                    "checks every trial)") if looks_like_sweep(data) else ""
+            raise ConfigError(f"{source}: kind: required key is missing; allowed: {allowed}{hint}")
+        raise ConfigError(f"{source}: kind: given {short_repr(kind)}; allowed: {allowed}")
     cls = CONFIG_CLASSES[kind]
     try:
         return cls.model_validate(data)

@@ -14,13 +14,14 @@ arrays, its flattened copy and the network come on top).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import torch
 
 from clrl.config import RLConfig, SupervisedConfig, regularizer_hparams
-from clrl.errors import ConfigError, UserError, first_line
+from clrl.errors import ConfigError, UserError, first_line, short_repr
 
 __all__ = ["available_memory", "check_buildable", "rl_regularizer_hparams", "rollout_bytes"]
 
@@ -60,19 +61,26 @@ def available_memory() -> int | None:
         return None
 
 
-def check_buildable(cfg: RLConfig | SupervisedConfig, reference: bool = True) -> None:
+def check_buildable(cfg: RLConfig | SupervisedConfig, reference: bool = True, source: str | None = None) -> None:
     """Build the run's network, heads and regularizer on the CPU; a ConfigError names what fails.
 
     ``reference=False`` skips reading the reference run (a resumed run keeps the reference
-    scores it stored). Torch's global RNG is left as it was, so a run started after this draws
-    the same numbers."""
-    with torch.random.fork_rng(devices=[]):
-        if cfg.kind == "rl":
-            _check_rl(cfg)
-        else:
-            _check_supervised(cfg)
-    if reference and cfg.reference:
-        _check_reference(cfg)
+    scores it stored). ``source`` (the config file and its --set overrides, as
+    :func:`clrl.config.config_source` writes them) starts every message, as the schema's errors
+    do: ``FILE: key: problem``. Torch's global RNG is left as it was, so a run started after
+    this draws the same numbers."""
+    try:
+        with torch.random.fork_rng(devices=[]):
+            if cfg.kind == "rl":
+                _check_rl(cfg)
+            else:
+                _check_supervised(cfg)
+        if reference and cfg.reference:
+            _check_reference(cfg)
+    except UserError as exc:
+        if source is None:
+            raise
+        raise type(exc)(f"{source}: {exc}") from exc
 
 
 def _gib(n: float) -> str:
@@ -102,13 +110,26 @@ def _check_rl(cfg: RLConfig) -> None:
         raise
     except (ValueError, RuntimeError, TypeError) as exc:
         raise ConfigError(f"model: {first_line(exc)}") from exc
-    _check_regularizer(*rl_regularizer_hparams(cfg), net.trunk, net.actor)
+    _check_regularizer(*rl_regularizer_hparams(cfg), net.trunk, net.actor, cfg.model.activation)
 
 
-def _check_regularizer(name: str, hparams: dict, trunk: Any, heads: Any) -> None:
-    """Build the regularizer the run will build (its hyperparameters and node view checked)."""
+def _check_regularizer(name: str, hparams: dict, trunk: Any, heads: Any, activation: Any = None) -> None:
+    """Build the regularizer the run will build (its hyperparameters and node view checked).
+
+    AGS-CL on a trunk with normalization layers is named by the key that put them there,
+    model.activation, since that is the key to change (or regularizer.name)."""
     from clrl.regularizers import build_from_config
 
+    if name == "agscl":
+        from clrl.regularizers.agscl import _check_no_norms
+
+        try:
+            _check_no_norms(trunk)
+        except ValueError as exc:
+            raise ConfigError(
+                f"model.activation: given {short_repr(activation)}, which regularizer.name agscl cannot work with: "
+                + first_line(exc).removeprefix("agscl: ")
+            ) from exc
     build_from_config(name, hparams, trunk, heads)
 
 
@@ -123,9 +144,13 @@ def _check_supervised(cfg: SupervisedConfig) -> None:
     if dataset != "split_digits":
         from clrl.supervised import cifar
 
-        cifar.find_cifar_folder(cfg.tasks.root, cifar.CIFAR100_DIR, cifar.CIFAR100_FILES)
+        try:
+            cifar.find_cifar_folder(cfg.tasks.root, cifar.CIFAR100_DIR, cifar.CIFAR100_FILES)
+            if dataset == "cifar10_100":
+                cifar.find_cifar_folder(cfg.tasks.root, cifar.CIFAR10_DIR, cifar.CIFAR10_FILES)
+        except UserError as exc:
+            raise ConfigError(f"tasks.root: {_relative_note(cfg.tasks.root)}{exc}") from exc
         if dataset == "cifar10_100":
-            cifar.find_cifar_folder(cfg.tasks.root, cifar.CIFAR10_DIR, cifar.CIFAR10_FILES)
             classes[0] = 10
     shape = (64,) if dataset == "split_digits" else (3, 32, 32)  # sklearn's 8 x 8 digits, CIFAR's images
     # what build_model reads of a benchmark: the input shape and each task's class count
@@ -139,15 +164,27 @@ def _check_supervised(cfg: SupervisedConfig) -> None:
         raise
     except (ValueError, RuntimeError, TypeError) as exc:
         raise ConfigError(f"model: {first_line(exc)}") from exc
-    _check_regularizer(*regularizer_hparams(cfg), model.trunk, model.heads)
+    _check_regularizer(*regularizer_hparams(cfg), model.trunk, model.heads, cfg.model.activation)
+
+
+def _relative_note(root: str | None) -> str:
+    """For a relative path: what it resolved to (it is relative to the current directory, not
+    to the config file)."""
+    if root is None or Path(root).expanduser().is_absolute():
+        return ""
+    return f"{root} is relative to the current directory, here {Path(root).expanduser().resolve()}; "
 
 
 def _check_reference(cfg: RLConfig | SupervisedConfig) -> None:
     from clrl.config import config_to_dict
-    from clrl.results import load_results, reference_from_run
+    from clrl.results import check_reference_kind, load_results, reference_from_run
 
-    if cfg.kind == "rl":
-        # the run's own check (finished, evaluated the same way), before its directory exists
-        reference_from_run(cfg.reference, list(cfg.tasks.games), config=config_to_dict(cfg))
-    else:
-        load_results(cfg.reference)
+    try:
+        if cfg.kind == "rl":
+            # the run's own check (finished, evaluated the same way), before its directory exists
+            reference_from_run(cfg.reference, list(cfg.tasks.games), config=config_to_dict(cfg))
+        else:
+            check_reference_kind(load_results(cfg.reference), cfg.reference, cfg.kind)
+    except UserError as exc:
+        text = str(exc).removeprefix("reference ")
+        raise type(exc)(f"reference: {_relative_note(cfg.reference)}{text}") from exc

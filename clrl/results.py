@@ -269,8 +269,24 @@ def _dotted(config: dict[str, Any], key: str) -> Any:
     return node
 
 
+KIND_NAMES = {"rl": "an Atari (rl) run", "supervised": "a supervised run"}
+
+
+def check_reference_kind(ref: Results, run: str | os.PathLike, kind: str) -> None:
+    """ConfigError unless ``ref`` is a run of the same kind (an Atari run cannot normalize a
+    supervised one, nor the other way round)."""
+    if ref.kind != kind:
+        raise ConfigError(
+            f"reference {run} is {KIND_NAMES.get(ref.kind, ref.kind)}, but this run is "
+            f"{KIND_NAMES.get(kind, kind)}; name a fine-tuning run of the same kind and tasks"
+        )
+
+
 def check_reference(ref: Results, run: str | os.PathLike, config: dict[str, Any]) -> None:
-    """ConfigError unless ``ref`` is a finished run evaluated as ``config`` (COMPARABLE_KEYS)."""
+    """ConfigError unless ``ref`` is a finished run of the same kind, evaluated as ``config``
+    (COMPARABLE_KEYS)."""
+    if "kind" in config:
+        check_reference_kind(ref, run, config["kind"])
     if ref.status != "complete":
         done = ref.tasks_done()
         why = f": {ref.reason}" if ref.reason else ""

@@ -275,3 +275,100 @@ def test_bool_for_a_float_is_refused_but_real_bools_pass():
         config_from_dict({**copy.deepcopy(base), "train": {"learning_rate": True}})
     cfg = config_from_dict({**copy.deepcopy(base), "train": {"deterministic": True}})
     assert cfg.train.deterministic is True
+
+
+# --------------------------------------------------------------------------- new-user review
+# Errors raised after the schema check (preflight, the reference run) name the file and the key
+# as the schema's own errors do: `FILE: key: problem`, exit 2, one line, no traceback.
+
+SWEEP = str(CONFIGS / "sweep_digits.yaml")
+CIFAR_CONFIG = str(CONFIGS / "split_cifar100_agscl.yaml")
+
+
+def _write(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _load(path: str) -> dict:
+    return yaml.safe_load(Path(path).read_text())
+
+
+def test_a_config_without_kind_says_the_key_is_missing(tmp_path, capsys):
+    path = _write(tmp_path / "nokind.yaml", {"name": "x", "tasks": {"games": ["Pong"], "steps_per_task": 1}})
+    err = _refused(capsys, ["validate", str(path)], f"{path}: kind: required key is missing; allowed: rl, supervised")
+    assert "sweep" not in err  # not taken for a sweep file
+
+
+def test_validate_checks_a_sweep_file_trial_by_trial(capsys):
+    assert cli.main(["validate", SWEEP]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"ok: {SWEEP}: sweep digits (8 trials of 4 methods") and "--dry-run" in out
+    # what the trials build is checked too: AGS-CL cannot take a normalization layer
+    _refused(capsys, ["validate", SWEEP, "--set", "model.activation=bn"],
+             f"{SWEEP} (trial agscl-seed=0): model.activation: given 'bn'", "BatchNorm")
+
+
+def test_validate_names_the_sweep_file_trial_and_key_of_a_bad_grid_value(tmp_path, capsys):
+    sweep = _write(tmp_path / "sweep.yaml", {"name": "s", "base": str(CONFIGS / "split_digits.yaml"),
+                                             "methods": {"ewc": {"regularizer.name": "ewc", "regularizer.lamb": "abc"}}})
+    _refused(capsys, ["validate", str(sweep)], f"{sweep} (trial ewc-seed=0): regularizer.lamb:", "given 'abc'")
+
+
+def test_run_on_a_sweep_file_points_at_clrl_sweep(tmp_path, capsys):
+    _refused(capsys, ["run", SWEEP, "--out", str(tmp_path / "never")],
+             f"{SWEEP}: kind: required key is missing", "this is a sweep file", "clrl sweep")
+    assert not (tmp_path / "never").exists()
+
+
+def test_a_missing_cifar_folder_names_the_file_and_tasks_root(tmp_path, capsys, monkeypatch):
+    root = tmp_path / "nocifar"
+    err = _refused(capsys, ["validate", CIFAR_CONFIG, "--set", f"tasks.root={root}"],
+                   "CIFAR data not found")
+    assert err.startswith(f"clrl: error: {CIFAR_CONFIG} with --set tasks.root={root}: tasks.root: "), err
+    assert "relative" not in err
+    monkeypatch.chdir(tmp_path)  # a relative root is relative to the current directory, not the config's
+    err = _refused(capsys, ["validate", CIFAR_CONFIG, "--set", "tasks.root=nocifar"],
+                   f"tasks.root: nocifar is relative to the current directory, here {root.resolve()}; CIFAR data not found")
+    assert err.startswith(f"clrl: error: {CIFAR_CONFIG} with --set tasks.root=nocifar: tasks.root: "), err
+
+
+def test_agscl_on_a_normalization_layer_names_the_file_and_model_activation(tmp_path, capsys):
+    for command in (["validate"], ["run", "--out", str(tmp_path / "never")]):
+        err = _refused(capsys, [*command, RL_CONFIG, "--set", "model.activation=bn"], "BatchNorm", "normalization layer")
+        assert err.startswith(f"clrl: error: {RL_CONFIG} with --set model.activation=bn: model.activation: given 'bn', "
+                              "which regularizer.name agscl cannot work with: trunk module '1' (BatchNorm)"), err
+    assert not (tmp_path / "never").exists()
+    assert cli.main(["validate", RL_CONFIG, "--set", "model.activation=bn", "--set", "regularizer.name=ewc"]) == 0
+
+
+def test_a_missing_reference_names_the_file_and_the_reference_key(tmp_path, capsys):
+    ref = tmp_path / "nowhere"
+    err = _refused(capsys, ["validate", RL_CONFIG, "--set", f"reference={ref}"], "no results file here")
+    assert err.startswith(f"clrl: error: {RL_CONFIG} with --set reference={ref}: reference: {ref}: "), err
+    cfg = _write(tmp_path / "c.yaml", {**_load(SUP_CONFIG), "reference": str(ref)})  # the key in the file itself
+    err = _refused(capsys, ["validate", str(cfg)], "no results file here")
+    assert err.startswith(f"clrl: error: {cfg}: reference: {ref}: "), err
+
+
+def _finished_run(root: Path, kind: str, config: dict, tasks: list[str]) -> Path:
+    from clrl.results import new_results, save_results
+
+    res = new_results(kind, "ref", 0, config, tasks)
+    res.R = [[0.5 if j <= i else None for j in range(len(tasks))] for i in range(len(tasks))]
+    res.status = "complete"
+    save_results(root / "results.json", res)
+    return root
+
+
+def test_a_reference_of_the_other_kind_is_named_as_such(tmp_path, capsys):
+    sup = _finished_run(tmp_path / "sup", "supervised", _load(SUP_CONFIG), ["t0", "t1"])
+    err = _refused(capsys, ["validate", RL_CONFIG, "--set", f"reference={sup}"],
+                   f"reference: {sup} is a supervised run, but this run is an Atari (rl) run")
+    assert err.startswith(f"clrl: error: {RL_CONFIG} with --set reference={sup}: reference: "), err
+    assert "there but" not in err  # not the comparability message about tasks.games
+    rl_cfg = _load(RL_CONFIG)
+    rl = _finished_run(tmp_path / "rl", "rl", rl_cfg, list(rl_cfg["tasks"]["games"]))
+    err = _refused(capsys, ["validate", SUP_CONFIG, "--set", f"reference={rl}"],
+                   f"reference: {rl} is an Atari (rl) run, but this run is a supervised run")
+    assert err.startswith(f"clrl: error: {SUP_CONFIG} with --set reference={rl}: reference: "), err
