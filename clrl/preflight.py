@@ -121,10 +121,10 @@ def _check_regularizer(name: str, hparams: dict, trunk: Any, heads: Any, activat
     from clrl.regularizers import build_from_config
 
     if name == "agscl":
-        from clrl.regularizers.agscl import _check_no_norms
+        from clrl.regularizers.agscl import check_no_norms
 
         try:
-            _check_no_norms(trunk)
+            check_no_norms(trunk)
         except ValueError as exc:
             raise ConfigError(
                 f"model.activation: given {short_repr(activation)}, which regularizer.name agscl cannot work with: "

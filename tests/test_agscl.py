@@ -582,7 +582,7 @@ def test_why_norms_are_refused_batchnorm_moves_old_outputs_under_a_freezing_lamb
     statistics follow task 1), where the same run with ``relu`` keeps them (test above)."""
     from clrl.regularizers import agscl as agscl_mod
 
-    monkeypatch.setattr(agscl_mod, "_check_no_norms", lambda trunk: None)
+    monkeypatch.setattr(agscl_mod, "check_no_norms", lambda trunk: None)
     trunk, heads = _model(activation="bn>relu")
     (xa, ya), (xb, yb) = _data(16), _data(17)
     reg = build_regularizer("agscl", trunk, heads, mu=0.5, lamb=1e9, rho=1.0, prox_every=1, seed=0)

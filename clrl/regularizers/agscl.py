@@ -71,7 +71,7 @@ from clrl.layers.nodes import fresh_incoming, get_incoming, set_incoming, zero_o
 
 from .base import Forward, Regularizer, _number, _opt_params, _seed
 
-__all__ = ["AGSCL", "prox_group"]
+__all__ = ["AGSCL", "check_no_norms", "prox_group"]
 
 _BIRTH_DTYPES = (torch.uint8, torch.int16, torch.int32, torch.int64)
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, BatchNorm, GroupNorm, LayerNorm)
@@ -101,7 +101,7 @@ def _narrow_births(born: list[Tensor], n_consolidations: int) -> list[Tensor]:
     return out
 
 
-def _check_no_norms(trunk: nn.Module) -> None:
+def check_no_norms(trunk: nn.Module) -> None:
     """Refuse normalization layers (module docstring): AGS-CL cannot protect what they hold."""
     for name, m in trunk.named_modules():
         if isinstance(m, _NORM_TYPES):
@@ -159,7 +159,7 @@ class AGSCL(Regularizer):
     def __init__(self, trunk: nn.Module, heads: nn.Module | None = None, **hparams: Any) -> None:
         super().__init__(trunk, heads, **hparams)
         assert self.nodes is not None
-        _check_no_norms(trunk)
+        check_no_norms(trunk)
         devices = [lay.module.weight.device for lay in self.nodes]
         self.omega: list[Tensor] = [torch.zeros(lay.n_nodes, device=d) for lay, d in zip(self.nodes, devices, strict=True)]
         dtype = _birth_dtype(1)
