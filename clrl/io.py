@@ -110,8 +110,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"cannot read checkpoint {path} ({first_line(exc)})") from exc
     except Exception as exc:  # noqa: BLE001 - the unpickler fails on garbage in many ways
         # a hostile file lands here too: weights_only refuses it with an UnpicklingError
+        # torch's own text can run to a paragraph of advice: its first sentence says what failed
+        detail = first_line(exc).split(". ")[0].rstrip(".")
         raise CheckpointError(
-            f"checkpoint {path} is corrupt or not a clrl checkpoint ({type(exc).__name__}: {first_line(exc)}); "
+            f"checkpoint {path} is corrupt, truncated or not a clrl checkpoint ({type(exc).__name__}: {detail}); "
             f"{FALLBACK_ADVICE}"
         ) from exc
     if not isinstance(state, dict) or state.get("format") != "clrl.checkpoint":

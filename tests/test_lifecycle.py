@@ -366,3 +366,17 @@ def test_a_nan_weight_in_an_rl_checkpoint_is_refused(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["run", "--resume", str(out)]) == 2
     assert "NaN or inf" in capsys.readouterr().err
+
+
+def test_a_truncated_checkpoint_is_one_short_line_naming_the_file(tmp_path):
+    """torch's message for a torn zip runs to a paragraph of advice; clrl keeps its first sentence."""
+    from clrl.errors import CheckpointError
+
+    path = tmp_path / "latest.pt"
+    save_checkpoint(path, {"format": "clrl.checkpoint", "w": torch.arange(100_000, dtype=torch.float32)})
+    path.write_bytes(path.read_bytes()[:-1000])
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    text = str(err.value)
+    assert str(path) in text and "truncated" in text and "task_XX.pt" in text
+    assert "\n" not in text and "likelihood" not in text and len(text) < 400
