@@ -690,6 +690,8 @@ def format_validation_error(exc: ValidationError, root: type[BaseModel], source:
             msg = f"given {short_repr(given)}; allowed: {err['ctx']['expected']}"
         elif etype == "union_tag_not_found":
             msg = f"needs a 'name' key; allowed: {', '.join(REGULARIZER_CLASSES)}"
+        elif etype == "model_type" and _section_keys(model, loc):
+            msg = f"given {short_repr(given)}; expected a section of keys ({', '.join(_section_keys(model, loc))})"
         else:
             is_type_error = etype.endswith(("_type", "_parsing")) or "_type_" in etype
             expected = _expected_type(model, loc) if is_type_error else ""
@@ -724,6 +726,15 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     return None
+
+
+def _section_keys(model: type[BaseModel] | None, loc: list) -> list[str]:
+    """The keys of the config section at ``loc`` (empty when ``loc`` is not a section)."""
+    if model is None or not loc or not isinstance(loc[-1], str):
+        return []
+    field = model.model_fields.get(loc[-1])
+    section = _model_of(field.annotation) if field is not None else None
+    return list(section.model_fields) if section is not None else []
 
 
 def _expected_type(model: type[BaseModel] | None, loc: list) -> str:

@@ -47,6 +47,12 @@ def test_wrong_type_names_expected_type():
     assert "regularizer.mu" in msg and "expected float" in msg
 
 
+def test_a_value_where_a_section_belongs_lists_the_sections_keys():
+    msg = error_of({**BASE, "tasks": "Pong"})
+    assert msg == "f.yaml: tasks: given 'Pong'; expected a section of keys (games, steps_per_task)"
+    assert "expected a section of keys (n_envs, n_steps" in error_of({**BASE, "train": 3})
+
+
 def test_bad_values_name_what_is_allowed():
     assert "allowed: 'none', 'ewc', 'mas', 'agscl'" in error_of({**BASE, "regularizer": {"name": "l2"}})
     assert "allowed: rl, supervised" in error_of({**BASE, "kind": "reinforcement"})
