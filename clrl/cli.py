@@ -127,18 +127,13 @@ def _validate_sweep(args: argparse.Namespace) -> int:
     distinct experiment (seeds and names aside); references to the sweep's own trials, which do
     not exist yet, are not read."""
     from clrl.config import config_from_dict, dump_config
-    from clrl.preflight import check_buildable
-    from clrl.sweep import expand
+    from clrl.sweep import check_trials_buildable, expand
 
     plan = expand(args.config, overrides=args.overrides)
-    built: set[str] = set()
-    for t in plan.trials:
-        cfg = config_from_dict(t.config, source=f"{args.config} (trial {t.name})")
-        key = repr(sorted((k, repr(v)) for k, v in t.config.items() if k not in ("name", "seed", "reference")))
-        if key not in built:
-            built.add(key)
-            check_buildable(cfg, reference=t.reference is None, source=f"{args.config} (trial {t.name})")
-        if args.print:
+    check_trials_buildable(plan, str(args.config))
+    if args.print:
+        for t in plan.trials:
+            cfg = config_from_dict(t.config, source=f"{args.config} (trial {t.name})")
             print(f"# trial {t.name}\n{dump_config(cfg)}", end="")
     print(f"ok: {args.config}: sweep {plan.spec.name} ({len(plan.trials)} trials of {len(plan.spec.methods)} "
           f"methods, each trial valid and buildable; `clrl sweep {args.config} --dry-run` lists them)")

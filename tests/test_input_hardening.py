@@ -309,6 +309,13 @@ def test_validate_checks_a_sweep_file_trial_by_trial(capsys):
              f"{SWEEP} (trial agscl-seed=0): model.activation: given 'bn'", "BatchNorm")
 
 
+def test_a_sweep_with_a_trial_that_cannot_be_built_stops_before_any_trial_runs(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    _refused(capsys, ["sweep", SWEEP, "--set", "model.activation=bn", "--out", str(out)],
+             f"{SWEEP} (trial agscl-seed=0): model.activation: given 'bn'", "BatchNorm")
+    assert not out.exists()  # no trial folder, no manifest
+
+
 def test_validate_names_the_sweep_file_trial_and_key_of_a_bad_grid_value(tmp_path, capsys):
     sweep = _write(tmp_path / "sweep.yaml", {"name": "s", "base": str(CONFIGS / "split_digits.yaml"),
                                              "methods": {"ewc": {"regularizer.name": "ewc", "regularizer.lamb": "abc"}}})

@@ -21,6 +21,7 @@ __all__ = [
     "SweepPlan",
     "Trial",
     "add_arguments",
+    "check_trials_buildable",
     "expand",
     "load_manifest",
     "load_sweep",
@@ -54,6 +55,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-figures", action="store_true", help="report tables only (faster)")
 
 
+def check_trials_buildable(plan: SweepPlan, source: str) -> None:
+    """Build every distinct trial of ``plan`` (network, regularizer, data folder) as ``clrl run``
+    does before its run folder exists, once per experiment (names and seeds aside); a trial that
+    cannot be built is a ConfigError naming the file and the trial. References to the sweep's own
+    fine-tuning trials, which do not exist yet, are not read."""
+    from clrl.config import config_from_dict
+    from clrl.preflight import check_buildable
+
+    built: set[str] = set()
+    for t in plan.trials:
+        where = f"{source} (trial {t.name})"
+        cfg = config_from_dict(t.config, source=where)
+        key = repr(sorted((k, repr(v)) for k, v in t.config.items() if k not in ("name", "seed", "reference")))
+        if key not in built:
+            built.add(key)
+            check_buildable(cfg, reference=t.reference is None, source=where)
+
+
 def main(args: argparse.Namespace) -> int:
     from clrl.errors import UserError
     from clrl.sweep.report import print_plan, print_status, report_sweep
@@ -81,6 +100,7 @@ def main(args: argparse.Namespace) -> int:
     if args.dry_run:
         print_plan(plan)
         return 0
+    check_trials_buildable(plan, str(args.sweep))  # a grid point that cannot be built stops it here
     manifest = run_sweep(plan, backend=args.backend, workers=args.workers, address=args.address,
                          log=SweepLog(plan.out))
     print_status(manifest)
