@@ -189,7 +189,7 @@ def test_resume_rejects_a_corrupt_checkpoint(config_file, tmp_path, capsys):
         assert cli.main(["run", "--resume", str(run_dir)]) == 2
     finally:
         torch.set_num_threads(before)
-    assert "corrupt or not a clrl checkpoint" in capsys.readouterr().err
+    assert "corrupt, truncated or not a clrl checkpoint" in capsys.readouterr().err
 
 
 def _two_short_tasks(config_file: Path, tmp_path: Path) -> Path:
