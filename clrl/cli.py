@@ -59,7 +59,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             from clrl.summary import print_summary
 
             print_summary(done)
-            if not rd.latest_checkpoint.is_file():
+            if cfg.kind == "rl" and not rd.latest_checkpoint.is_file():
                 print(f"clrl: note: {rd.latest_checkpoint} is gone; `clrl eval` needs --checkpoint (a task_XX.pt)",
                       file=sys.stderr)
             print(f"run directory: {rd.root} (already complete: nothing was changed)")

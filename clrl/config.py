@@ -692,6 +692,9 @@ def format_validation_error(exc: ValidationError, root: type[BaseModel], source:
             msg = f"needs a 'name' key; allowed: {', '.join(REGULARIZER_CLASSES)}"
         elif etype == "model_type" and _section_keys(model, loc):
             msg = f"given {short_repr(given)}; expected a section of keys ({', '.join(_section_keys(model, loc))})"
+        elif loc == ["regularizer"] and not isinstance(given, dict):  # the union of the methods' sections
+            msg = (f"given {short_repr(given)}; expected a section with a 'name' key "
+                   f"({', '.join(REGULARIZER_CLASSES)}) and that method's settings")
         else:
             is_type_error = etype.endswith(("_type", "_parsing")) or "_type_" in etype
             expected = _expected_type(model, loc) if is_type_error else ""

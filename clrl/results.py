@@ -304,15 +304,18 @@ def check_reference(ref: Results, run: str | os.PathLike, config: dict[str, Any]
 
 
 def reference_from_run(
-    run: str | os.PathLike, tasks: list[str], config: dict[str, Any] | None = None
+    run: str | os.PathLike, tasks: list[str], config: dict[str, Any] | None = None, kind: str | None = None
 ) -> Reference:
     """Read a fine-tuning run's results and keep what normalization needs.
 
-    The reference must cover the same tasks in the same order (its first tasks at least). With
-    the normalized run's ``config`` (what ``clrl run`` passes) it must also be finished and
-    evaluated the same way (:func:`check_reference`); reports of finished runs pass none.
+    The reference must cover the same tasks in the same order (its first tasks at least) and,
+    given the normalized run's ``kind``, be of that kind. With the normalized run's ``config``
+    (what ``clrl run`` passes) it must also be finished and evaluated the same way
+    (:func:`check_reference`, which checks the kind too); reports of finished runs pass none.
     """
     ref = load_results(run)
+    if kind is not None:
+        check_reference_kind(ref, run, kind)
     if config is not None:
         check_reference(ref, run, config)
     if ref.tasks[: len(tasks)] != list(tasks)[: len(ref.tasks)]:

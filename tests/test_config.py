@@ -51,6 +51,9 @@ def test_a_value_where_a_section_belongs_lists_the_sections_keys():
     msg = error_of({**BASE, "tasks": "Pong"})
     assert msg == "f.yaml: tasks: given 'Pong'; expected a section of keys (games, steps_per_task)"
     assert "expected a section of keys (n_envs, n_steps" in error_of({**BASE, "train": 3})
+    msg = error_of({**BASE, "regularizer": 3})
+    assert msg.startswith("f.yaml: regularizer: given 3; expected a section with a 'name' key (none, ")
+    assert "clrl.config" not in msg and msg.count("\n") == 0
 
 
 def test_bad_values_name_what_is_allowed():

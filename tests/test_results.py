@@ -249,3 +249,13 @@ def test_reference_with_other_games_or_unfinished_is_refused(tmp_path):
         reference_from_run(_ref_file(tmp_path, status="failed"), ["A", "B"], config=MINE)
     # without a config (a report over finished runs) the old, lenient reading stays
     assert reference_from_run(_ref_file(tmp_path, status="running"), ["A", "B"]).diag[0] == 1.0
+
+
+def test_a_reference_of_the_other_kind_is_named_as_such(tmp_path):
+    from clrl.errors import ConfigError
+    from clrl.results import reference_from_run
+
+    save_results(tmp_path / "results.json", sample())  # an Atari (rl) run
+    assert reference_from_run(tmp_path, ["A", "B", "C"], kind="rl").run == str(tmp_path)
+    with pytest.raises(ConfigError, match="is an Atari .* but this run is .*supervised"):
+        reference_from_run(tmp_path, ["A", "B", "C"], kind="supervised")

@@ -174,10 +174,10 @@ def load_runs(
                 raise
             unreadable.append(str(exc))
             continue
-        ref = reference_from_run(reference, res.tasks) if reference is not None else res.reference
+        ref = reference_from_run(reference, res.tasks, kind=res.kind) if reference is not None else res.reference
         rec = RunRecord(run, res, ref, completeness_note(run, res))
         if rec.reference is None and rec.regularizer == "none" and res.curves:
-            rec.reference = reference_from_run(run, res.tasks)
+            rec.reference = reference_from_run(run, res.tasks, kind=res.kind)
             rec.self_reference = True
         records.append(rec)
     if not records:

@@ -216,7 +216,7 @@ def _run(cfg: SupervisedConfig, rd: RunDir, resume: bool) -> Results:
         if results is None:
             fresh = new_results("supervised", cfg.name, cfg.seed, config_to_dict(cfg), bench.task_names)
             if cfg.reference:
-                fresh.reference = reference_from_run(cfg.reference, bench.task_names)
+                fresh.reference = reference_from_run(cfg.reference, bench.task_names, kind=cfg.kind)
             fresh.timings = {"per_task": []}
             results = fresh
             save_results(rd.results_path, results)  # from the start: a signal during start-up is recorded

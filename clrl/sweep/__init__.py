@@ -100,7 +100,8 @@ def main(args: argparse.Namespace) -> int:
     if args.dry_run:
         print_plan(plan)
         return 0
-    check_trials_buildable(plan, str(args.sweep))  # a grid point that cannot be built stops it here
+    if args.backend == "local":  # a Ray driver may lack the workers' data folders: `clrl validate` there
+        check_trials_buildable(plan, str(args.sweep))  # a grid point that cannot be built stops it here
     manifest = run_sweep(plan, backend=args.backend, workers=args.workers, address=args.address,
                          log=SweepLog(plan.out))
     print_status(manifest)
