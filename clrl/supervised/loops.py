@@ -203,8 +203,12 @@ def train_offline_task(ctx: TaskContext, t: int) -> dict[str, Any]:
         step = ctx.counters["epochs"]
         for key, value in stats.items():
             ctx.scalar(f"train/{key}", value, step)
-        ctx.events.emit("update_end", task=t, step=step, stats=stats, epoch=epoch)
-        if lr < tr.min_lr or (tr.early_stop is not None and drops >= tr.early_stop):
+        stop = lr < tr.min_lr or (tr.early_stop is not None and drops >= tr.early_stop)
+        # last: the task's end-of-task evaluation follows at this step (a periodic curve point
+        # here would be a second point at the same step)
+        ctx.events.emit("update_end", task=t, step=step, stats=stats, epoch=epoch,
+                        last=stop or epoch == tr.epochs - 1)
+        if stop:
             ctx.log.info("task %d: stopping after epoch %d (lr %.3g, %d drops)", t, epoch, lr, drops)
             break
     if snap is not None:

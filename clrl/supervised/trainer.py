@@ -248,10 +248,12 @@ def _run(cfg: SupervisedConfig, rd: RunDir, resume: bool) -> Results:
         first = results.tasks_done()
         run_start = time.time()
 
-        def record_curve(task: int, epoch: int, **_: Any) -> None:
-            """A curve point every ``eval.every_epochs`` epochs of the offline regime."""
+        def record_curve(task: int, epoch: int, last: bool = False, **_: Any) -> None:
+            """A curve point every ``eval.every_epochs`` epochs of the offline regime, except at a
+            task's last epoch, where the end-of-task point is taken (as the RL runner folds a
+            periodic point due at a task's last update into its end-of-task one)."""
             t, every = task, cfg.eval.every_epochs
-            if every and (epoch + 1) % every == 0:
+            if every and (epoch + 1) % every == 0 and not last:
                 scores = evaluate_tasks(model, bench.tasks, range(t + 1), cfg.eval.batch_size, device)
                 step = ctx.counters["epochs"]
                 results.curves.append(CurvePoint(step=step, task=t, scores=scores, wall_time=_wall(run_start)))
