@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from clrl.config import RLConfig, SupervisedConfig, regularizer_hparams
-from clrl.errors import ConfigError, UserError, first_line, short_repr
+from clrl.errors import ConfigError, UserError, first_line
 
 __all__ = ["available_memory", "check_buildable", "rl_regularizer_hparams", "rollout_bytes"]
 
@@ -114,23 +114,10 @@ def _check_rl(cfg: RLConfig) -> None:
 
 
 def _check_regularizer(name: str, hparams: dict, trunk: Any, heads: Any, activation: Any = None) -> None:
-    """Build the regularizer the run will build (its hyperparameters and node view checked).
-
-    AGS-CL on a trunk with normalization layers is named by the key that put them there,
-    model.activation, since that is the key to change (or regularizer.name)."""
+    """Build the regularizer the run will build (its hyperparameters and node view checked)."""
     from clrl.regularizers import build_from_config
 
-    if name == "agscl":
-        from clrl.regularizers.agscl import check_no_norms
-
-        try:
-            check_no_norms(trunk)
-        except ValueError as exc:
-            raise ConfigError(
-                f"model.activation: given {short_repr(activation)}, which regularizer.name agscl cannot work with: "
-                + first_line(exc).removeprefix("agscl: ")
-            ) from exc
-    build_from_config(name, hparams, trunk, heads)
+    build_from_config(name, hparams, trunk, heads, activation)
 
 
 def _check_supervised(cfg: SupervisedConfig) -> None:

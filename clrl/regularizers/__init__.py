@@ -65,11 +65,21 @@ def build_regularizer(name: str, trunk: nn.Module, heads: nn.Module | None = Non
     return _lookup(name)(trunk, heads, **hparams)
 
 
-def build_from_config(name: str, hparams: dict[str, Any], trunk: nn.Module, heads: nn.Module | None) -> Regularizer:
-    """:func:`build_regularizer` for a run's config section: a bad value, or a trunk the method
-    cannot work on (AGS-CL on normalization layers), is the config's fault and raised as
-    ``ConfigError("regularizer: ...")``. Preflight and both front ends build through here."""
+def build_from_config(name: str, hparams: dict[str, Any], trunk: nn.Module, heads: nn.Module | None,
+                      activation: Any = None) -> Regularizer:
+    """:func:`build_regularizer` for a run's config section: a bad value is the config's fault
+    and raised as ``ConfigError("regularizer: ...")``; a trunk the method cannot work on (AGS-CL
+    on normalization layers) as ``ConfigError("model.activation: ...")`` naming ``activation``,
+    the key to change (or ``regularizer.name``). Preflight and both front ends build through here."""
+    from clrl.errors import short_repr
+    from clrl.regularizers.agscl import UnsupportedTrunk
+
     try:
         return build_regularizer(name, trunk, heads=heads, **hparams)
+    except UnsupportedTrunk as exc:
+        raise ConfigError(
+            f"model.activation: given {short_repr(activation)}, which regularizer.name {name} cannot work with: "
+            + first_line(exc).removeprefix(f"{name}: ")
+        ) from exc
     except (ValueError, RuntimeError, TypeError) as exc:
         raise ConfigError(f"regularizer: {first_line(exc)}") from exc

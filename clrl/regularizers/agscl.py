@@ -71,7 +71,7 @@ from clrl.layers.nodes import fresh_incoming, get_incoming, set_incoming, zero_o
 
 from .base import Forward, Regularizer, _number, _opt_params, _seed
 
-__all__ = ["AGSCL", "check_no_norms", "prox_group"]
+__all__ = ["AGSCL", "UnsupportedTrunk", "check_no_norms", "prox_group"]
 
 _BIRTH_DTYPES = (torch.uint8, torch.int16, torch.int32, torch.int64)
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, BatchNorm, GroupNorm, LayerNorm)
@@ -101,11 +101,16 @@ def _narrow_births(born: list[Tensor], n_consolidations: int) -> list[Tensor]:
     return out
 
 
+class UnsupportedTrunk(ValueError):
+    """The trunk holds layers the method cannot regularize: the network's config (its
+    activation) is at fault, not the method's hyperparameters."""
+
+
 def check_no_norms(trunk: nn.Module) -> None:
     """Refuse normalization layers (module docstring): AGS-CL cannot protect what they hold."""
     for name, m in trunk.named_modules():
         if isinstance(m, _NORM_TYPES):
-            raise ValueError(
+            raise UnsupportedTrunk(
                 f"agscl: trunk module '{name}' ({type(m).__name__}) is a normalization layer: its affine parameters "
                 "and running statistics belong to no node's incoming group (and LayerNorm/GroupNorm mix a layer's "
                 "nodes), so AGS-CL cannot freeze what old tasks rely on; use an activation without bn/gn/ln "

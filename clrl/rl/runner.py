@@ -144,7 +144,8 @@ class SequentialRun:
         ).to(self.device)
         if cfg.train.vcl.gamma > 0:
             self.net.enable_vcl(cfg.train.vcl.gamma, cfg.train.vcl.n)
-        self.reg: Regularizer = build_from_config(*rl_regularizer_hparams(cfg), self.net.trunk, self.net.actor)
+        self.reg: Regularizer = build_from_config(*rl_regularizer_hparams(cfg), self.net.trunk, self.net.actor,
+                                                  cfg.model.activation)
         self.n_actions = [action_count(g, cfg.env) for g in self.games]
         # what happens around training subscribes to its events: logging, progress, checkpoints, analysis
         self.events.subscribe("update_end", lambda task, stats, seconds, **_: self._log_update(task, stats, seconds))

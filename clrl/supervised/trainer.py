@@ -184,7 +184,7 @@ def _run(cfg: SupervisedConfig, rd: RunDir, resume: bool) -> Results:
         T = len(bench.tasks)
         model = build_model(cfg, bench).to(device)
         name, hparams = regularizer_hparams(cfg)
-        reg: Regularizer = build_from_config(name, hparams, model.trunk, model.heads)
+        reg: Regularizer = build_from_config(name, hparams, model.trunk, model.heads, cfg.model.activation)
         buffer = None
         if cfg.train.regime == "single_pass" and cfg.train.buffer_size > 0:
             buffer = ReservoirBuffer(cfg.train.buffer_size, seed=derive_seed(cfg.seed, "reservoir"))
