@@ -338,12 +338,8 @@ def test_clip_grad_norm_is_torchs_bit_for_bit(max_norm: float):
         assert all(torch.equal(p.grad, g) for p, g in zip(params, grads, strict=True))
 
 
-def test_clip_grad_norm_of_mixed_dtypes_is_torchs():
-    a, b = torch.zeros(2, requires_grad=True), torch.zeros(2, dtype=torch.float64, requires_grad=True)
-    a.grad, b.grad = torch.tensor([3.0, 0.0]), torch.tensor([0.0, 4.0], dtype=torch.float64)
-    assert clip_grad_norm([a, b], 1.0).item() == pytest.approx(5.0)
-    assert b.grad[1].item() == pytest.approx(0.8)
-    assert clip_grad_norm([], 1.0).item() == 0.0
+def test_clip_grad_norm_without_gradients_is_zero():
+    assert clip_grad_norm([torch.zeros(2, requires_grad=True)], 1.0).item() == 0.0
 
 
 def test_vcl_loss_trains_the_betas_and_enters_the_loss():
