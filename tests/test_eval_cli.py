@@ -179,6 +179,8 @@ def test_clrl_eval_output_paths_are_checked_before_playing(tiny_run, tmp_path, c
     assert "afile is a file, not a directory" in capsys.readouterr().err
     assert _eval(str(tiny_run.root), "--json", str(tmp_path / "out.json"), "--video", str(a_file / "v")) == 2
     assert "--video" in capsys.readouterr().err
+    assert _eval(str(tiny_run.root), "--video", str(a_file)) == 2  # the folder named is a file
+    assert "afile is a file, not a directory" in capsys.readouterr().err
     assert not played and not (tmp_path / "out.json").exists()
 
 

@@ -233,8 +233,6 @@ def run_eval(args: argparse.Namespace) -> list[dict[str, Any]]:
     video_dir = Path(args.video) if args.video else None
     if json_path is not None and json_path.is_dir():
         raise UserError(f"--json {json_path} is a directory; name a file")
-    if video_dir is not None and video_dir.exists() and not video_dir.is_dir():
-        raise UserError(f"--video {video_dir} is a file; name a directory")
     if json_path is not None:
         _check_can_create(json_path.parent, "--json", json_path)
     if video_dir is not None:
