@@ -45,6 +45,7 @@ __all__ = [
     "EXIT_OK",
     "Interrupt",
     "check_same_experiment",
+    "event_writer",
     "exit_code",
     "failure_guard",
     "finished_run",
@@ -252,3 +253,19 @@ def check_same_experiment(saved: dict[str, Any], cfg: RLConfig | SupervisedConfi
             f"{short_repr(old.get(key, '(absent)'))}, now {short_repr(new.get(key, '(absent)'))}{more}; a resumed run must be "
             f"the same experiment (only {', '.join(ALLOWED_ON_RESUME)} may change): undo the edit, or start a new run"
         )
+
+
+def event_writer(rd: RunDir, checkpoint_step: int, log: logging.Logger) -> Any:
+    """The run's TensorBoard writer (None when tensorboard cannot be imported: a broken install
+    must not stop a run).
+
+    A resumed run logs again what its stopped session logged after the restored checkpoint;
+    TensorBoard hides events at steps >= ``purge_step``, so the purge starts right after the
+    checkpoint's step (``checkpoint_step``, on the run's own step axis; 0 from the start): what
+    was logged at that step came before the checkpoint and stays."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        log.warning("tensorboard unavailable (%s); no event files written", exc)
+        return None
+    return SummaryWriter(log_dir=str(rd.tb), purge_step=int(checkpoint_step) + 1)

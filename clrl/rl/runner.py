@@ -54,6 +54,7 @@ from clrl.io import restoring
 from clrl.lifecycle import (
     Interrupt,
     check_same_experiment,
+    event_writer,
     failure_guard,
     finished_run,
     resume_without_checkpoint,
@@ -545,14 +546,8 @@ class SequentialRun:
     # ================================================================== TensorBoard
 
     def _open_writer(self) -> None:
-        if not self.cfg.output.tensorboard:
-            return
-        from torch.utils.tensorboard import SummaryWriter
-
-        # purge_step drops the events a killed session logged after its last checkpoint, which the
-        # resumed run logs again: those of later env steps (TensorBoard drops steps >= purge_step;
-        # what was logged at the checkpoint's own step came before it and stays)
-        self.writer = SummaryWriter(log_dir=str(self.rd.tb), purge_step=self.counters.global_steps + 1)
+        if self.cfg.output.tensorboard:
+            self.writer = event_writer(self.rd, self.counters.global_steps, self.logger)
 
     def _log_update(self, t: int, stats: dict[str, float], seconds: float) -> None:
         c = self.counters

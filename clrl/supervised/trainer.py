@@ -24,7 +24,6 @@ run gives the same R as an uninterrupted one with the same seed.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from contextlib import nullcontext
 from typing import Any
@@ -40,6 +39,7 @@ from clrl.io import check_finite_tensors, load_checkpoint, restoring, save_check
 from clrl.lifecycle import (
     Interrupt,
     check_same_experiment,
+    event_writer,
     failure_guard,
     finished_run,
     resume_without_checkpoint,
@@ -124,21 +124,6 @@ def _restore_checkpoint(ctx: TaskContext, state: dict[str, Any], path: Any) -> R
     set_rng_state(state["rng"])
     ctx.counters.update({k: int(v) for k, v in state["counters"].items()})
     return saved
-
-
-def _tensorboard(cfg: SupervisedConfig, rd: RunDir, log: logging.Logger, purge_step: int = 1):
-    """The run's event writer. ``purge_step`` drops what a stopped session logged after the
-    restored checkpoint, which the resumed run logs again: TensorBoard hides events at steps >=
-    ``purge_step``, so it is the checkpoint's step (on the run's axis, :func:`_tb_step`) + 1;
-    what was logged at that step came before the checkpoint and stays."""
-    if not cfg.output.tensorboard:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as exc:  # tensorboard is a dependency, but a broken install must not stop a run
-        log.warning("tensorboard unavailable (%s); no event files written", exc)
-        return None
-    return SummaryWriter(log_dir=str(rd.tb), purge_step=int(purge_step))
 
 
 def run_experiment(cfg: SupervisedConfig, rd: RunDir, resume: bool = False) -> Results:
@@ -235,7 +220,7 @@ def _run(cfg: SupervisedConfig, rd: RunDir, resume: bool) -> Results:
             ctx.events.emit("safe_point", reason="start", task=0, step=0)
             save_results(rd.results_path, results)
 
-        writer = _tensorboard(cfg, rd, log, purge_step=_tb_step(ctx) + 1)
+        writer = event_writer(rd, _tb_step(ctx), log) if cfg.output.tensorboard else None
         ctx.writer = writer
         if cfg.eval.analysis:
             RepresentationMonitor(
