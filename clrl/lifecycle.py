@@ -231,11 +231,13 @@ def _allowed(key: str) -> bool:
     return any(key == a or key.startswith(a + ".") for a in ALLOWED_ON_RESUME)
 
 
-def check_same_experiment(saved: dict[str, Any], cfg: RLConfig | SupervisedConfig, source: Any) -> None:
+def check_same_experiment(saved: dict[str, Any], cfg: RLConfig | SupervisedConfig, source: Any,
+                          advice: str | None = None) -> None:
     """Refuse to resume ``source`` (a checkpoint) under a config that defines another experiment.
 
     ``saved`` is the resolved config the checkpoint was made with (its results' ``config``);
-    every key but :data:`ALLOWED_ON_RESUME` must be unchanged. The first differing key is named.
+    every key but :data:`ALLOWED_ON_RESUME` must be unchanged. The first differing key is named;
+    ``advice`` replaces the resume's way on (``clrl eval`` checks a checkpoint belongs to its run).
     """
     from clrl.config import config_from_dict, config_to_dict
 
@@ -248,10 +250,11 @@ def check_same_experiment(saved: dict[str, Any], cfg: RLConfig | SupervisedConfi
     if changed:
         key = changed[0]
         more = f" (and {len(changed) - 1} more: {', '.join(changed[1:4])}{'...' if len(changed) > 4 else ''})" if len(changed) > 1 else ""
+        advice = advice or (f"a resumed run must be the same experiment (only {', '.join(ALLOWED_ON_RESUME)} may "
+                            "change): undo the edit, or start a new run")
         raise CheckpointError(
             f"{source}: config.yaml was changed since this checkpoint was made: {key} was "
-            f"{short_repr(old.get(key, '(absent)'))}, now {short_repr(new.get(key, '(absent)'))}{more}; a resumed run must be "
-            f"the same experiment (only {', '.join(ALLOWED_ON_RESUME)} may change): undo the edit, or start a new run"
+            f"{short_repr(old.get(key, '(absent)'))}, now {short_repr(new.get(key, '(absent)'))}{more}; {advice}"
         )
 
 

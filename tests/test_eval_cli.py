@@ -157,9 +157,9 @@ def test_clrl_eval_refuses_a_checkpoint_of_another_run(tiny_run, tmp_path, capsy
     def other_net(state, doc):  # noqa: ANN001
         doc["config"]["model"]["hidden"] = 64
 
-    for name, change, words in [("order", reversed_games, "was trained on ['Asterix', 'DemonAttack']"),
+    for name, change, words in [("order", reversed_games, "tasks.games was ['Asterix', 'DemonAttack']"),
                                 ("head", other_head, "task 0 (DemonAttack) has a head of"),
-                                ("net", other_net, "model.hidden = 64")]:
+                                ("net", other_net, "model.hidden was 64, now 32")]:
         assert _eval(str(tiny_run.root), "--checkpoint", variant(name, change), *w) == 2, name
         err = capsys.readouterr().err
         assert words in err and "pass a checkpoint of this run" in err, err

@@ -118,31 +118,25 @@ def _targets(cfg, state: dict[str, Any], path: Path, names: list[str] | None) ->
 
 
 def _check_same_run(cfg, state: dict[str, Any], path: Path, games: list[str]) -> None:  # noqa: ANN001
-    """CheckpointError unless the checkpoint was trained on this run's games with its network.
-
-    Heads are matched to games by task index, so ``--checkpoint`` from another run (another
-    game order, or another network) would score one game's head on another game."""
+    """CheckpointError unless the checkpoint is one of this run's: its experiment's config
+    (:func:`clrl.lifecycle.check_same_experiment`, as a resume checks it) and a head of each
+    game's size. Heads are matched to games by task index, so ``--checkpoint`` from another run
+    (another game order, or another network) would score one game's head on another game."""
+    from clrl.lifecycle import check_same_experiment
     from clrl.rl.checkpoint import results_of
     from clrl.rl.envs import action_count
 
+    advice = "pass a checkpoint of this run (its checkpoints/ folder)"
     try:
         saved = results_of(state).config
     except Exception as exc:  # noqa: BLE001 - a damaged text is a damaged checkpoint
         raise CheckpointError(f"{path}: its stored results cannot be read ({first_line(exc)})") from exc
-    theirs = list((saved.get("tasks") or {}).get("games") or [])
-    if theirs and theirs[: len(games)] != games[: len(theirs)]:
-        raise CheckpointError(f"{path} was trained on {theirs}, this run plays {games}: "
-                              "pass a checkpoint of this run (its checkpoints/ folder)")
-    mine = cfg.model.model_dump(mode="json")
-    for key, value in (saved.get("model") or {}).items():
-        if key in mine and mine[key] != value:
-            raise CheckpointError(f"{path} has model.{key} = {value!r}, this run {mine[key]!r}: "
-                                  "pass a checkpoint of this run")
+    check_same_experiment(saved, cfg, path, advice=advice)
     for t, n in sorted(state["heads"].items()):
         want = action_count(games[int(t)], cfg.env)
         if int(n) != want:
             raise CheckpointError(f"{path}: task {int(t)} ({games[int(t)]}) has a head of {int(n)} actions, "
-                                  f"the game has {want}: pass a checkpoint of this run")
+                                  f"the game has {want}: {advice}")
 
 
 class VideoRecorder:
