@@ -84,15 +84,13 @@ def run_trial(job: dict[str, Any]) -> dict[str, Any]:
             break
         out["attempts"] += 1
         try:
-            if state == "scored":  # the same refusal, and advice, as `clrl run --resume` gives
-                from clrl.lifecycle import resume_without_checkpoint
-
-                resume_without_checkpoint(RunDir(root))
-            if state == "partial":
+            # "scored" (scores, no checkpoint) is resumed too: the runner refuses it with the
+            # refusal and advice `clrl run --resume` gives, and nothing is deleted
+            if state in ("partial", "scored"):
                 rd, resume = RunDir(root), True
             else:
                 rd, resume = prepare_run_dir(cfg, out=root, overwrite=True), False
-            out["resumed"] = resume
+            out["resumed"] = state == "partial"
             results = _runner(cfg.kind)(cfg, rd, resume=resume)
         except UserError as exc:  # the user must fix something: retrying cannot help
             out["reason"] = f"{type(exc).__name__}: {exc}"
