@@ -49,6 +49,7 @@ __all__ = [
     "exit_code",
     "failure_guard",
     "finished_run",
+    "resume_start",
     "resume_without_checkpoint",
 ]
 
@@ -175,6 +176,16 @@ def finished_run(rd: RunDir, cfg: Any) -> Results | None:
         return None
     check_same_experiment(res.config, cfg, rd.results_path)
     return res
+
+
+def resume_start(rd: RunDir, cfg: Any) -> Results | None:
+    """Start of ``--resume`` in both front ends: a complete run's results (nothing to do: the
+    caller returns them), else None to go on; an unfinished run with scores but no checkpoint is
+    refused (:func:`resume_without_checkpoint`)."""
+    done = finished_run(rd, cfg)
+    if done is None and not rd.latest_checkpoint.is_file():
+        resume_without_checkpoint(rd)
+    return done
 
 
 def resume_without_checkpoint(rd: RunDir) -> None:

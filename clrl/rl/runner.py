@@ -56,8 +56,7 @@ from clrl.lifecycle import (
     check_same_experiment,
     event_writer,
     failure_guard,
-    finished_run,
-    resume_without_checkpoint,
+    resume_start,
 )
 from clrl.preflight import rl_regularizer_hparams
 from clrl.progress import RunProgress
@@ -231,12 +230,10 @@ class SequentialRun:
     # ================================================================== main loop
 
     def run(self, resume: bool = False) -> Results:
-        done = finished_run(self.rd, self.cfg) if resume else None
-        if done is not None:  # nothing to do: results.json and the logs stay as they are
+        done = resume_start(self.rd, self.cfg) if resume else None
+        if done is not None:  # nothing to do: results.json stays as it is
             self.logger.info("resume: %s is already complete", self.rd.root)
             return done
-        if resume and not self.rd.latest_checkpoint.is_file():
-            resume_without_checkpoint(self.rd)  # scores on disk and no checkpoint: refused
         self.results = None  # until restored or created: a failure then leaves results.json alone
         with self.interrupt.installed(), failure_guard(self._fail, self._running, self.rd.root):
             try:

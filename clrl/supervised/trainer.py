@@ -41,8 +41,7 @@ from clrl.lifecycle import (
     check_same_experiment,
     event_writer,
     failure_guard,
-    finished_run,
-    resume_without_checkpoint,
+    resume_start,
 )
 from clrl.progress import TaskBar
 from clrl.regularizers import Regularizer, build_from_config
@@ -137,12 +136,10 @@ def _run(cfg: SupervisedConfig, rd: RunDir, resume: bool) -> Results:
     log = setup_logging(rd, "clrl.supervised")
     start = time.time()
     rd.make()
-    previous = finished_run(rd, cfg) if resume else None
+    previous = resume_start(rd, cfg) if resume else None
     if previous is not None:
         log.info("resume: %s is already complete", rd.root)
         return previous
-    if resume and not rd.latest_checkpoint.is_file():
-        resume_without_checkpoint(rd)  # refuses when results.json holds scores training again would overwrite
     results: Results | None = None  # until restored or created: a failure then leaves results.json alone
 
     def fail(reason: str) -> None:
