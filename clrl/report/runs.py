@@ -177,7 +177,7 @@ def load_runs(
         ref = reference_from_run(reference, res.tasks, kind=res.kind) if reference is not None else res.reference
         rec = RunRecord(run, res, ref, completeness_note(run, res))
         if rec.reference is None and rec.regularizer == "none" and res.curves:
-            rec.reference = reference_from_run(run, res.tasks, kind=res.kind)
+            rec.reference = reference_from_run(run, res.tasks)  # itself: same kind
             rec.self_reference = True
         records.append(rec)
     if not records:

@@ -67,7 +67,9 @@ def check_trials_buildable(plan: SweepPlan, source: str) -> None:
     for t in plan.trials:
         where = f"{source} (trial {t.name})"
         cfg = config_from_dict(t.config, source=where)
-        key = repr(sorted((k, repr(v)) for k, v in t.config.items() if k not in ("name", "seed", "reference")))
+        # once per experiment; whether a reference is read (one outside the sweep) is part of it
+        key = repr((t.reference is None,
+                    sorted((k, repr(v)) for k, v in t.config.items() if k not in ("name", "seed", "reference"))))
         if key not in built:
             built.add(key)
             check_buildable(cfg, reference=t.reference is None, source=where)
