@@ -126,15 +126,14 @@ def _validate_sweep(args: argparse.Namespace) -> int:
     """A sweep file: every trial validated (as `clrl sweep --dry-run` does) and built once per
     distinct experiment (seeds and names aside); references to the sweep's own trials, which do
     not exist yet, are not read."""
-    from clrl.config import config_from_dict, dump_config
+    from clrl.config import dump_config
     from clrl.sweep import check_trials_buildable, expand
 
     plan = expand(args.config, overrides=args.overrides)
     check_trials_buildable(plan, str(args.config))
     if args.print:
         for t in plan.trials:
-            cfg = config_from_dict(t.config, source=f"{args.config} (trial {t.name})")
-            print(f"# trial {t.name}\n{dump_config(cfg)}", end="")
+            print(f"# trial {t.name}\n{dump_config(t.validated)}", end="")
     print(f"ok: {args.config}: sweep {plan.spec.name} ({len(plan.trials)} trials of {len(plan.spec.methods)} "
           f"methods, each trial valid and buildable; `clrl sweep {args.config} --dry-run` lists them)")
     return 0

@@ -60,19 +60,17 @@ def check_trials_buildable(plan: SweepPlan, source: str) -> None:
     does before its run folder exists, once per experiment (names and seeds aside); a trial that
     cannot be built is a ConfigError naming the file and the trial. References to the sweep's own
     fine-tuning trials, which do not exist yet, are not read."""
-    from clrl.config import config_from_dict
     from clrl.preflight import check_buildable
 
     built: set[str] = set()
     for t in plan.trials:
         where = f"{source} (trial {t.name})"
-        cfg = config_from_dict(t.config, source=where)
         # once per experiment; whether a reference is read (one outside the sweep) is part of it
         key = repr((t.reference is None,
                     sorted((k, repr(v)) for k, v in t.config.items() if k not in ("name", "seed", "reference"))))
         if key not in built:
             built.add(key)
-            check_buildable(cfg, reference=t.reference is None, source=where)
+            check_buildable(t.validated, reference=t.reference is None, source=where)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -106,6 +106,7 @@ class Trial:
     is_reference: bool = False
     reference: str | None = None  # name of the reference trial in this sweep
     grid_point: tuple = field(default=(), repr=False)
+    validated: Any = field(default=None, repr=False)  # ``config`` as its config object (set by expand)
 
 
 @dataclass
@@ -291,7 +292,8 @@ def expand(
 
     _wire_references(spec, source, trials, out)
     for t in trials:  # validate every trial before anything runs
-        t.config = config_to_dict(_validate(t.config, f"{source} (trial {t.name})"))
+        t.validated = _validate(t.config, f"{source} (trial {t.name})")
+        t.config = config_to_dict(t.validated)
     trials.sort(key=lambda t: not t.is_reference)  # stable: references first, grid order kept
     return SweepPlan(spec=spec, source=source, out=out, trials=trials, overrides=list(overrides or []))
 
