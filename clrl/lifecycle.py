@@ -202,11 +202,12 @@ def resume_without_checkpoint(rd: RunDir) -> None:
     res = load_results(rd.results_path)
     scored = sum(v is not None for row in res.R for v in row)
     if scored or res.curves:
-        task_files = sorted(rd.checkpoints.glob("task_[0-9][0-9].pt"))
+        task_files = rd.task_checkpoints()
+        last = max(task_files, default=None)
         way_on = (
-            f"to resume from the end of its task {int(task_files[-1].stem[5:]) + 1}, copy {task_files[-1]} to "
+            f"to resume from the end of its task {last + 1}, copy {task_files[last]} to "
             f"{rd.latest_checkpoint} (the work after it is done again)"
-            if task_files
+            if last is not None
             else "restore the checkpoints"
         )
         raise CheckpointError(

@@ -51,6 +51,13 @@ class RunDir:
     def task_checkpoint(self, task: int) -> Path:
         return self.checkpoints / f"task_{task:02d}.pt"
 
+    def task_checkpoints(self) -> dict[int, Path]:
+        """The task-boundary checkpoints on disk, by task index, in task order."""
+        if not self.checkpoints.is_dir():
+            return {}
+        found = {int(p.stem[5:]): p for p in self.checkpoints.glob("task_*.pt") if p.stem[5:].isdigit()}
+        return dict(sorted(found.items()))
+
     @property
     def tb(self) -> Path:
         return self.root / "tb"
@@ -109,7 +116,7 @@ def prepare_run_dir(
                 # with the new run's, and its probe sets could be read back by a resume
                 for stale in (rd.results_path, rd.latest_checkpoint, rd.log_path):
                     stale.unlink(missing_ok=True)
-                for stale in rd.checkpoints.glob("task_*.pt") if rd.checkpoints.exists() else []:
+                for stale in rd.task_checkpoints().values():
                     stale.unlink()
                 for folder in (rd.tb, rd.figures, rd.probes):
                     if folder.is_dir():

@@ -380,3 +380,15 @@ def test_a_truncated_checkpoint_is_one_short_line_naming_the_file(tmp_path):
     text = str(err.value)
     assert str(path) in text and "truncated" in text and "task_XX.pt" in text
     assert "\n" not in text and "likelihood" not in text and len(text) < 400
+
+
+def test_task_checkpoints_are_listed_by_task_index(tmp_path):
+    from clrl.rundir import RunDir
+
+    rd = RunDir(tmp_path)
+    assert rd.task_checkpoints() == {}
+    rd.checkpoints.mkdir()
+    for name in ("task_10.pt", "task_02.pt", "task_x.pt", "latest.pt"):
+        (rd.checkpoints / name).write_bytes(b"")
+    assert rd.task_checkpoints() == {2: rd.task_checkpoint(2), 10: rd.task_checkpoint(10)}
+    assert list(rd.task_checkpoints()) == [2, 10]
