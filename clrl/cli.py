@@ -2,13 +2,16 @@
 
 Exit codes (:mod:`clrl.lifecycle`): 0 success; 2 bad input (one clear line on stderr, no
 traceback); 1 internal error (with a traceback, because it is a bug worth reporting); 3 the
-training diverged (its cause on stderr); 130 interrupted (SIGINT or SIGTERM).
+training diverged (its cause on stderr); 130 interrupted (SIGINT or SIGTERM); 141 the reader of
+standard output closed it (``clrl validate CONFIG --print | head``), quietly, as Unix tools do.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import select
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -252,10 +255,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("clrl: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        if not _stdout_closed():
+            return _internal_error()
+        return _quiet_after_closed_stdout()
     except Exception:
-        traceback.print_exc()
-        print("clrl: internal error (the traceback above is a bug report worth filing)", file=sys.stderr)
-        return 1
+        return _internal_error()
+
+
+def _internal_error() -> int:
+    traceback.print_exc()
+    print("clrl: internal error (the traceback above is a bug report worth filing)", file=sys.stderr)
+    return 1
+
+
+def _stdout_closed() -> bool:
+    """Whether standard output's reader is gone (``clrl validate ... --print | head``), as
+    opposed to a broken pipe of the command's own (a child process's connection): a pipe whose
+    reader has closed it polls as an error."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & select.POLLERR for _, event in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows) or no real stdout
+        return False
+
+
+def _quiet_after_closed_stdout() -> int:
+    """Stop quietly, as Unix tools do when the reader of their output has closed it: point
+    stdout at /dev/null so that Python's own flush at exit does not raise again, and exit with
+    the shell's status for SIGPIPE (128 + 13)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 141
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 from rich.console import Console
 from rich.table import Table
@@ -32,6 +33,18 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 
 CAP_MARK = "*"
+FILE_WIDTH = 240  # columns of a table printed to a file or pipe
+
+
+def table_console(**kwargs) -> Console:
+    """A rich Console for clrl's tables. At a terminal it has the terminal's width; sent to a
+    file or a pipe (a log, ``| tee``, CI) rich assumes 80 columns and cuts wider tables' cells
+    to ``…``, so there it is as wide as the table needs (up to ``FILE_WIDTH``), unless
+    ``COLUMNS`` says otherwise."""
+    console = Console(**kwargs)
+    if not console.is_terminal and not os.environ.get("COLUMNS"):
+        console.width = FILE_WIDTH
+    return console
 
 
 def _cell(value: float | None, ci: list | None = None, games: list | None = None) -> str:
@@ -139,7 +152,7 @@ def learning_lines(results: Results) -> list[str]:
 
 
 def print_summary(results: Results, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or table_console()
     console.print(r_table(results))
     lines = learning_lines(results)
     if lines:

@@ -220,3 +220,26 @@ def test_report_curves_show_the_per_game_interval_of_a_single_run(tiny_run, tmp_
     assert [p.name for p in paths] == ["eval_curves.png"]
     want_lo = lo[:, 0][np.isfinite(lo[:, 0])]
     assert any(b[0].shape == want_lo.shape and np.array_equal(b[0], want_lo) for b in bands)
+
+
+def test_tables_sent_to_a_file_are_not_cut(monkeypatch):
+    """Redirected output (a log, ``| tee``): rich would assume 80 columns and cut the wider eval
+    table's cells to '…'; clrl's table console is as wide as the table there."""
+    import io
+
+    from clrl.rl.eval_cli import _table
+    from clrl.summary import table_console
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    entries = [{"task": 0, "game": "ChopperCommand", "mean": 12345.56, "ci": (11111.1, 13579.9),
+                "episodes": 16, "truncated": 3}]
+    out = io.StringIO()
+    table_console(file=out).print(_table(entries, "clrl eval runs/atari_quick"))
+    text = out.getvalue()
+    assert "…" not in text
+    for cell in ("ChopperCommand", "12,345.6 ± 1,234.4", "[11,111.1, 13,579.9]", "capped"):
+        assert cell in text
+    monkeypatch.setenv("COLUMNS", "60")  # the user's own width is kept
+    narrow = io.StringIO()
+    table_console(file=narrow).print(_table(entries, "t"))
+    assert max(map(len, narrow.getvalue().splitlines())) <= 60

@@ -192,3 +192,32 @@ def test_every_subcommand_help_has_a_description():
 
     missing = [path for path, sub in walk(build_parser(), "clrl") if not (sub.description or "").strip()]
     assert missing == []
+
+
+def test_closed_stdout_ends_quietly_but_other_broken_pipes_are_errors(tmp_path):
+    """``clrl validate ... --print | head``: the reader goes away; exit 141 without a traceback.
+    A broken pipe of the command's own (stdout still open) stays an internal error."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\nfrom clrl.cli import main\n"
+        "sys.exit(main(['validate', 'configs/sweep_digits.yaml', '--print']))\n"
+    )
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before anything is written
+    proc = subprocess.run([sys.executable, "-c", script], stdout=write_end, stderr=subprocess.PIPE,
+                          text=True, cwd=os.path.dirname(os.path.dirname(__file__)), timeout=120)
+    os.close(write_end)
+    assert proc.returncode == 141, proc.stderr
+    assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr
+
+    own_pipe = (  # e.g. the connection to a bench's child process
+        "import sys\nimport clrl.cli as cli\n"
+        "def broken(args):\n    raise BrokenPipeError(32, 'Broken pipe')\n"
+        "cli.cmd_games = broken\n"  # build_parser reads the module's name at call time
+        "sys.exit(cli.main(['games', 'Boxing']))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", own_pipe], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "internal error" in proc.stderr, proc.stderr

@@ -521,6 +521,20 @@ def test_a_cell_over_fewer_runs_than_the_seeds_says_how_many(tmp_path):
     assert row.count("(n=") == 1  # the metrics both runs have carry no count
 
 
+def test_a_seed_that_ran_twice_is_one_seed_of_two_runs(tmp_path, capsys):
+    """A copied or re-run folder: two runs, one seed. The Seeds column must not say 2."""
+    rng = np.random.default_rng(6)
+    write_run(tmp_path, "ewc-0", lower(rng), seed=0, reg={"name": "ewc"})
+    write_run(tmp_path, "ewc-0-copy", lower(rng), seed=0, reg={"name": "ewc"})
+    write_run(tmp_path, "ft-0", lower(rng), seed=0)
+    write_run(tmp_path, "ft-1", lower(rng), seed=1)
+    build_report([tmp_path], out=tmp_path / "out", reps=REPS, figures=False)
+    lines = (tmp_path / "out" / "report.md").read_text().splitlines()
+    seeds = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in lines if line.startswith("| ")}
+    assert seeds["EWC"] == "1 (2 runs)", seeds
+    assert seeds["Fine-tuning"] == "2", seeds  # distinct seeds: just the count
+
+
 def test_fine_tuning_without_reference_is_its_own(tmp_path):
     run = make_rl_run(tmp_path / "runs", "none", 0)
     (rec,) = runs_mod.load_runs([run])

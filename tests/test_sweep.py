@@ -590,3 +590,38 @@ def test_digits_sweep_on_ray(tmp_path, capsys):
     assert "on ray" in capsys.readouterr().out
     check_complete_sweep(out)
     print(f"digits sweep, 4 trials, Ray local with 2 CPUs: {seconds:.1f} s (ray.init not counted)")
+
+
+def test_dead_workers_and_errors_share_one_retry_budget(tmp_path, fake, monkeypatch):
+    """retries: 1 means two starts in all: a worker that died and then an error inside the run
+    must not get a re-run each (before, the budgets multiplied: up to (retries + 1)^2 starts)."""
+    from clrl.sweep import driver
+    from clrl.sweep.backends import InlineBackend, _crashed
+    from clrl.sweep.trial import run_trial
+
+    class DiesFirst(InlineBackend):  # the first trial's worker process dies before it runs
+        label = "test"
+
+        def __init__(self):
+            super().__init__()
+            self.died = False
+
+        def wait(self):
+            job = self._queue.pop(0)
+            if not self.died:
+                self.died = True
+                return [(job, _crashed(job, "worker process died (simulated)"))]
+            return [(job, run_trial(job))]
+
+    monkeypatch.setattr(driver, "make_backend", lambda *a, **k: (DiesFirst(), 1))
+    plan = expand(write_sweep(tmp_path, {"methods": {"a": {}}, "retries": 1}), out=tmp_path / "out")
+    runner = fake(FakeRunner(crash_once={"a-seed=0"}))
+    manifest = run_sweep(plan, log=quiet_log(plan.out))
+    assert runner.calls == [("a-seed=0", False)]  # the restart after the death was the one re-run
+    assert manifest.entry("a-seed=0").status == "failed" and "simulated crash" in manifest.entry("a-seed=0").reason
+
+    plan = expand(write_sweep(tmp_path, {"methods": {"b": {}}, "retries": 2}), out=tmp_path / "out2")
+    runner = fake(FakeRunner(crash_once={"b-seed=0"}))
+    manifest = run_sweep(plan, log=quiet_log(plan.out))
+    assert runner.calls == [("b-seed=0", False), ("b-seed=0", True)]
+    assert manifest.entry("b-seed=0").status == "complete"

@@ -522,15 +522,16 @@ def format_markdown(result: dict[str, Any]) -> str:
 
 
 def _print_table(result: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from clrl.summary import table_console
 
     table = Table(title="clrl bench learning: final evaluation score", caption=_caption(result))
     for i, name in enumerate(HEADER):
         table.add_column(name, justify="left" if i in (0, len(HEADER) - 1) else "right")
     for row in _table_rows(result):
         table.add_row(*row)
-    Console().print(table)
+    table_console().print(table)
 
 
 # --------------------------------------------------------------------------- CLI

@@ -750,15 +750,16 @@ def format_markdown(result: dict[str, Any]) -> str:
 
 
 def _print_table(result: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from clrl.summary import table_console
 
     table = Table(title=f"clrl bench ppo: {result['game']}, {result['settings']['network']}", caption=_settings_line(result))
     for i, name in enumerate(HEADER):
         table.add_column(name, justify="right" if 0 < i < len(HEADER) - 1 else "left")
     for row in _table_rows(result):
         table.add_row(*row)
-    console = Console()
+    console = table_console()
     console.print(table)
     phases = Table(title="rollout phases, s/update", caption=_phase_note(result))
     for i, name in enumerate(PHASE_HEADER):

@@ -77,10 +77,10 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _print_table(rep) -> None:  # noqa: ANN001
-    from rich.console import Console
     from rich.table import Table
 
     from clrl.report import tables
+    from clrl.summary import table_console
 
     terminal = ("acc", "bti", "plasticity", "stability", "norm_reward")  # the rest: report.md
     shown = [m for m in tables.shown_metrics(rep.method_rows) if m[0] in terminal]
@@ -90,5 +90,5 @@ def _print_table(rep) -> None:  # noqa: ANN001
     for _, lab, _ in shown:
         table.add_column(lab, justify="right")
     for r in rep.method_rows:
-        table.add_row(r.label, str(r.n_seeds), *[tables.fmt_mean_std(r.stats[k]) for k, _, _ in shown])
-    Console().print(table)
+        table.add_row(r.label, tables.seeds_cell(r), *[tables.fmt_mean_std(r.stats[k]) for k, _, _ in shown])
+    table_console().print(table)

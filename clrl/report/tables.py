@@ -198,11 +198,19 @@ def methods_markdown(rows: list[MethodRow], kind: str) -> str:
     header = ["Method", "Seeds", *[label.get(k, lab) for k, lab, _ in shown], "Importance mem.", "Total reg. mem.",
               "Notes"]
     body = [
-        [r.label, str(r.n_seeds), *[_with_n(fmt_mean_std(r.stats[k]), r.stats[k].n, r.n_seeds) for k, _, _ in shown],
+        [r.label, seeds_cell(r), *[_with_n(fmt_mean_std(r.stats[k]), r.stats[k].n, r.n_seeds) for k, _, _ in shown],
          fmt_bytes(r.memory_importance_bytes), fmt_bytes(r.memory_bytes), "; ".join(r.notes)]
         for r in rows
     ]
     return markdown_table(header, body)
+
+
+def seeds_cell(row: MethodRow) -> str:
+    """The Seeds column: the number of distinct seeds, and the number of runs when a seed ran
+    twice (a copied or re-run folder; every run is counted in the statistics and the notes say
+    which)."""
+    distinct = len(set(row.seeds))
+    return str(row.n_seeds) if distinct == row.n_seeds else f"{distinct} ({row.n_seeds} runs)"
 
 
 def _with_n(cell: str, n: int, n_seeds: int) -> str:
@@ -217,7 +225,7 @@ def iqm_markdown(rows: list[MethodRow], kind: str) -> str | None:
     shown = [m for m in shown_metrics(rows) if any(math.isfinite(r.stats[m[0]].iqm) for r in rows)]
     label = {"acc": RL_ACC_LABEL} if kind == "rl" else {}
     header = ["Method", "Seeds", *[label.get(k, lab) for k, lab, _ in shown]]
-    body = [[r.label, str(r.n_seeds), *[fmt_iqm(r.stats[k]) for k, _, _ in shown]] for r in rows]
+    body = [[r.label, seeds_cell(r), *[fmt_iqm(r.stats[k]) for k, _, _ in shown]] for r in rows]
     return markdown_table(header, body)
 
 

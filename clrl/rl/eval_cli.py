@@ -326,10 +326,10 @@ def _table(entries: list[dict[str, Any]], title: str):  # noqa: ANN202 - a rich 
 
 
 def main(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from clrl.summary import table_console
 
     entries = run_eval(args)
-    Console().print(_table(entries, f"clrl eval {args.run_dir}"))
+    table_console().print(_table(entries, f"clrl eval {args.run_dir}"))
     if args.json:
         print(f"json: {args.json}")
     if args.video:

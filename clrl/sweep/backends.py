@@ -143,7 +143,7 @@ class RayBackend:
 
     slots = 1 << 30  # Ray queues tasks by resources; the scheduler only holds back dependents
 
-    def __init__(self, address: str | None, num_cpus: int | None, cpu: float, gpu: float, retries: int) -> None:
+    def __init__(self, address: str | None, num_cpus: int | None, cpu: float, gpu: float) -> None:
         try:
             import ray
         except ImportError as exc:
@@ -176,9 +176,11 @@ class RayBackend:
             self.close()
             raise UserError(f"resources.cpu is {cpu} but this Ray instance has {have.get('CPU', 0):g} CPUs")
         self.label = f"ray ({address or 'local'}: {have.get('CPU', 0):g} CPUs, {have.get('GPU', 0):g} GPUs)"
-        # max_retries: Ray re-runs the task if its worker process or node dies; run_trial then
-        # resumes from the checkpoint. Exceptions inside a run are retried by run_trial itself.
-        self._remote = ray.remote(num_cpus=cpu, num_gpus=gpu, max_retries=retries)(run_trial)
+        # max_retries=0: a task whose worker process or node dies comes back as a RayError, and
+        # the driver restarts it from its checkpoint out of the trial's one budget of retries
+        # (errors inside a run are retried by run_trial out of the same budget). Ray's own
+        # retries on top would multiply the two: (retries + 1)^2 starts for retries: 1.
+        self._remote = ray.remote(num_cpus=cpu, num_gpus=gpu, max_retries=0)(run_trial)
         self._running: dict[Any, Job] = {}
 
     def submit(self, job: Job) -> None:
@@ -192,7 +194,7 @@ class RayBackend:
             job = self._running.pop(ref)
             try:
                 finished.append((job, ray.get(ref)))
-            except ray.exceptions.RayError as exc:  # worker/node died and Ray's retries ran out
+            except ray.exceptions.RayError as exc:  # its worker or node died (no Ray retries: see above)
                 finished.append((job, _crashed(job, f"{type(exc).__name__}: {first_line(exc)}")))
         return finished
 

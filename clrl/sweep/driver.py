@@ -131,7 +131,7 @@ def make_backend(name: str, plan: SweepPlan, to_run: int, workers: int | None, a
     res = plan.spec.resources
     per_trial = max(1, math.ceil(res.cpu))
     if name == "ray":
-        backend = RayBackend(address, workers, res.cpu, res.gpu, plan.spec.retries)
+        backend = RayBackend(address, workers, res.cpu, res.gpu)
         return backend, per_trial
     cpus = available_cpus()
     if workers is None:
@@ -141,13 +141,15 @@ def make_backend(name: str, plan: SweepPlan, to_run: int, workers: int | None, a
     return PoolBackend(workers), per_trial
 
 
-def job_for(plan: SweepPlan, name: str, threads: int, parallel: bool) -> dict[str, Any]:
+def job_for(plan: SweepPlan, name: str, threads: int, parallel: bool, retries_used: int = 0) -> dict[str, Any]:
+    """What a worker needs to run trial ``name``; ``retries`` is what is left of the trial's
+    budget (``retries`` of the sweep file) after the re-runs it already had in this sweep."""
     trial = plan.trial(name)
     config = dict(trial.config)
     if parallel:  # several trials share one terminal: their progress bars would interleave
         config["output"] = {**config["output"], "progress": False}
     return {"name": name, "dir": str(plan.trial_dir(trial)), "config": config,
-            "threads": threads, "retries": plan.spec.retries}
+            "threads": threads, "retries": max(plan.spec.retries - retries_used, 0)}
 
 
 def schedule(plan: SweepPlan, manifest: Manifest, backend, threads: int, log: SweepLog) -> None:
@@ -155,7 +157,9 @@ def schedule(plan: SweepPlan, manifest: Manifest, backend, threads: int, log: Sw
     parallel = not isinstance(backend, InlineBackend)
     pending = [t.name for t in plan.trials if manifest.entry(t.name).status != "complete"]
     running: set[str] = set()
-    restarts: dict[str, int] = {}
+    # re-runs each trial has had: after an error inside its worker (run_trial retries it there)
+    # and after its worker died (restarted here) come out of one budget, spec.retries
+    retries_used: dict[str, int] = {}
     total = len(plan.trials)
     try:
         while pending or running:
@@ -174,7 +178,7 @@ def schedule(plan: SweepPlan, manifest: Manifest, backend, threads: int, log: Sw
                     state = disk_state(plan.trial_dir(name))
                     how = "resuming from its checkpoint" if state == "partial" else "starting"
                     log(f"{name}: {how}")
-                    backend.submit(job_for(plan, name, threads, parallel))
+                    backend.submit(job_for(plan, name, threads, parallel, retries_used.get(name, 0)))
                 elif ref_status in ("failed", "blocked"):
                     pending.remove(name)
                     entry.status, entry.reason = "blocked", f"reference trial {ref} is {ref_status}"
@@ -186,9 +190,11 @@ def schedule(plan: SweepPlan, manifest: Manifest, backend, threads: int, log: Sw
                 name = job["name"]
                 running.discard(name)
                 entry = manifest.entry(name)
-                entry.attempts += int(outcome.get("attempts") or 0) - 1  # retries inside the worker
-                if outcome.get("crashed") and restarts.get(name, 0) < plan.spec.retries:
-                    restarts[name] = restarts.get(name, 0) + 1
+                inside = max(int(outcome.get("attempts") or 0) - 1, 0)  # retries inside the worker
+                entry.attempts += inside
+                retries_used[name] = retries_used.get(name, 0) + inside
+                if outcome.get("crashed") and retries_used[name] < plan.spec.retries:
+                    retries_used[name] += 1
                     entry.status, entry.reason = "pending", outcome["reason"]
                     pending.insert(0, name)
                     log(f"{name}: {outcome['reason']}; restarting it from its checkpoint")

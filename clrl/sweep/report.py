@@ -7,6 +7,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
+from clrl.summary import table_console
 from clrl.sweep.manifest import Manifest, save_manifest
 from clrl.sweep.spec import SweepPlan
 from clrl.sweep.trial import disk_state
@@ -18,7 +19,7 @@ ACTION = {"complete": "skip (complete)", "partial": "resume", "started": "restar
 
 def print_plan(plan: SweepPlan, console: Console | None = None) -> None:
     """The trials in the order they start, what each would do, and its reference."""
-    console = console or Console()
+    console = console or table_console()
     res = plan.spec.resources
     table = Table(title=f"sweep {plan.spec.name}: {len(plan.trials)} trials into {plan.out}")
     for col in ("#", "trial", "method", "seed", "reference", "action"):
@@ -31,7 +32,7 @@ def print_plan(plan: SweepPlan, console: Console | None = None) -> None:
 
 
 def print_status(manifest: Manifest, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or table_console()
     table = Table(title=f"sweep {manifest.name}")
     for col in ("trial", "status", "starts", "seconds", "ACC"):
         table.add_column(col, justify="left" if col in ("trial", "status") else "right")

@@ -75,7 +75,8 @@ class SweepConfig(Strict):
     methods: dict[str, dict[str, Any]] = Field(min_length=1, description="method name -> dotted overrides")
     reference: str | None = Field(AUTO, description="auto: the fine-tuning method(s); a method name; null: none")
     resources: Resources = Resources()
-    retries: int = Field(1, ge=0, description="re-runs of a crashed trial, resuming from its checkpoint")
+    retries: int = Field(1, ge=0, description="re-runs of a crashed trial, resuming from its checkpoint; errors "
+                         "inside the run and deaths of its worker together")
 
     _name = field_validator("name")(lambda cls, v: _check_name(v))
 
