@@ -129,6 +129,19 @@ def test_stratified_holdout_takes_the_share_of_every_class():
     assert len(held) == 0 and len(keep) == len(y)
 
 
+def test_holdout_never_takes_a_whole_class():
+    """round(0.9 * 2) = 2 would hold out both rows of a class: one stays for training."""
+    y = np.repeat([0, 1, 2], [2, 1, 10])
+    keep, held = stratified_holdout(y, 0.9, np.random.default_rng(0))
+    assert np.bincount(y[keep], minlength=3).tolist() == [1, 1, 1]
+    assert np.bincount(y[held], minlength=3).tolist() == [1, 0, 9]
+    # end to end: a tiny digits training split (test_fraction 0.99, 1-2 images per class) with
+    # validation 0.9 still trains every class of every task (it used to stop as "diverged")
+    cfg = _cfg({**DIGITS, "test_fraction": 0.99, "validation": 0.9})
+    for task in build_benchmark(cfg.tasks, seed=0).tasks:
+        assert set(task.y_train.tolist()) == {0, 1}, task.name
+
+
 def test_normalizer_matches_numpy_per_channel():
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, size=(50, 3, 4, 4)).astype(np.uint8)

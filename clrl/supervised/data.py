@@ -170,7 +170,8 @@ def uses_class_blocks(cfg: SupervisedTasks) -> bool:
 
 def stratified_holdout(y: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(keep, held-out) row indices: ``round(fraction * n_c)`` of each class c held out (at least
-    one when ``fraction > 0`` and the class has two or more rows)."""
+    one when ``fraction > 0`` and the class has two or more rows), but never all of a class: one
+    row at least stays for training, so no class (and no task) is left with nothing to learn."""
     keep, held = [], []
     for c in np.unique(y):
         rows = np.flatnonzero(y == c)
@@ -178,6 +179,7 @@ def stratified_holdout(y: np.ndarray, fraction: float, rng: np.random.Generator)
         k = int(round(fraction * len(rows)))
         if fraction > 0 and k == 0 and len(rows) > 1:
             k = 1
+        k = min(k, len(rows) - 1)
         held.append(rows[:k])
         keep.append(rows[k:])
     cat = lambda parts: np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)  # noqa: E731
