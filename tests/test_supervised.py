@@ -569,3 +569,39 @@ def test_digits_table_rows_against_hand_computed_scores():
     md = markdown_table(rows).splitlines()
     assert md[0] == "| Method | ACC | BWT | Forgetting | P | S |"
     assert md[2].startswith("| Fine-tuning | 0.800 ± 0.141 | -0.250 ± 0.071 |")
+
+
+def test_digits_table_reruns_a_run_whose_config_or_reference_changed(tmp_path, monkeypatch):
+    """Saved results are reused only while they are the same run: an edited config file, or a
+    redone fine-tuning reference, makes them stale (the table would otherwise print old numbers
+    under the new configs)."""
+    import clrl.supervised.trainer as trainer
+    from clrl.supervised.table import run_method
+
+    runs: list[str] = []
+    real = trainer.run_experiment
+
+    def counted(cfg, rd, resume=False):
+        runs.append(rd.root.name)
+        return real(cfg, rd, resume)
+
+    monkeypatch.setattr(trainer, "run_experiment", counted)
+
+    def write(path: Path, lr: float) -> Path:
+        path.write_text(f"name: tiny\nkind: supervised\ndevice: cpu\ntasks: {{dataset: split_digits, n_tasks: 2}}\n"
+                        f"model: {{hidden: [8]}}\ntrain: {{epochs: 1, learning_rate: {lr}}}\n"
+                        "eval: {analysis: false}\noutput: {tensorboard: false}\n")
+        return path
+
+    ft_cfg, reg_cfg = write(tmp_path / "ft.yaml", 0.01), write(tmp_path / "reg.yaml", 0.01)
+    ft = run_method(ft_cfg, tmp_path / "ft", 0, None)
+    reg = run_method(reg_cfg, tmp_path / "reg", 0, tmp_path / "ft")
+    assert run_method(reg_cfg, tmp_path / "reg", 0, tmp_path / "ft").R == reg.R and runs == ["ft", "reg"]  # reused
+    write(reg_cfg, 0.002)  # the config was edited: run again with the new value
+    reg2 = run_method(reg_cfg, tmp_path / "reg", 0, tmp_path / "ft")
+    assert reg2.config["train"]["learning_rate"] == 0.002 and runs == ["ft", "reg", "reg"]
+    write(ft_cfg, 0.05)  # the reference was redone: the dependant is stale too
+    ft2 = run_method(ft_cfg, tmp_path / "ft", 0, None)
+    assert ft2.R != ft.R and runs[-1] == "ft"
+    reg3 = run_method(reg_cfg, tmp_path / "reg", 0, tmp_path / "ft")
+    assert reg3.reference.diag == [ft2.R[0][0], ft2.R[1][1]] and runs == ["ft", "reg", "reg", "ft", "reg"]

@@ -4,7 +4,8 @@ Each method's config (``configs/split_digits*.yaml``) runs once per seed through
 :func:`clrl.supervised.trainer.run_experiment` into ``<out>/<method>/seed<k>``; every
 regularized run uses the fine-tuning run of the same seed as its ``reference``, so its
 plasticity P = mean_i R[i][i] / R_ft[i][i] (AGS-CL sec. 4.1, Analysis 3). Fine-tuning's own P is 1 by
-definition. A run that is already complete in its folder is read back instead of re-run.
+definition. A run that is already complete in its folder is read back instead of re-run, unless
+its config or its reference's scores changed since (then it is run again).
 Columns are mean ± sample standard deviation (ddof 1) over seeds, computed with
 :mod:`clrl.metrics` from each run's R.
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from clrl import metrics
-from clrl.config import load_config
+from clrl.config import SupervisedConfig, load_config
 from clrl.results import Results, load_results
 from clrl.rundir import prepare_run_dir
 
@@ -36,19 +37,38 @@ COLUMNS: dict[str, str] = {"acc": "ACC", "bwt": "BWT", "forgetting": "Forgetting
 
 
 def run_method(config: str | os.PathLike, out: Path, seed: int, reference: Path | None, progress: bool = False) -> Results:
-    """One run of ``config`` with ``seed`` (and ``reference``) into ``out``, or its saved results."""
-    if (out / "results.json").is_file():
-        done = load_results(out)
-        if done.status == "complete":
-            return done
+    """One run of ``config`` with ``seed`` (and ``reference``) into ``out``, or its saved results
+    when they are complete and still the same run (see :func:`_still_valid`)."""
     overrides = [f"seed={seed}", f"output.progress={str(progress).lower()}", "output.figures=false"]
     if reference is not None:
         overrides.append(f"reference={reference}")
     cfg = load_config(config, overrides)
+    if (out / "results.json").is_file():
+        done = load_results(out)
+        if done.status == "complete" and _still_valid(done, cfg, reference):
+            return done
     rd = prepare_run_dir(cfg, out=out, overwrite=True)
     from clrl.supervised.trainer import run_experiment
 
     return run_experiment(cfg, rd)
+
+
+def _still_valid(done: Results, cfg: SupervisedConfig, reference: Path | None) -> bool:
+    """Whether saved results answer this run: the same experiment (every config key that defines
+    it, as a resume checks; so an edited config file is run again) and, for P, the same
+    reference scores (a fine-tuning run that was redone makes its dependants stale)."""
+    from clrl.errors import CheckpointError
+    from clrl.lifecycle import check_same_experiment
+    from clrl.results import reference_from_run
+
+    try:
+        check_same_experiment(done.config, cfg, "results.json")
+    except CheckpointError:
+        return False
+    if reference is None or done.reference is None:
+        return reference is None and done.reference is None
+    now = reference_from_run(reference, done.tasks, kind=cfg.kind)
+    return (now.diag, now.max_scores) == (done.reference.diag, done.reference.max_scores)
 
 
 def run_table(configs: Path, out: Path, seeds: Sequence[int], progress: bool = False) -> dict[str, list[Results]]:
