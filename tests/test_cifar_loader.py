@@ -173,3 +173,39 @@ def test_a_file_that_cannot_be_opened_is_a_user_error(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "open", denied)
     with pytest.raises(UserError, match=r"train: cannot read \(Permission denied\)"):
         load_cifar100(folder)
+
+
+def _int4(n: int) -> bytes:
+    return b"J" + n.to_bytes(4, "little", signed=True)
+
+
+@pytest.mark.parametrize("dtype", [b"O", b"u1"])
+def test_calling_ndarray_is_refused_before_it_allocates(tmp_path, dtype):
+    """``numpy.ndarray((N,), dtype)`` from a 30-byte file would allocate N elements (an object
+    array is even filled with None at once): refused, so arrays cannot outgrow the file."""
+    path = tmp_path / "alloc"
+    path.write_bytes(b"\x80\x02cnumpy\nndarray\n" + _int4(10**6) + b"\x85U" + bytes([len(dtype)]) + dtype + b"\x86R.")
+    assert path.stat().st_size < 40
+    with pytest.raises(UnsafePickleError, match=r"alloc: refused to call numpy\.ndarray \(nothing was built\)"):
+        safe_load_pickle(path)
+
+
+def test_reconstruct_of_a_non_empty_shape_is_refused(tmp_path):
+    path = tmp_path / "big"
+    path.write_bytes(b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" + _int4(10**6)
+                     + b"\x85U\x01b\x87R.")
+    with pytest.raises(UnsafePickleError, match=r"big: refused numpy's _reconstruct of _ArrayType with shape \(1000000,\)"):
+        safe_load_pickle(path)
+
+
+@pytest.mark.parametrize("protocol", [3, 4])
+def test_numpy_arrays_of_every_plain_kind_load_back(tmp_path, protocol):
+    """What numpy itself pickles (protocols 3 and 4; 2 needs _codecs.encode, refused) still loads."""
+    arrays = {b"u8": np.arange(3072 * 2, dtype=np.uint8).reshape(2, 3072), b"i64": np.array([3, -1], np.int64),
+              b"f32": np.linspace(0, 1, 6, dtype=np.float32).reshape(2, 3), b"fortran": np.asfortranarray(np.eye(3)),
+              b"empty": np.zeros((0, 4), np.int16), b"rec": np.zeros(2, dtype=[("a", "u1"), ("b", "<f4")])}
+    path = tmp_path / "ok"
+    path.write_bytes(pickle.dumps(arrays, protocol=protocol))
+    back = safe_load_pickle(path)
+    for key, value in arrays.items():
+        assert back[key].dtype == value.dtype and np.array_equal(back[key], value), key

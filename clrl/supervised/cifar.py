@@ -7,7 +7,11 @@ reference -- ``numpy.core.multiarray._reconstruct`` (``numpy._core.multiarray._r
 when written by numpy 2), ``numpy.ndarray`` and ``numpy.dtype`` -- from a fixed table (no
 import by name) and refuses anything else with a :class:`UnsafePickleError` naming the file
 and the global *before* it can be called. Everything else in the files (dicts, lists, ints,
-byte strings) is built by pickle opcodes that call no code. Object arrays are refused too.
+byte strings) is built by pickle opcodes that call no code. Object arrays are refused too. Arrays
+are made only the way numpy's own pickles make them: ``_reconstruct(ndarray, (0,), ...)`` gives an
+empty array that the next BUILD fills from the file's bytes, so no array outgrows the file;
+``ndarray`` is handed out as a token for that argument (calling it, which would allocate an array
+of any shape from a few bytes, is refused), and ``_reconstruct`` of any other shape is refused.
 
 Deliberately not allowed (so a re-pickled file may be refused): ``numpy._core.numeric._frombuffer``
 (protocol-5 pickles of numpy 2 arrays), ``_codecs.encode`` (protocol-2 pickles of ``bytes``
@@ -70,6 +74,21 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
     }
 
 
+class _ArrayType:
+    """What the unpickler hands out for ``numpy.ndarray``: numpy's pickles only pass it to
+    ``_reconstruct`` as the type of the array to make. Calling it would build an array of any
+    shape (gigabytes of ``None`` for an object dtype) from a 30-byte file, so it is refused."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise UnsafePickleError(
+            f"{self.source}: refused to call numpy.ndarray (nothing was built); CIFAR files only name it "
+            "as the type of an array they fill from their own bytes"
+        )
+
+
 class RestrictedUnpickler(pickle.Unpickler):
     """An unpickler that builds plain containers and numpy arrays and calls nothing else.
 
@@ -81,10 +100,26 @@ class RestrictedUnpickler(pickle.Unpickler):
     def __init__(self, file: io.BufferedIOBase, source: str = "<pickle>") -> None:
         super().__init__(file, encoding="bytes")
         self.source = source
+        self._array_type = _ArrayType(source)
+
+    def _reconstruct(self, subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+        """numpy's ``_reconstruct`` for exactly what numpy's pickles ask (``(ndarray, (0,), 'b')``,
+        an empty array the next BUILD fills from the file), so no array is larger than the file."""
+        if subtype is not self._array_type or not isinstance(shape, tuple) or shape != (0,):
+            raise UnsafePickleError(
+                f"{self.source}: refused numpy's _reconstruct of {type(subtype).__name__} with shape "
+                f"{str(shape)[:40]} (nothing was built); numpy's own pickles ask for an empty ndarray of shape (0,)"
+            )
+        return self.ALLOWED[("numpy._core.multiarray", "_reconstruct")](np.ndarray, shape, dtype)
 
     def find_class(self, module: str, name: str) -> Any:
         try:
-            return self.ALLOWED[(module, name)]
+            found = self.ALLOWED[(module, name)]
+            if found is np.ndarray:
+                return self._array_type
+            if found is self.ALLOWED[("numpy._core.multiarray", "_reconstruct")]:
+                return self._reconstruct
+            return found
         except KeyError:
             allowed = ", ".join(f"{m}.{n}" for m, n in self.ALLOWED)
             raise UnsafePickleError(
