@@ -171,7 +171,13 @@ def _check_reference(cfg: RLConfig | SupervisedConfig) -> None:
             # the run's own check (finished, evaluated the same way), before its directory exists
             reference_from_run(cfg.reference, list(cfg.tasks.games), config=config_to_dict(cfg))
         else:
+            from clrl.supervised.data import check_reference_classes, task_plan
+
             check_reference_kind(load_results(cfg.reference), cfg.reference, cfg.kind)
+            # the run's own check (finished, the same tasks holding the same classes), before its directory exists
+            plan = task_plan(cfg.tasks, cfg.seed)
+            reference_from_run(cfg.reference, [name for name, _ in plan], config=config_to_dict(cfg))
+            check_reference_classes(load_results(cfg.reference).diagnostics, cfg.reference, plan)
     except UserError as exc:
         text = str(exc).removeprefix("reference ")
         raise type(exc)(f"reference: {_relative_note(cfg.reference)}{text}") from exc

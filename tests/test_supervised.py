@@ -605,3 +605,40 @@ def test_digits_table_reruns_a_run_whose_config_or_reference_changed(tmp_path, m
     assert ft2.R != ft.R and runs[-1] == "ft"
     reg3 = run_method(reg_cfg, tmp_path / "reg", 0, tmp_path / "ft")
     assert reg3.reference.diag == [ft2.R[0][0], ft2.R[1][1]] and runs == ["ft", "reg", "reg", "ft", "reg"]
+
+
+@pytest.mark.parametrize("dataset", ["split_digits", "split_cifar100", "cifar10_100", "single_pass_cifar100"])
+def test_task_plan_is_what_the_benchmark_builds(cifar_root, dataset):
+    from clrl.supervised.data import task_plan
+
+    for seed in (0, 5):
+        cfg = _cfg({"dataset": dataset, "root": str(cifar_root)}, seed=seed)
+        bench = build_benchmark(cfg.tasks, seed)
+        assert task_plan(cfg.tasks, seed) == [(t.name, t.classes) for t in bench.tasks]
+
+
+def test_a_reference_of_other_classes_or_unfinished_is_refused_before_the_run_folder(cifar_root, tmp_path, capsys):
+    """CIFAR task names (c100-0, ...) do not say which class block a task holds: a fine-tuning run
+    of another seed has the same names but other tasks, so its R[i][i] is no reference for P."""
+    from clrl.cli import main
+
+    small = {"dataset": "split_cifar100", "root": str(cifar_root), "n_tasks": 2}
+    ft = _cfg(small, seed=1, model={"dropout": False}, eval={"analysis": False, "fwt_baseline": False})
+    _run(ft, tmp_path / "ft_seed1")
+    argv = ["run", str(CONFIGS / "split_cifar100_finetune.yaml"), "--set", f"tasks.root={cifar_root}", "--set", "tasks.n_tasks=2",
+            "--set", "train.epochs=1", "--set", "device=cpu", "--set", "output.progress=false",
+            "--set", f"reference={tmp_path / 'ft_seed1'}", "--out", str(tmp_path / "run")]
+    assert main([*argv, "--set", "seed=0"]) == 2
+    err = capsys.readouterr().err
+    assert "reference: " in err and "task 0 (c100-0) holds classes" in err and not (tmp_path / "run").exists()
+    # the trainer checks it too (scripts call run_experiment without the CLI's preflight)
+    reg = _cfg(small, seed=0, reference=str(tmp_path / "ft_seed1"))
+    with pytest.raises(ConfigError, match=r"task 0 \(c100-0\) holds classes"):
+        _run(reg, tmp_path / "direct")
+    # the same seed is the same tasks: accepted (validate builds what the run builds)
+    assert main(["validate", *argv[1:-2], "--set", "seed=1"]) == 0
+    # and an unfinished reference is refused, as for Atari runs
+    res = load_results(tmp_path / "ft_seed1")
+    save_results(tmp_path / "ft_seed1" / "results.json", res.model_copy(update={"status": "failed", "reason": "x"}))
+    assert main([*argv, "--set", "seed=1"]) == 2
+    assert "is not a finished run (status failed" in capsys.readouterr().err and not (tmp_path / "run").exists()

@@ -40,8 +40,10 @@ __all__ = [
     "Normalizer",
     "TaskData",
     "build_benchmark",
+    "check_reference_classes",
     "split_classes",
     "stratified_holdout",
+    "task_plan",
 ]
 
 # dataset -> (classes per task, default and maximum number of tasks)
@@ -228,38 +230,64 @@ def _n_tasks(cfg: SupervisedTasks) -> int:
     return n
 
 
-def build_benchmark(cfg: SupervisedTasks, seed: int) -> Benchmark:
-    """The task sequence of ``cfg.dataset`` for ``seed`` (same seed, same tasks and splits)."""
+def task_plan(cfg: SupervisedTasks, seed: int) -> list[tuple[str, list[int]]]:
+    """(name, original class ids) of every task :func:`build_benchmark` makes, without reading
+    any data: a CIFAR task's name (``c100-3``) does not say which classes it holds, so a
+    reference run is checked against this before the run starts (:func:`check_reference_classes`).
+    The CIFAR-10 task of ``cifar10_100`` holds CIFAR-10's classes 0-9, the others CIFAR-100's."""
     n_tasks = _n_tasks(cfg)
     order_rng = np.random.default_rng(derive_seed(seed, "class_order")) if cfg.shuffle_classes else None
+    per_task, _ = BENCHMARK_TASKS[cfg.dataset]
+    if cfg.dataset == "split_digits":
+        return [(f"digits{''.join(map(str, cl))}", cl) for cl in split_classes(10, per_task, n_tasks, order_rng, uses_class_blocks(cfg))]
+    plan: list[tuple[str, list[int]]] = []
+    if cfg.dataset == "cifar10_100":
+        plan.append(("cifar10", list(range(10))))
+    prefix = "c100-" if cfg.dataset != "single_pass_cifar100" else "sp100-"
+    blocks = split_classes(100, per_task, n_tasks - len(plan), order_rng, uses_class_blocks(cfg))
+    return plan + [(f"{prefix}{i}", classes) for i, classes in enumerate(blocks)]
+
+
+def check_reference_classes(ref_diagnostics: list[dict], run: object, plan: list[tuple[str, list[int]]]) -> None:
+    """ConfigError unless every task a reference run finished held the classes this run's task
+    of that index holds (its ``diagnostics[i]["classes"]``; older results without them pass):
+    P divides by the reference's R[i][i], which must be the same task (not another seed's block)."""
+    for i, ((name, classes), diag) in enumerate(zip(plan, ref_diagnostics, strict=False)):
+        theirs = diag.get("classes") if isinstance(diag, dict) else None
+        if theirs is not None and [int(c) for c in theirs] != list(classes):
+            raise ConfigError(
+                f"reference {run}: task {i} ({name}) holds classes {list(theirs)} there but {list(classes)} in this "
+                "run (another seed, tasks.shuffle_classes or tasks.class_split); a reference must learn the same tasks"
+            )
+
+
+def build_benchmark(cfg: SupervisedTasks, seed: int) -> Benchmark:
+    """The task sequence of ``cfg.dataset`` for ``seed`` (same seed, same tasks and splits)."""
+    plan = task_plan(cfg, seed)
     split_rng = np.random.default_rng(derive_seed(seed, "validation_split"))
     if cfg.dataset == "split_digits":
-        return _split_digits(cfg, seed, n_tasks, order_rng, split_rng)
+        return _split_digits(cfg, seed, plan, split_rng)
     from clrl.supervised.cifar import load_cifar10, load_cifar100
 
-    per_task, _ = BENCHMARK_TASKS[cfg.dataset]
     c100 = load_cifar100(cfg.root)
     norm100 = Normalizer.fit(c100.x_train, scale=1 / 255)
     tasks: list[TaskData] = []
     if cfg.dataset == "cifar10_100":
         c10 = load_cifar10(cfg.root)
         norm10 = Normalizer.fit(c10.x_train, scale=1 / 255)
+        (name, classes), plan = plan[0], plan[1:]
         tasks.append(
-            _make_task("cifar10", list(range(10)), c10.class_names, c10.x_train, c10.y_train, c10.x_test, c10.y_test, norm10, cfg.validation, split_rng)
+            _make_task(name, classes, c10.class_names, c10.x_train, c10.y_train, c10.x_test, c10.y_test, norm10, cfg.validation, split_rng)
         )
-        n100 = n_tasks - 1
-    else:
-        n100 = n_tasks
-    prefix = "c100-" if cfg.dataset != "single_pass_cifar100" else "sp100-"
-    for i, classes in enumerate(split_classes(100, per_task, n100, order_rng, uses_class_blocks(cfg))):
+    for name, classes in plan:
         tasks.append(
-            _make_task(f"{prefix}{i}", classes, c100.class_names, c100.x_train, c100.y_train, c100.x_test, c100.y_test, norm100, cfg.validation, split_rng)
+            _make_task(name, classes, c100.class_names, c100.x_train, c100.y_train, c100.x_test, c100.y_test, norm100, cfg.validation, split_rng)
         )
     return Benchmark(cfg.dataset, tasks, (3, 32, 32))
 
 
 def _split_digits(
-    cfg: SupervisedTasks, seed: int, n_tasks: int, order_rng: np.random.Generator | None, split_rng: np.random.Generator
+    cfg: SupervisedTasks, seed: int, plan: list[tuple[str, list[int]]], split_rng: np.random.Generator
 ) -> Benchmark:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -271,8 +299,5 @@ def _split_digits(
     )
     norm = Normalizer.fit(x_tr)
     names = [str(d) for d in range(10)]
-    tasks = [
-        _make_task(f"digits{''.join(map(str, cl))}", cl, names, x_tr, y_tr, x_te, y_te, norm, cfg.validation, split_rng)
-        for cl in split_classes(10, BENCHMARK_TASKS["split_digits"][0], n_tasks, order_rng, uses_class_blocks(cfg))
-    ]
+    tasks = [_make_task(name, cl, names, x_tr, y_tr, x_te, y_te, norm, cfg.validation, split_rng) for name, cl in plan]
     return Benchmark("split_digits", tasks, (x.shape[1],))
