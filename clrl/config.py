@@ -416,6 +416,15 @@ class SupervisedTrain(Strict):
     deterministic: bool = False
 
     @model_validator(mode="after")
+    def _buffer_needs_single_pass(self) -> SupervisedTrain:
+        if self.buffer_size > 0 and self.regime != "single_pass":
+            raise ValueError(
+                f"buffer_size = {self.buffer_size}: the reservoir replays only in the single-pass regime, the "
+                f"{self.regime} regime would ignore it; set regime: single_pass, or buffer_size: 0"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _vcl_fits_batch(self) -> SupervisedTrain:
         if self.vcl.gamma > 0 and self.batch_size < 2 * self.vcl.n:
             raise ValueError(

@@ -475,6 +475,14 @@ def test_bad_model_choice_is_a_config_error(tmp_path, cifar_root):
         _cfg(DIGITS, train={"batch_size": 8, "vcl": {"gamma": 1.0, "n": 5}})
 
 
+def test_a_replay_buffer_outside_the_single_pass_regime_is_a_config_error():
+    """The offline loop never replays: a buffer there would be silently ignored."""
+    with pytest.raises(ConfigError, match=r"train: buffer_size = 10: the reservoir replays only in the single-pass regime"):
+        _cfg(DIGITS, train={"buffer_size": 10})
+    assert _cfg(DIGITS, train={"regime": "single_pass", "buffer_size": 10}).train.buffer_size == 10
+    assert _cfg(DIGITS, train={"buffer_size": 0}).train.regime == "offline"
+
+
 def test_agscl_on_a_trunk_with_batchnorm_is_a_one_line_cli_error(tmp_path, capsys):
     """AGS-CL refuses normalization layers (issue 16, departure 2): exit 2 naming the module."""
     from clrl.cli import main
