@@ -39,7 +39,13 @@ def _inclusion_counts(make, n: int, trials: int, batch_sizes: list[int]) -> np.n
     return counts
 
 
-@pytest.mark.parametrize(("n", "m", "trials", "batch_sizes"), [(40, 8, 800, [1]), (100, 10, 2000, [7, 3, 10])])
+@pytest.mark.parametrize(("n", "m", "trials", "batch_sizes"), [
+    (40, 8, 800, [1]),
+    (100, 10, 2000, [7, 3, 10]),
+    # batches that straddle the full buffer (4 + 4 + 4 > 10) and draw one slot twice (13 > 10):
+    # a later item of a batch must win the slot, as it would one item at a time
+    (60, 10, 2000, [4, 13]),
+])
 def test_every_item_is_kept_with_probability_m_over_n(n, m, trials, batch_sizes):
     counts = _inclusion_counts(lambda s: ReservoirBuffer(m, seed=s), n, trials, batch_sizes)
     assert counts.sum() == trials * m  # the buffer is full after every stream
