@@ -857,3 +857,31 @@ def test_rand_init_gives_each_node_its_own_row_of_pytorchs_default_init():
     after = get_incoming(node_view(trunk)[0])
     assert torch.equal(after[g0], want[g0])
     assert torch.equal(after[~g0], before[~g0])
+
+
+def test_prox_skips_layers_outside_the_optimizer():
+    """A trunk layer whose weight is not in the optimizer is not trained, so the prox step leaves
+    it alone (no alpha to read); the trained layer is proxed with its group's learning rate: its
+    G0 node (norm below ``alpha * mu``) is zeroed while the frozen layer's G0 node keeps its group.
+
+    Mutation caught: proxing layers outside the optimizer with some default alpha."""
+    trunk, heads = _model()
+    x, _ = _data(26)
+    _kill(trunk, 0, [0], bias=-0.01)
+    with torch.no_grad():
+        trunk[2].weight[1] = 0.001
+        trunk[2].bias[1] = -0.01  # G0 (dead) with a small non-zero group
+    reg = build_regularizer("agscl", trunk, heads, mu=1.0, lamb=1.0, rho=0.0)
+    _end(reg, trunk, heads, 0, x)
+    g0 = reg.unimportant()
+    assert g0[0][0] and g0[1][1]
+    before = _groups(trunk)
+    opt = torch.optim.SGD(list(trunk[2].parameters()) + list(heads.parameters_of(1)), lr=0.5)
+    reg.begin_task(1, opt)
+    opt.zero_grad(set_to_none=True)
+    opt.step()  # no gradients: only the hooks act
+    after = _groups(trunk)
+    assert torch.equal(after[0], before[0])  # layer 0 is not in the optimizer
+    assert float(before[1][1].norm()) <= 0.5 * 1.0  # within alpha * mu of 0 ...
+    assert torch.equal(after[1][1], torch.zeros_like(after[1][1]))  # ... so zeroed
+    assert reg.n_prox == 1

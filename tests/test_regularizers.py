@@ -585,3 +585,22 @@ def test_max_samples_caps_the_samples_of_a_task_not_of_a_batch():
     expected = _fisher_loop(trunk, heads, 0, x[:10], y[:10])
     for k, v in expected.items():
         torch.testing.assert_close(reg.terms[0]["importance"][k], v, rtol=1e-5, atol=1e-8)
+
+
+def test_sparsity_counts_only_exactly_silent_nodes():
+    """Sparsity (the share of nodes whose accumulated mean |post-activation| is 0) counts a node
+    that outputs exactly 0 and not one that outputs 1e-7 on every input.
+
+    Mutation caught: a tolerance (``<= 1e-6``) instead of ``== 0``."""
+    trunk, heads = _model(hidden=(6, 5))
+    with torch.no_grad():
+        trunk[0].weight[1].zero_()
+        trunk[0].bias[1] = 1e-7  # always 1e-7: active
+        trunk[0].weight[2].zero_()
+        trunk[0].bias[2] = 0.0  # always exactly 0
+    x, y = _data(35)
+    reg = build_regularizer("none", trunk, heads)
+    _consolidate(reg, trunk, heads, 0, x, y)
+    dead = (torch.relu(trunk[0](x)) == 0).all(dim=0)
+    assert dead[2] and not dead[1]
+    assert reg.diagnostics()["layers"][0]["sparsity"] == pytest.approx(float(dead.float().mean()))
