@@ -885,3 +885,15 @@ def test_prox_skips_layers_outside_the_optimizer():
     assert float(before[1][1].norm()) <= 0.5 * 1.0  # within alpha * mu of 0 ...
     assert torch.equal(after[1][1], torch.zeros_like(after[1][1]))  # ... so zeroed
     assert reg.n_prox == 1
+
+
+def test_births_widen_at_the_255th_consolidation_keeping_never_as_never():
+    """At the 255th consolidation the uint8 births (sentinel 255 = never important) widen to int16:
+    the old sentinel must become int16's sentinel, not a birth at consolidation 255 (which would
+    make never-important nodes look born and lift their I.1 masks).
+
+    Mutation caught: ``b > n_consolidations`` instead of ``>=`` in ``_narrow_births``."""
+    from clrl.regularizers.agscl import _narrow_births
+
+    got = _narrow_births([torch.tensor([0, 254, 255], dtype=torch.uint8)], 255)[0]
+    assert got.dtype == torch.int16 and got.tolist() == [0, 254, 2**15 - 1]
