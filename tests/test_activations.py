@@ -371,3 +371,36 @@ def test_chain_mask_lifts_through_two_maxouts():
     want = _loop_double_maxout_relu_mask(x)
     assert want.any() and not want.all(dim=1).any()
     assert torch.equal(chain.active_mask(x), want)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_chain_mask_leaves_batchnorm_statistics_alone(train):
+    """``active_mask`` of a chain runs its stages to get each stage's input; on a chain holding
+    ``bn`` in training mode that forward must not count as a batch: running mean, variance and
+    batch count stay what they were. The mask itself is still the current mode's (batch
+    statistics in training mode): the units whose ``bn > relu`` output is non-zero.
+
+    Bug caught: the mask's forward pass updated BatchNorm's running statistics (the representation
+    monitor computes masks of probe inputs with the trunk back in training mode)."""
+    chain = build_activation("bn>relu")
+    chain(torch.randn(16, 6, generator=torch.Generator().manual_seed(0)))  # size the lazy BatchNorm
+    chain.train(train)
+    bn = chain[0]
+    before = {k: v.clone() for k, v in bn.state_dict().items()}
+    x = torch.randn(16, 6, generator=torch.Generator().manual_seed(1)) * 3 + 1
+    mask = chain.active_mask(x)
+    for k, v in bn.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    with torch.no_grad():
+        out = chain(x)  # the same mode's forward (this one may update the statistics)
+    assert torch.equal(mask, out != 0) and mask.any() and not mask.all()
+
+
+def test_chain_mask_before_the_first_forward_leaves_fresh_statistics():
+    """A mask asked before any forward sizes the lazy BatchNorm but leaves its statistics fresh
+    (mean 0, variance 1, no batch counted)."""
+    chain = build_activation("bn>relu")
+    chain.active_mask(torch.randn(8, 4, generator=torch.Generator().manual_seed(2)) + 5)
+    bn = chain[0]
+    assert torch.equal(bn.running_mean, torch.zeros(4)) and torch.equal(bn.running_var, torch.ones(4))
+    assert int(bn.num_batches_tracked) == 0
