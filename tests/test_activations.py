@@ -310,3 +310,97 @@ def test_names_and_whitespace():
     assert isinstance(m[0], SparseTransform) and m[0].hard and m[0].groups == 2
     assert isinstance(m[1], GNC) and m[1].groups == 2
     assert not build_activation("st_soft:groups=3").hard
+
+
+# --------------------------------------------------------------------------- mutation audit: ties, masks
+
+
+def test_st_ties_at_the_threshold_by_hand():
+    """Eq. 9 keeps ``|z| >= lambda_j`` (the appendix's code D.2 uses ``>=``), eq. 10 gives
+    ``max(|z| - lambda_j, 0) = 0`` at ``|z| = lambda_j``. Row 0: interleaved group 0 is
+    {1, -1, 1} (lambda = 1: every unit ties), group 1 is {2, 1, 3} (lambda = 2: unit 2 ties);
+    row 1 is all zero. ``active_mask`` marks exactly the non-zero outputs.
+
+    Mutations caught: ``>`` instead of ``>=`` in the hard forward; ``>`` in the hard mask and
+    ``>=`` in the soft mask (ties wrongly inactive / active)."""
+    z = torch.tensor([[1.0, 2.0, -1.0, 1.0, 1.0, 3.0], [0.0] * 6])
+    hard, soft = SparseTransform(2, hard=True), SparseTransform(2, hard=False)
+    assert hard(z).tolist() == [[1.0, 2.0, -1.0, 0.0, 1.0, 3.0], [0.0] * 6]
+    assert torch.equal(hard(z), ref_st(z, 3, 2))
+    assert soft(z).tolist() == [[0.0, 0.0, 0.0, 0.0, 0.0, 1.0], [0.0] * 6]
+    assert hard.active_mask(z).tolist() == [[True, True, True, False, True, True], [False] * 6]
+    assert soft.active_mask(z).tolist() == [[False, False, False, False, False, True], [False] * 6]
+    for m in (hard, soft):
+        assert torch.equal(m.active_mask(z), m(z) != 0)
+
+
+def test_gnc_active_mask_is_the_non_zero_inputs():
+    """GNC passes every non-zero input (its output is non-zero exactly there); zeros, and a whole
+    zero group, are inactive.
+
+    Mutation caught: an all-True GNC mask."""
+    x = torch.tensor([[0.0, 1.0, -2.0, 0.0], [3.0, 0.0, 0.0, 0.0]])  # row 1: group 1 {0, 0} all zero
+    m = GNC(2)
+    assert m.active_mask(x).tolist() == [[False, True, True, False], [True, False, False, False]]
+    assert torch.equal(m.active_mask(x), m(x) != 0)
+
+
+def _loop_double_maxout_relu_mask(x):
+    """maxout:2 > maxout:2 > relu by hand: input unit i passes when it wins its pair (first max),
+    its pooled unit i // 2 wins the next pair, and the final output is > 0."""
+    mask = torch.zeros_like(x, dtype=torch.bool)
+    for b in range(x.shape[0]):
+        v = [float(t) for t in x[b]]
+        p = [max(v[2 * j], v[2 * j + 1]) for j in range(len(v) // 2)]
+        q = [max(p[2 * j], p[2 * j + 1]) for j in range(len(p) // 2)]
+        for i in range(len(v)):
+            j, k = i // 2, i // 4
+            wins1 = i == 2 * j + [v[2 * j], v[2 * j + 1]].index(p[j])
+            wins2 = j == 2 * k + [p[2 * k], p[2 * k + 1]].index(q[k])
+            mask[b, i] = wins1 and wins2 and q[k] > 0
+    return mask
+
+
+def test_chain_mask_lifts_through_two_maxouts():
+    """A chain of two maxouts: the final stage's mask stands for ``2 * 2`` input units each, so the
+    lift factor must multiply over the stages; checked against a loop over units.
+
+    Mutation caught: the lift factor set to the last stage's block instead of multiplied."""
+    x = torch.randn(6, 8, generator=torch.Generator().manual_seed(12))
+    chain = build_activation("maxout:block=2>maxout:block=2>relu")
+    want = _loop_double_maxout_relu_mask(x)
+    assert want.any() and not want.all(dim=1).any()
+    assert torch.equal(chain.active_mask(x), want)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_chain_mask_leaves_batchnorm_statistics_alone(train):
+    """``active_mask`` of a chain runs its stages to get each stage's input; on a chain holding
+    ``bn`` in training mode that forward must not count as a batch: running mean, variance and
+    batch count stay what they were. The mask itself is still the current mode's (batch
+    statistics in training mode): the units whose ``bn > relu`` output is non-zero.
+
+    Bug caught: the mask's forward pass updated BatchNorm's running statistics (the representation
+    monitor computes masks of probe inputs with the trunk back in training mode)."""
+    chain = build_activation("bn>relu")
+    chain(torch.randn(16, 6, generator=torch.Generator().manual_seed(0)))  # size the lazy BatchNorm
+    chain.train(train)
+    bn = chain[0]
+    before = {k: v.clone() for k, v in bn.state_dict().items()}
+    x = torch.randn(16, 6, generator=torch.Generator().manual_seed(1)) * 3 + 1
+    mask = chain.active_mask(x)
+    for k, v in bn.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    with torch.no_grad():
+        out = chain(x)  # the same mode's forward (this one may update the statistics)
+    assert torch.equal(mask, out != 0) and mask.any() and not mask.all()
+
+
+def test_chain_mask_before_the_first_forward_leaves_fresh_statistics():
+    """A mask asked before any forward sizes the lazy BatchNorm but leaves its statistics fresh
+    (mean 0, variance 1, no batch counted)."""
+    chain = build_activation("bn>relu")
+    chain.active_mask(torch.randn(8, 4, generator=torch.Generator().manual_seed(2)) + 5)
+    bn = chain[0]
+    assert torch.equal(bn.running_mean, torch.zeros(4)) and torch.equal(bn.running_var, torch.ones(4))
+    assert int(bn.num_batches_tracked) == 0

@@ -770,3 +770,130 @@ def test_quadratic_penalty_makes_no_host_device_copies_or_syncs(device, clipped,
         loss.backward()
         reg._pre_step(opt)
     assert watch.calls == [] and watch.syncs == 0 and watch.cross == 0
+
+
+# ----------------------------------------------------------------------------- mutation audit: G0, I.1, I.2
+
+
+def test_a_tiny_positive_omega_is_important():
+    """Eq. (1): ``G0 = {n : Omega_n = 0}`` exactly, with no tolerance. A node whose ReLU output is
+    1e-7 on every input has Omega = 1e-7 > 0: it is important (born at task 0, its outgoing
+    weights kept, and the prox keeps it at its anchor instead of zeroing it with ``alpha * mu``);
+    a node with output exactly 0 is in G0.
+
+    Mutations caught: ``Omega <= 1e-6`` instead of ``== 0`` in ``unimportant`` or in the cached
+    G0 masks the prox step reads."""
+    trunk, heads = _model()
+    x, _ = _data(23)
+    _kill(trunk, 0, [2], bias=1e-7)  # weights 0, bias 1e-7: output 1e-7 on every input
+    _kill(trunk, 0, [3], bias=0.0)  # output exactly 0
+    w1_before = trunk[2].weight.detach().clone()
+    reg = build_regularizer("agscl", trunk, heads, mu=0.5, lamb=1.0, rho=0.0)
+    _end(reg, trunk, heads, 0, x)
+    assert float(reg.omega[0][2]) == pytest.approx(1e-7, rel=1e-3)
+    g0 = reg.unimportant()[0]
+    assert not g0[2] and g0[3]
+    assert int(reg.born[0][2]) == 0
+    w1 = trunk[2].weight
+    imp1 = ~reg.unimportant()[1]
+    assert torch.equal(w1[:, 2], w1_before[:, 2])  # I.1 leaves an important node's column alone
+    assert torch.all(w1[imp1][:, 3] == 0)  # and zeroes the G0 node's
+    anchor = reg.anchor[0].clone()
+    reg.prox_now(lr=1.0)  # alpha * mu = 0.5 would zero node 2's group (norm 1e-7) if it were in G0
+    assert torch.equal(get_incoming(node_view(trunk)[0])[2], anchor[2])
+    assert float(trunk[0].bias.detach()[2]) == pytest.approx(1e-7, rel=1e-6)
+
+
+def test_zero_init_zeroes_every_outgoing_weight_of_g0_nodes_at_consolidation():
+    """(I.1) ``theta_{n,i} = 0 if i in G0``: at consolidation *every* outgoing weight of a G0
+    node is zeroed, also those into G0 nodes of the next layer (which the I.1 mask does not hold;
+    with rho = 0 they are not re-drawn either), and the finished head's column of a G0 unit.
+    Nothing else changes.
+
+    Mutation caught: dropping ``zero_outgoing`` of the trunk layers in ``_consolidate`` (the masks
+    then zero only the rows of important nodes)."""
+    trunk, heads = _model()
+    x, _ = _data(24)
+    _kill(trunk, 0, [0, 1])
+    with torch.no_grad():
+        trunk[2].bias[4] = -100.0  # dead, but its incoming weights (some read G0 units) are non-zero
+    w1, h0 = trunk[2].weight, heads.heads[0].weight
+    w1_before, h0_before = w1.detach().clone(), h0.detach().clone()
+    reg = build_regularizer("agscl", trunk, heads, rho=0.0)
+    _end(reg, trunk, heads, 0, x)
+    g0 = reg.unimportant()
+    assert g0[0][[0, 1]].all() and g0[1][4] and not g0[0].all() and not g0[1].all()
+    want_w1 = w1_before.clone()
+    want_w1[:, g0[0]] = 0  # all rows, the G0 row 4 included
+    want_h0 = h0_before.clone()
+    want_h0[:, g0[1]] = 0
+    assert torch.equal(w1, want_w1)
+    assert torch.equal(h0, want_h0)
+    assert torch.all(w1_before[4, [0, 1]] != 0)  # so the G0 row's entries did have something to zero
+
+
+def test_rand_init_gives_each_node_its_own_row_of_pytorchs_default_init():
+    """(I.2) A re-drawn node gets *its own* row of a fresh PyTorch default init drawn from the
+    seeded generator after the layer's coin flips: the reference is ``nn.Linear.reset_parameters``
+    run on torch's global RNG set to that generator state. Important nodes keep their rows.
+
+    Mutation caught: writing the first ``k`` fresh rows into the ``k`` re-drawn nodes."""
+    trunk, heads = _model()
+    x, _ = _data(25)
+    _kill(trunk, 0, [1, 4, 6])
+    before = get_incoming(node_view(trunk)[0])
+    seed = 5
+    reg = build_regularizer("agscl", trunk, heads, rho=1.0, seed=seed)
+    _end(reg, trunk, heads, 0, x)
+    g0 = reg.unimportant()[0]
+    assert g0.nonzero()[:, 0].tolist() == [1, 4, 6]
+    g = torch.Generator().manual_seed(seed)
+    torch.rand(8, generator=g)  # layer 0's coin flips come first
+    ref = copy.deepcopy(trunk[0])
+    with torch.random.fork_rng(devices=[]):
+        torch.set_rng_state(g.get_state())
+        ref.reset_parameters()
+    want = torch.cat([ref.weight.detach(), ref.bias.detach().unsqueeze(1)], dim=1)
+    after = get_incoming(node_view(trunk)[0])
+    assert torch.equal(after[g0], want[g0])
+    assert torch.equal(after[~g0], before[~g0])
+
+
+def test_prox_skips_layers_outside_the_optimizer():
+    """A trunk layer whose weight is not in the optimizer is not trained, so the prox step leaves
+    it alone (no alpha to read); the trained layer is proxed with its group's learning rate: its
+    G0 node (norm below ``alpha * mu``) is zeroed while the frozen layer's G0 node keeps its group.
+
+    Mutation caught: proxing layers outside the optimizer with some default alpha."""
+    trunk, heads = _model()
+    x, _ = _data(26)
+    _kill(trunk, 0, [0], bias=-0.01)
+    with torch.no_grad():
+        trunk[2].weight[1] = 0.001
+        trunk[2].bias[1] = -0.01  # G0 (dead) with a small non-zero group
+    reg = build_regularizer("agscl", trunk, heads, mu=1.0, lamb=1.0, rho=0.0)
+    _end(reg, trunk, heads, 0, x)
+    g0 = reg.unimportant()
+    assert g0[0][0] and g0[1][1]
+    before = _groups(trunk)
+    opt = torch.optim.SGD(list(trunk[2].parameters()) + list(heads.parameters_of(1)), lr=0.5)
+    reg.begin_task(1, opt)
+    opt.zero_grad(set_to_none=True)
+    opt.step()  # no gradients: only the hooks act
+    after = _groups(trunk)
+    assert torch.equal(after[0], before[0])  # layer 0 is not in the optimizer
+    assert float(before[1][1].norm()) <= 0.5 * 1.0  # within alpha * mu of 0 ...
+    assert torch.equal(after[1][1], torch.zeros_like(after[1][1]))  # ... so zeroed
+    assert reg.n_prox == 1
+
+
+def test_births_widen_at_the_255th_consolidation_keeping_never_as_never():
+    """At the 255th consolidation the uint8 births (sentinel 255 = never important) widen to int16:
+    the old sentinel must become int16's sentinel, not a birth at consolidation 255 (which would
+    make never-important nodes look born and lift their I.1 masks).
+
+    Mutation caught: ``b > n_consolidations`` instead of ``>=`` in ``_narrow_births``."""
+    from clrl.regularizers.agscl import _narrow_births
+
+    got = _narrow_births([torch.tensor([0, 254, 255], dtype=torch.uint8)], 255)[0]
+    assert got.dtype == torch.int16 and got.tolist() == [0, 254, 2**15 - 1]

@@ -199,3 +199,48 @@ def test_bootstrap_ci_edge_cases_and_seeding():
     assert min(v) <= lo < np.mean(v) < hi <= max(v)
     with pytest.raises(ValueError):
         m.bootstrap_ci(v, reps=0)
+
+
+# --------------------------------------------------------------------------- mutation audit
+
+
+def test_forgetting_per_task_by_hand_and_its_mean_is_forgetting():
+    """R4 by hand: j=0: max(.5, .7, .6) - .9 = -.2 (the final row is not part of the max);
+    j=1: max(.6, .4) - .3 = .3; j=2: .8 - .5 = .3.
+
+    Mutation caught: the max over rows j..T-1 (the final row included) in ``forgetting_per_task``."""
+    np.testing.assert_allclose(m.forgetting_per_task(R4), [-0.2, 0.3, 0.3])
+    assert float(np.mean(m.forgetting_per_task(R4))) == pytest.approx(m.forgetting(R4))
+
+
+def test_summary_row_by_hand():
+    """Every entry of the table row on a full 3 x 3 matrix, worked out by hand; plasticity and FWT
+    are NaN without their references.
+
+    Mutations caught: the ``bwt`` entry computed as BTI; ``fwt`` dropped."""
+    R = [[0.8, 0.3, 0.2], [0.6, 0.9, 0.4], [0.5, 0.7, 0.95]]
+    row = m.summary(R, ref_diag=[1.0, 0.9, 0.5], b=[0.1, 0.25, 0.5])
+    want = {
+        "acc": (0.5 + 0.7 + 0.95) / 3,
+        "learning_acc": (0.8 + 0.9 + 0.95) / 3,
+        "bti": (-0.3 - 0.2 + 0.0) / 3,
+        "bwt": (-0.3 - 0.2) / 2,
+        "forgetting": ((0.8 - 0.5) + (0.9 - 0.7)) / 2,
+        "stability": (0.5 / 0.8 + 0.7 / 0.9 + 1.0) / 3,
+        "plasticity": (0.8 / 1.0 + 0.9 / 0.9 + 0.95 / 0.5) / 3,
+        "fwt": ((0.3 - 0.25) + (0.4 - 0.5)) / 2,
+    }
+    assert set(row) == set(want)
+    for k, v in want.items():
+        assert row[k] == pytest.approx(v), k
+    bare = m.summary(R)
+    assert math.isnan(bare["plasticity"]) and math.isnan(bare["fwt"])
+    assert bare["bwt"] == pytest.approx(want["bwt"])
+
+
+def test_bootstrap_ci_leaves_out_infinite_values_too():
+    """Non-finite entries (NaN and +-inf) are left out, not averaged into infinite means.
+
+    Mutation caught: filtering with ``~isnan`` (infinities kept)."""
+    v = [3.0, 5.0, 8.0, 13.0, 40.0, 0.0]
+    assert m.bootstrap_ci(v + [float("inf"), float("-inf")], seed=4) == m.bootstrap_ci(v, seed=4)

@@ -511,3 +511,96 @@ def test_diagnostic_scalars_flatten_numbers_for_tensorboard():
         "regularizer/fc/sparsity": 0.5,
         "regularizer/fc/used_capacity": 1.0,
     }
+
+
+# ----------------------------------------------------------------------------- mutation audit
+
+
+def test_penalty_value_is_half_lambda_times_the_weighted_squared_drift():
+    """``penalty()`` (logged as ``diagnostics()["penalty"]``) is ``lamb / 2 * sum_k sum_i
+    F_k,i (theta_i - theta*_k,i)^2`` over both stored EWC terms, written out here as a plain
+    loop over the stored Fisher values and anchors.
+
+    Mutations caught: ``lamb`` instead of ``lamb / 2``; ``|theta - theta*|`` instead of its square."""
+    trunk, heads = _model()
+    xa, ya = _data(30)
+    lamb = 7.0
+    reg = build_regularizer("ewc", trunk, heads, fisher="empirical", lamb=lamb)
+    _consolidate(reg, trunk, heads, 0, xa, ya)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in trunk.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g))
+    _consolidate(reg, trunk, heads, 1, xa * 0.5, ya)
+    with torch.no_grad():
+        for p in trunk.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g))  # |drift| ~ 0.3: square and abs differ
+    params = dict(_trunk_params(trunk))
+    total = 0.0
+    for term in reg.terms:
+        for k, fisher in term["importance"].items():
+            for f, p, a in zip(fisher.flatten().tolist(), params[k].detach().flatten().tolist(),
+                               term["anchor"][k].flatten().tolist(), strict=True):
+                total += f * (p - a) ** 2
+    assert len(reg.terms) == 2 and total > 0
+    assert reg.penalty() == pytest.approx(lamb / 2 * total, rel=1e-5)
+    assert reg.diagnostics()["penalty"] == pytest.approx(lamb / 2 * total, rel=1e-5)
+
+
+def test_mas_mean_is_the_running_mean_over_three_tasks():
+    """``accumulate="mean"``: after three tasks the importance is ``(O_1 + O_2 + O_3) / 3``, each
+    ``O_t`` computed by a fresh MAS on that task alone (two tasks cannot tell a running mean from a
+    pairwise average).
+
+    Mutation caught: ``(old + new) / 2`` instead of ``(k * old + new) / (k + 1)``."""
+    trunk, heads = _model()
+    heads.add_head(2, 3)
+    reg = build_regularizer("mas", trunk, heads, accumulate="mean")
+    singles = []
+    for t in range(3):
+        x, y = _data(31 + t)
+        with torch.no_grad():
+            for p in trunk.parameters():
+                p.add_(0.2 * torch.randn_like(p))
+        _consolidate(reg, trunk, heads, t, x, y)
+        alone = build_regularizer("mas", trunk, heads)
+        _consolidate(alone, trunk, heads, t, x, y)
+        singles.append(alone.terms[0]["importance"])
+    got = reg.terms[0]["importance"]
+    for k in got:
+        torch.testing.assert_close(got[k], (singles[0][k] + singles[1][k] + singles[2][k]) / 3)
+    assert not torch.allclose(got["trunk.0.weight"], ((singles[0]["trunk.0.weight"] + singles[1]["trunk.0.weight"]) / 2
+                                                      + singles[2]["trunk.0.weight"]) / 2, rtol=1e-3)
+
+
+def test_max_samples_caps_the_samples_of_a_task_not_of_a_batch():
+    """``max_samples=10`` over batches of 8: the Fisher is the mean over exactly the first 10
+    samples (8 of the first batch, 2 of the second), from the test's own per-sample loop.
+
+    Mutation caught: capping each batch at ``max_samples`` (all 24 samples used)."""
+    trunk, heads = _model()
+    x, y = _data(34)
+    reg = build_regularizer("ewc", trunk, heads, fisher="empirical", max_samples=10)
+    _consolidate(reg, trunk, heads, 0, x, y, batch=8)
+    expected = _fisher_loop(trunk, heads, 0, x[:10], y[:10])
+    for k, v in expected.items():
+        torch.testing.assert_close(reg.terms[0]["importance"][k], v, rtol=1e-5, atol=1e-8)
+
+
+def test_sparsity_counts_only_exactly_silent_nodes():
+    """Sparsity (the share of nodes whose accumulated mean |post-activation| is 0) counts a node
+    that outputs exactly 0 and not one that outputs 1e-7 on every input.
+
+    Mutation caught: a tolerance (``<= 1e-6``) instead of ``== 0``."""
+    trunk, heads = _model(hidden=(6, 5))
+    with torch.no_grad():
+        trunk[0].weight[1].zero_()
+        trunk[0].bias[1] = 1e-7  # always 1e-7: active
+        trunk[0].weight[2].zero_()
+        trunk[0].bias[2] = 0.0  # always exactly 0
+    x, y = _data(35)
+    reg = build_regularizer("none", trunk, heads)
+    _consolidate(reg, trunk, heads, 0, x, y)
+    dead = (torch.relu(trunk[0](x)) == 0).all(dim=0)
+    assert dead[2] and not dead[1]
+    assert reg.diagnostics()["layers"][0]["sparsity"] == pytest.approx(float(dead.float().mean()))

@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.parameter import UninitializedBuffer
 
 from .competitive import (
     GNC,
@@ -54,18 +56,31 @@ class ActivationChain(nn.Sequential):
 
     def active_mask(self, x_in: Tensor) -> Tensor:
         """A unit of the input is active when every stage lets it through: each stage's mask is
-        lifted back to the input width (a maxout output unit stands for its ``block`` inputs)."""
+        lifted back to the input width (a maxout output unit stands for its ``block`` inputs).
+
+        The stages run (in the current train/eval mode) only to feed the next stage's mask, so
+        their buffers are restored afterwards: in training mode a ``bn`` stage must not count the
+        mask's input as a batch of its running statistics."""
+        lazy = [m for m in self.modules() if isinstance(m, LazyModuleMixin) and m.has_uninitialized_params()]
+        saved = [(b, b.detach().clone()) for b in self.buffers() if not isinstance(b, UninitializedBuffer)]
         mask = torch.ones_like(x_in, dtype=torch.bool)
         factor = 1
         x = x_in.detach()
         with torch.no_grad():
-            for m in self:
-                stage = m.active_mask(x)
-                if factor > 1:
-                    stage = stage.repeat_interleave(factor, dim=1)
-                mask = mask & stage
-                factor *= x.shape[1] // m.out_width(x.shape[1])
-                x = m(x)
+            try:
+                for m in self:
+                    stage = m.active_mask(x)
+                    if factor > 1:
+                        stage = stage.repeat_interleave(factor, dim=1)
+                    mask = mask & stage
+                    factor *= x.shape[1] // m.out_width(x.shape[1])
+                    x = m(x)
+            finally:
+                for b, value in saved:
+                    b.copy_(value)
+                for m in lazy:  # sized by this call: back to fresh statistics
+                    if hasattr(m, "reset_running_stats") and not m.has_uninitialized_params():
+                        m.reset_running_stats()
         return mask
 
 
