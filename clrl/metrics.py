@@ -258,7 +258,7 @@ def summary(R: ArrayLike, ref_diag: ArrayLike | None = None, b: ArrayLike | None
 def bootstrap_ci(
     values: ArrayLike, seed: int = 0, reps: int = 10_000, size: float = 0.95
 ) -> tuple[float, float]:
-    """Percentile-bootstrap interval of the mean of ``values`` (NaN entries left out).
+    """Percentile-bootstrap interval of the mean of ``values`` (non-finite entries, NaN and ±inf, left out).
 
     Resample the n finite values with replacement ``reps`` times, take each resample's mean,
     and return the ``(1 - size) / 2`` and ``(1 + size) / 2`` percentiles of those means

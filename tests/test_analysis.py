@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -185,3 +186,31 @@ def test_submask_knn_close_to_net_on_digits(spec):
     assert best_submask > 0.6  # chance is 0.1
     assert r.net_acc - best_submask < 0.10
     assert r.flip_rates[-1] < r.flip_rates[0]  # submasks settle during training
+
+
+def test_submask_is_the_eval_mode_mask_of_the_recorded_outputs():
+    """The analysis records activations in eval mode (capture_layer, the monitor's pass) and
+    masks them afterwards, with the network back in training mode: a ``bn`` stage must then use
+    its running statistics (the recorded outputs' mask), not the probe batch's, update nothing,
+    and the module keeps its mode."""
+    from clrl.analysis.submasks import submask
+    from clrl.layers.registry import build_activation
+
+    chain = build_activation("bn>relu")
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):  # running statistics of inputs around 0
+        chain(torch.randn(32, 6, generator=gen))
+    probe = torch.randn(64, 6, generator=gen) * 0.5 + 0.8  # a probe set shifted from them
+    chain.eval()
+    with torch.no_grad():
+        recorded = chain(probe)
+    chain.train()
+    with torch.no_grad():
+        batch_stats_mask = copy.deepcopy(chain[0])(probe).relu() != 0  # training mode's (on a copy: it updates stats)
+    stats = {k: v.clone() for k, v in chain[0].state_dict().items()}
+    mask = submask(chain, probe)
+    assert chain.training
+    assert torch.equal(mask, recorded != 0)
+    assert not torch.equal(mask, batch_stats_mask)  # the two modes disagree on this probe set
+    for k, v in chain[0].state_dict().items():
+        assert torch.equal(v, stats[k]), k

@@ -21,13 +21,23 @@ def submask(activation: nn.Module, pre_activation: Tensor) -> Tensor:
     """Bool tensor shaped like ``pre_activation``: True where the unit is active.
 
     Uses the module's ``active_mask`` when it has one (all clrl activations), ``> 0`` for a
-    plain ``torch.nn.ReLU``, and otherwise "output non-zero" for width-preserving modules."""
-    if hasattr(activation, "active_mask"):
-        return activation.active_mask(pre_activation).bool()
-    if isinstance(activation, nn.ReLU):
-        return pre_activation > 0
-    with torch.no_grad():
-        out = activation(pre_activation)
+    plain ``torch.nn.ReLU``, and otherwise "output non-zero" for width-preserving modules.
+
+    Always in eval mode, as the analysis records the activations it masks (the monitor's and
+    the kNN check's passes run the trunk in eval mode): a normalization stage (``bn``) then
+    uses its running statistics, not the probe batch's, so the mask is that of the recorded
+    outputs, and no statistics are updated. The module's mode is restored."""
+    was = activation.training
+    activation.eval()
+    try:
+        with torch.no_grad():
+            if hasattr(activation, "active_mask"):
+                return activation.active_mask(pre_activation).bool()
+            if isinstance(activation, nn.ReLU):
+                return pre_activation > 0
+            out = activation(pre_activation)
+    finally:
+        activation.train(was)
     if out.shape != pre_activation.shape:
         raise ValueError(f"cannot derive a submask for {type(activation).__name__}: it changes width")
     return out != 0
