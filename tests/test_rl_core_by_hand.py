@@ -22,6 +22,7 @@ from clrl.rl.agent import TaskPPO, collect_states, normalize_rollout_advantages
 from clrl.rl.envs import _NoopReset
 from clrl.rl.evaluation import EvalResult
 from clrl.rl.policy import TaskPolicy, build_actor_critic
+from clrl.rl.schedule import CheckpointSchedule
 
 SMALL = dict(channels=(4, 8, 8), hidden=16)
 N_ACTIONS = 3
@@ -282,3 +283,22 @@ def test_gymnasium_noop_reset_draws_0_to_noop_max_minus_1_from_the_envs_generato
     none = _NoopReset(_AleStub(), noop_max=0)
     none.reset(seed=0)
     assert none.unwrapped.ale.noops == 0
+
+
+def test_timed_checkpoints_are_due_once_the_interval_has_passed() -> None:
+    """Outside the deterministic mode an update point is saved once ``every_minutes`` of wall
+    time have passed since the last save (the boundary included), and the interval restarts there."""
+    now = [0.0]
+    saved: list[int | None] = []
+    sched = CheckpointSchedule(saved.append, deterministic=False, every_minutes=1.0,
+                               stop_requested=lambda: False, clock=lambda: now[0])
+    now[0] = 59.5
+    assert not sched.due(False)
+    now[0] = 60.0
+    assert sched.due(False)
+    sched.on_safe_point("update", 0)
+    now[0] = 119.5
+    sched.on_safe_point("update", 0)
+    now[0] = 120.0
+    sched.on_safe_point("update", 0)
+    assert saved == [None, None]
