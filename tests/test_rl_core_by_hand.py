@@ -19,7 +19,7 @@ from torch.nn import functional as F
 from clrl.config import PPOConfig
 from clrl.metrics import bootstrap_ci
 from clrl.rl.agent import TaskPPO, collect_states, normalize_rollout_advantages
-from clrl.rl.envs import _NoopReset
+from clrl.rl.envs import AtariVecEnv, _AtariBatch, _NoopReset
 from clrl.rl.evaluation import EvalResult
 from clrl.rl.policy import TaskPolicy, build_actor_critic
 from clrl.rl.schedule import CheckpointSchedule
@@ -302,3 +302,41 @@ def test_timed_checkpoints_are_due_once_the_interval_has_passed() -> None:
     now[0] = 120.0
     sched.on_safe_point("update", 0)
     assert saved == [None, None]
+
+
+class _LivesScript:
+    """One fake emulator whose lives after learner step t are ``lives[t]``; no FIRE in its set."""
+
+    num_envs, has_fire = 1, False
+
+    def __init__(self, lives: list[int]) -> None:
+        self.seq, self.t, self.actions = lives, 0, []
+
+    def reset(self, idx, seeds):
+        self.t = 0
+        return np.zeros((1, 84, 84), np.uint8), np.array([self.seq[0]])
+
+    def send(self, idx, actions) -> None:
+        self.actions += [int(a) for a in actions]
+
+    def recv(self, idx):
+        self.t += self.actions[-1] == 5  # the learner's action; the scripted NOOP changes nothing
+        frame = np.full((1, 84, 84), self.t, np.uint8)
+        return (frame, np.zeros(1), np.zeros(1, bool), np.zeros(1, bool), np.array([self.seq[self.t]]),
+                np.zeros_like(frame))
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_bonus_life_is_tracked_so_the_next_loss_is_a_life_loss() -> None:
+    """Lives 3 -> 4 (a bonus) -> 4 -> 3: the drop back to 3 is a lost life (``EpisodicLifeEnv``
+    compares with the lives of the previous step), with its NOOP step and the learner's done."""
+    emu = _LivesScript([3, 3, 4, 4, 3, 3])
+    venv = AtariVecEnv(_AtariBatch(emu, frame_stack=4, fire_reset=True, frame_skip=4), "Fake", 6, 4, seed=0,
+                       episodic_life=True, clip_rewards=True, max_frames=10_000)
+    venv.reset()
+    steps = [venv.step(np.array([5])) for _ in range(5)]
+    assert [int(s[3][0]["lives"]) for s in steps] == [3, 4, 4, 3, 3]
+    assert [bool(s[2][0]) for s in steps] == [False, False, False, True, False]
+    assert emu.actions == [5, 5, 5, 5, 0, 5]
