@@ -254,13 +254,110 @@ def test_capture_and_monitor_record_in_eval_mode_and_update_no_statistics(tmp_pa
 def test_summary_line_puts_every_value_in_its_column():
     from clrl.analysis.monitor import summary_lines
 
+    def point(drift):
+        if drift is None:
+            return type("P", (), {"analysis": None})()
+        return type("P", (), {"analysis": {"tasks": [{
+            "task": 0, "layers": {"fc1": {"drift": drift, "drift_protected": 0.05, "dormant": 0.2},
+                                  "fc2": {"drift": 3 * drift, "drift_protected": 0.15, "dormant": 0.4}},
+            "features": {"effective_rank": 5, "feature_change": 0.5, "hoyer": 0.7}}]}})()
+
     class Res:
         tasks = ["a"]
-        curves = [type("P", (), {"analysis": {"tasks": [{
-            "task": 0, "layers": {"fc1": {"drift": 0.1, "drift_protected": 0.05, "dormant": 0.2},
-                                  "fc2": {"drift": 0.3, "drift_protected": 0.15, "dormant": 0.4}},
-            "features": {"effective_rank": 5, "feature_change": 0.5, "hoyer": 0.7}}]}})()]
+        curves = [point(0.9), point(0.1), point(None)]  # the last point with an analysis block
 
     (line,) = summary_lines(Res())
     # means over layers for drift, protected drift and dormant share; the features' own otherwise
     assert line == "0: a  drift 0.200  protected 0.100  feat. change 0.500  dormant 0.300  srank 5  hoyer 0.700"
+
+
+# ----------------------------------------------------------------------------- rollout states
+
+
+def test_rollout_states_spread_over_every_env_of_a_full_buffer():
+    from clrl.analysis.monitor import rollout_states
+
+    obs = np.arange(6 * 3 * 2, dtype=np.float32).reshape(6, 3, 1, 2)  # (steps, envs, *obs_shape)
+    buf = type("Buf", (), {"observations": obs, "obs_shape": (1, 2), "full": True})()
+    model = type("Model", (), {"rollout_buffer": buf})()
+    flat = obs.reshape(18, 1, 2)  # step-major, all envs: rows 0, 6, 11, 17 spread over it
+    got = rollout_states(model, 4)
+    assert got.dtype == np.uint8 and np.array_equal(got, flat[[0, 6, 11, 17]])
+    buf.observations = flat  # after SB3's get(): already (steps * envs, ...)
+    assert np.array_equal(rollout_states(model, 4), flat[[0, 6, 11, 17]])
+    buf.full = False  # a buffer still being filled holds zeros past its position
+    assert rollout_states(model, 4) is None
+    assert rollout_states(object(), 4) is None
+
+
+# ----------------------------------------------------------------------------- report readers
+
+
+def test_report_reads_protected_drift_and_layer_means(tmp_path):
+    from clrl.report.analysis_figures import _series, layer_mean, task_drift
+    from clrl.report.runs import RunRecord
+    from clrl.results import CurvePoint, new_results
+
+    def entry(j, scale):
+        layers = {"fc1": {"drift": 0.1 * scale, "drift_protected": 0.0, "dormant": 0.1 * scale},
+                  "fc2": {"drift": 0.3 * scale, "drift_protected": 0.02 * scale, "dormant": 0.5 * scale}}
+        return {"task": j, "n": 4, "reference": True, "layers": layers,
+                "features": {"dormant": 0.9, "effective_rank": 2 + j, "feature_change": 0.5 * scale}}
+
+    res = new_results("supervised", "r", 0, {"regularizer": {"name": "agscl"}}, ["a", "b"])
+    res.curves = [CurvePoint(step=1, task=0, scores=[1.0], analysis={"tasks": [entry(0, 1.0)]}),
+                  CurvePoint(step=2, task=1, scores=[1.0, 1.0], analysis={"tasks": [entry(0, 2.0), entry(1, 1.0)]})]
+    rec = RunRecord(tmp_path, res, None)
+    assert layer_mean(entry(0, 1.0), "drift") == pytest.approx(0.2)
+    d, f = task_drift(rec)
+    assert d.tolist() == pytest.approx([0.4, 0.2]) and f.tolist() == pytest.approx([1.0, 0.5])
+    dp, _ = task_drift(rec, protected=True)
+    assert dp.tolist() == pytest.approx([0.02, 0.01])
+    steps, dormant = _series(rec, "dormant")  # mean over layers, then over seen tasks
+    assert steps.tolist() == [1.0, 2.0] and dormant.tolist() == pytest.approx([0.3, (0.6 + 0.3) / 2])
+    _, rank = _series(rec, "rank")
+    assert rank.tolist() == pytest.approx([2.0, 2.5])
+
+
+# ----------------------------------------------------------------------------- monitor input handling
+
+
+def _close(x, y) -> bool:
+    if isinstance(x, dict):
+        return isinstance(y, dict) and x.keys() == y.keys() and all(_close(x[k], y[k]) for k in x)
+    if isinstance(x, list):
+        return isinstance(y, list) and len(x) == len(y) and all(_close(a, b) for a, b in zip(x, y, strict=True))
+    if isinstance(x, float) and isinstance(y, float):
+        return bool(np.isclose(x, y, rtol=1e-6, atol=1e-6, equal_nan=True))  # float32 forwards
+    return x == y
+
+
+def test_monitor_batches_its_forward_and_spreads_the_current_tasks_inputs(tmp_path):
+    """A probe set larger than ``batch_size`` is measured in several passes with the same result,
+    and the task being trained is measured on ``probe_size`` of its inputs spread over them."""
+    torch.manual_seed(7)
+    trunk = digits_trunk([16, 8])
+    rng = np.random.default_rng(7)
+    x0 = rng.integers(0, 17, size=(9, 64)).astype(np.uint8)
+    cur = rng.integers(0, 17, size=(20, 64)).astype(np.uint8)
+    prep = lambda j, a: torch.from_numpy(a.astype(np.float32) / 16)  # noqa: E731
+    blocks = []
+    for bs in (256, 3):
+        mon = RepresentationMonitor(trunk, prep, trunk, tmp_path / str(bs), probe_size=7, batch_size=bs,
+                                    current=lambda j: cur)
+        mon.on_task_end(task=0, inputs=x0)
+
+        class P:
+            analysis = None
+
+        p = P()
+        mon.on_evaluation(point=p, task=1, step=0)
+        p.analysis.pop("seconds")
+        blocks.append(p.analysis)
+    assert [e["n"] for e in blocks[0]["tasks"]] == [7, 7]
+    assert _close(blocks[0], blocks[1])
+    x1 = prep(1, cur[np.linspace(0, 19, 7).round().astype(int)])  # the current task's 7 inputs
+    with torch.no_grad():
+        h1 = torch.relu(trunk[0](x1))
+    assert blocks[1]["tasks"][1]["layers"]["fc1"]["hoyer"] == pytest.approx(hoyer_sparsity(h1), rel=1e-6)
+    assert blocks[1]["tasks"][1]["layers"]["fc1"]["dead"] == pytest.approx(dead_unit_share(h1 > 0))
