@@ -164,20 +164,19 @@ def _relative_note(root: str | None) -> str:
 
 def _check_reference(cfg: RLConfig | SupervisedConfig) -> None:
     from clrl.config import config_to_dict
-    from clrl.results import check_reference_kind, load_results, reference_from_run
+    from clrl.results import reference_from_run
 
     try:
         if cfg.kind == "rl":
             # the run's own check (finished, evaluated the same way), before its directory exists
             reference_from_run(cfg.reference, list(cfg.tasks.games), config=config_to_dict(cfg))
         else:
-            from clrl.supervised.data import check_reference_classes, task_plan
+            from clrl.supervised.data import task_plan
 
-            check_reference_kind(load_results(cfg.reference), cfg.reference, cfg.kind)
             # the run's own check (finished, the same tasks holding the same classes), before its directory exists
             plan = task_plan(cfg.tasks, cfg.seed)
-            reference_from_run(cfg.reference, [name for name, _ in plan], config=config_to_dict(cfg))
-            check_reference_classes(load_results(cfg.reference).diagnostics, cfg.reference, plan)
+            reference_from_run(cfg.reference, [name for name, _ in plan], config=config_to_dict(cfg),
+                               classes=[classes for _, classes in plan])
     except UserError as exc:
         text = str(exc).removeprefix("reference ")
         raise type(exc)(f"reference: {_relative_note(cfg.reference)}{text}") from exc

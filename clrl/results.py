@@ -303,8 +303,22 @@ def check_reference(ref: Results, run: str | os.PathLike, config: dict[str, Any]
             )
 
 
+def _check_reference_classes(ref: Results, run: str | os.PathLike, tasks: list[str], classes: list[list[int]]) -> None:
+    """ConfigError unless each task the reference finished held ``classes[i]`` (its
+    ``diagnostics[i]["classes"]``; older results without them pass): P divides by the reference's
+    R[i][i], which must be the same task."""
+    for i, (name, mine, diag) in enumerate(zip(tasks, classes, ref.diagnostics, strict=False)):
+        theirs = diag.get("classes") if isinstance(diag, dict) else None
+        if theirs is not None and [int(c) for c in theirs] != [int(c) for c in mine]:
+            raise ConfigError(
+                f"reference {run}: task {i} ({name}) holds classes {list(theirs)} there but {list(mine)} in this "
+                "run (another seed, tasks.shuffle_classes or tasks.class_split); a reference must learn the same tasks"
+            )
+
+
 def reference_from_run(
-    run: str | os.PathLike, tasks: list[str], config: dict[str, Any] | None = None, kind: str | None = None
+    run: str | os.PathLike, tasks: list[str], config: dict[str, Any] | None = None, kind: str | None = None,
+    classes: list[list[int]] | None = None,
 ) -> Reference:
     """Read a fine-tuning run's results and keep what normalization needs.
 
@@ -312,6 +326,9 @@ def reference_from_run(
     given the normalized run's ``kind``, be of that kind. With the normalized run's ``config``
     (what ``clrl run`` passes) it must also be finished and evaluated the same way
     (:func:`check_reference`, which checks the kind too); reports of finished runs pass none.
+    With ``classes`` (a supervised run's original class ids per task) every task the reference
+    finished must have held the same classes: a Split CIFAR task's name (``c100-3``) does not say
+    which, and another seed's blocks under the same names would give a wrong P.
     """
     ref = load_results(run)
     if kind is not None:
@@ -322,6 +339,8 @@ def reference_from_run(
         raise ResultsError(
             f"reference {run} has tasks {ref.tasks}, which do not match this run's {list(tasks)}"
         )
+    if classes is not None:
+        _check_reference_classes(ref, run, tasks, classes)
     T = len(tasks)
     curve = [p.scores for p in ref.curves]
     max_scores = metrics.reference_max(curve, T) if curve else np.full(T, np.nan)

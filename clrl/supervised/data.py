@@ -40,7 +40,6 @@ __all__ = [
     "Normalizer",
     "TaskData",
     "build_benchmark",
-    "check_reference_classes",
     "split_classes",
     "stratified_holdout",
     "task_plan",
@@ -233,7 +232,7 @@ def _n_tasks(cfg: SupervisedTasks) -> int:
 def task_plan(cfg: SupervisedTasks, seed: int) -> list[tuple[str, list[int]]]:
     """(name, original class ids) of every task :func:`build_benchmark` makes, without reading
     any data: a CIFAR task's name (``c100-3``) does not say which classes it holds, so a
-    reference run is checked against this before the run starts (:func:`check_reference_classes`).
+    reference run is checked against this before the run starts (``reference_from_run(classes=...)``).
     The CIFAR-10 task of ``cifar10_100`` holds CIFAR-10's classes 0-9, the others CIFAR-100's."""
     n_tasks = _n_tasks(cfg)
     order_rng = np.random.default_rng(derive_seed(seed, "class_order")) if cfg.shuffle_classes else None
@@ -246,19 +245,6 @@ def task_plan(cfg: SupervisedTasks, seed: int) -> list[tuple[str, list[int]]]:
     prefix = "c100-" if cfg.dataset != "single_pass_cifar100" else "sp100-"
     blocks = split_classes(100, per_task, n_tasks - len(plan), order_rng, uses_class_blocks(cfg))
     return plan + [(f"{prefix}{i}", classes) for i, classes in enumerate(blocks)]
-
-
-def check_reference_classes(ref_diagnostics: list[dict], run: object, plan: list[tuple[str, list[int]]]) -> None:
-    """ConfigError unless every task a reference run finished held the classes this run's task
-    of that index holds (its ``diagnostics[i]["classes"]``; older results without them pass):
-    P divides by the reference's R[i][i], which must be the same task (not another seed's block)."""
-    for i, ((name, classes), diag) in enumerate(zip(plan, ref_diagnostics, strict=False)):
-        theirs = diag.get("classes") if isinstance(diag, dict) else None
-        if theirs is not None and [int(c) for c in theirs] != list(classes):
-            raise ConfigError(
-                f"reference {run}: task {i} ({name}) holds classes {list(theirs)} there but {list(classes)} in this "
-                "run (another seed, tasks.shuffle_classes or tasks.class_split); a reference must learn the same tasks"
-            )
 
 
 def build_benchmark(cfg: SupervisedTasks, seed: int) -> Benchmark:

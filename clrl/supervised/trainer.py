@@ -51,14 +51,13 @@ from clrl.results import (
     Results,
     compute_metrics,
     dumps,
-    load_results,
     new_results,
     reference_from_run,
     save_results,
 )
 from clrl.rundir import RunDir, run_lock, setup_logging
 from clrl.seeding import derive_seed, get_rng_state, seed_everything, set_rng_state
-from clrl.supervised.data import build_benchmark, check_reference_classes
+from clrl.supervised.data import build_benchmark
 from clrl.supervised.evaluation import evaluate_tasks
 from clrl.supervised.loops import (
     TaskContext,
@@ -199,9 +198,8 @@ def _run(cfg: SupervisedConfig, rd: RunDir, resume: bool) -> Results:
         if results is None:
             fresh = new_results("supervised", cfg.name, cfg.seed, config_to_dict(cfg), bench.task_names)
             if cfg.reference:  # finished, the same tasks with the same classes (as the CLI's preflight checks)
-                fresh.reference = reference_from_run(cfg.reference, bench.task_names, config=config_to_dict(cfg), kind=cfg.kind)
-                check_reference_classes(load_results(cfg.reference).diagnostics, cfg.reference,
-                                        [(task.name, task.classes) for task in bench.tasks])
+                fresh.reference = reference_from_run(cfg.reference, bench.task_names, config=config_to_dict(cfg),
+                                                     kind=cfg.kind, classes=[task.classes for task in bench.tasks])
             fresh.timings = {"per_task": []}
             results = fresh
             save_results(rd.results_path, results)  # from the start: a signal during start-up is recorded
