@@ -376,9 +376,10 @@ def test_chain_mask_lifts_through_two_maxouts():
 @pytest.mark.parametrize("train", [True, False])
 def test_chain_mask_leaves_batchnorm_statistics_alone(train):
     """``active_mask`` of a chain runs its stages to get each stage's input; on a chain holding
-    ``bn`` in training mode that forward must not count as a batch: running mean, variance and
-    batch count stay what they were. The mask itself is still the current mode's (batch
-    statistics in training mode): the units whose ``bn > relu`` output is non-zero.
+    ``bn`` that forward must not count as a batch: running mean, variance and batch count stay
+    what they were, and the chain keeps its mode. The mask is the eval-mode one (running
+    statistics, as the analysis records activations): the units whose ``bn > relu`` output is
+    non-zero in eval mode.
 
     Bug caught: the mask's forward pass updated BatchNorm's running statistics (the representation
     monitor computes masks of probe inputs with the trunk back in training mode)."""
@@ -389,10 +390,12 @@ def test_chain_mask_leaves_batchnorm_statistics_alone(train):
     before = {k: v.clone() for k, v in bn.state_dict().items()}
     x = torch.randn(16, 6, generator=torch.Generator().manual_seed(1)) * 3 + 1
     mask = chain.active_mask(x)
+    assert chain.training == train
     for k, v in bn.state_dict().items():
         assert torch.equal(v, before[k]), k
+    chain.eval()
     with torch.no_grad():
-        out = chain(x)  # the same mode's forward (this one may update the statistics)
+        out = chain(x)
     assert torch.equal(mask, out != 0) and mask.any() and not mask.all()
 
 

@@ -12,8 +12,6 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.lazy import LazyModuleMixin
-from torch.nn.parameter import UninitializedBuffer
 
 from .competitive import (
     GNC,
@@ -58,16 +56,16 @@ class ActivationChain(nn.Sequential):
         """A unit of the input is active when every stage lets it through: each stage's mask is
         lifted back to the input width (a maxout output unit stands for its ``block`` inputs).
 
-        The stages run (in the current train/eval mode) only to feed the next stage's mask, so
-        their buffers are restored afterwards: in training mode a ``bn`` stage must not count the
-        mask's input as a batch of its running statistics."""
-        lazy = [m for m in self.modules() if isinstance(m, LazyModuleMixin) and m.has_uninitialized_params()]
-        saved = [(b, b.detach().clone()) for b in self.buffers() if not isinstance(b, UninitializedBuffer)]
+        The stages run only to feed the next stage's mask, and in eval mode (the mode restored
+        afterwards): a ``bn`` stage then uses its running statistics, as the analysis records
+        the activations it masks, and does not count the mask's input as a batch of them."""
+        was = self.training
+        self.eval()
         mask = torch.ones_like(x_in, dtype=torch.bool)
         factor = 1
         x = x_in.detach()
-        with torch.no_grad():
-            try:
+        try:
+            with torch.no_grad():
                 for m in self:
                     stage = m.active_mask(x)
                     if factor > 1:
@@ -75,12 +73,8 @@ class ActivationChain(nn.Sequential):
                     mask = mask & stage
                     factor *= x.shape[1] // m.out_width(x.shape[1])
                     x = m(x)
-            finally:
-                for b, value in saved:
-                    b.copy_(value)
-                for m in lazy:  # sized by this call: back to fresh statistics
-                    if hasattr(m, "reset_running_stats") and not m.has_uninitialized_params():
-                        m.reset_running_stats()
+        finally:
+            self.train(was)
         return mask
 
 
