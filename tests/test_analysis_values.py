@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from _nested import nested_close
 
 from clrl.analysis import (
     capture_layer,
@@ -322,16 +323,6 @@ def test_report_reads_protected_drift_and_layer_means(tmp_path):
 # ----------------------------------------------------------------------------- monitor input handling
 
 
-def _close(x, y) -> bool:
-    if isinstance(x, dict):
-        return isinstance(y, dict) and x.keys() == y.keys() and all(_close(x[k], y[k]) for k in x)
-    if isinstance(x, list):
-        return isinstance(y, list) and len(x) == len(y) and all(_close(a, b) for a, b in zip(x, y, strict=True))
-    if isinstance(x, float) and isinstance(y, float):
-        return bool(np.isclose(x, y, rtol=1e-6, atol=1e-6, equal_nan=True))  # float32 forwards
-    return x == y
-
-
 def test_monitor_batches_its_forward_and_spreads_the_current_tasks_inputs(tmp_path):
     """A probe set larger than ``batch_size`` is measured in several passes with the same result,
     and the task being trained is measured on ``probe_size`` of its inputs spread over them."""
@@ -355,7 +346,7 @@ def test_monitor_batches_its_forward_and_spreads_the_current_tasks_inputs(tmp_pa
         p.analysis.pop("seconds")
         blocks.append(p.analysis)
     assert [e["n"] for e in blocks[0]["tasks"]] == [7, 7]
-    assert _close(blocks[0], blocks[1])
+    assert nested_close(blocks[0], blocks[1], atol=1e-6)
     x1 = prep(1, cur[np.linspace(0, 19, 7).round().astype(int)])  # the current task's 7 inputs
     with torch.no_grad():
         h1 = torch.relu(trunk[0](x1))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _nested import nested_close
 
 from clrl.analysis import (
     dead_unit_share,
@@ -429,16 +430,6 @@ def test_analysis_every_counts_the_runs_evaluations_across_a_resume(tmp_path):
     assert [p.analysis is not None for p in curve] == [True, False, False, True, False, False, True, False]
 
 
-def _approx_equal(x, y) -> bool:
-    if isinstance(x, dict):
-        return isinstance(y, dict) and x.keys() == y.keys() and all(_approx_equal(x[k], y[k]) for k in x)
-    if isinstance(x, list):
-        return isinstance(y, list) and len(x) == len(y) and all(_approx_equal(a, b) for a, b in zip(x, y, strict=True))
-    if isinstance(x, float) and isinstance(y, float):
-        return bool(np.isclose(x, y, rtol=1e-6, atol=1e-9, equal_nan=True))
-    return x == y
-
-
 def test_chunked_measurement_equals_one_pass(tmp_path):
     torch.manual_seed(2)
     trunk = digits_trunk([16, 8])
@@ -456,6 +447,6 @@ def test_chunked_measurement_equals_one_pass(tmp_path):
     many.on_evaluation(point=b, task=2, step=0, end_of_task=True)
     for blk in (a.analysis, b.analysis):
         blk.pop("seconds")
-    assert _approx_equal(a.analysis, b.analysis)  # (a different batch split may change float32 last bits)
+    assert nested_close(a.analysis, b.analysis)  # (a different batch split may change float32 last bits)
     assert len(many._chunks([(j, data[j], None) for j in range(3)])) == 3
     assert len(one._chunks([(j, data[j], None) for j in range(3)])) == 1
